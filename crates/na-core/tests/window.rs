@@ -36,7 +36,10 @@ fn check_axis(l: usize, k: usize, s: usize, d: usize, causal: bool) {
     }
     for (t, want) in inverse.iter().enumerate() {
         let got: Vec<usize> = a.inverse(t).collect();
-        assert_eq!(&got, want, "inverse of key {t}: L={l} k={k} s={s} d={d} causal={causal}");
+        assert_eq!(
+            &got, want,
+            "inverse of key {t}: L={l} k={k} s={s} d={d} causal={causal}"
+        );
     }
 }
 
@@ -85,7 +88,11 @@ fn non_causal_odd_kernel_centres_on_query_away_from_borders() {
                 // Far enough from both borders of its group.
                 let lg = (l - i % d).div_ceil(d) as i64;
                 if ii / d as i64 - (k / 2) as i64 >= 0 && ii / d as i64 + ((k / 2) as i64) < lg {
-                    assert_eq!((first, last), (ii - half, ii + half), "L={l} k={k} d={d} i={i}");
+                    assert_eq!(
+                        (first, last),
+                        (ii - half, ii + half),
+                        "L={l} k={k} d={d} i={i}"
+                    );
                 }
             }
         }
@@ -98,7 +105,10 @@ fn blocked_when_stride_equals_kernel() {
         let a = Axis::new(0, l, k, k, 1, false).unwrap();
         for i in 0..l {
             let b = i / k * k;
-            assert_eq!(a.window(i).iter().collect::<Vec<_>>(), (b..b + k).collect::<Vec<_>>());
+            assert_eq!(
+                a.window(i).iter().collect::<Vec<_>>(),
+                (b..b + k).collect::<Vec<_>>()
+            );
         }
     }
 }

@@ -133,10 +133,14 @@ pub fn dense(
                     }
                 }
                 // Backward.
-                let delta: f64 = (0..dv).map(|c| d_out[rq * dv + c] as f64 * r.out[rq * dv + c]).sum();
+                let delta: f64 = (0..dv)
+                    .map(|c| d_out[rq * dv + c] as f64 * r.out[rq * dv + c])
+                    .sum();
                 for (&(t, off, _), &pr) in keys.iter().zip(&probs) {
                     let rk = row(t);
-                    let dp: f64 = (0..dv).map(|c| d_out[rq * dv + c] as f64 * v[rk * dv + c] as f64).sum();
+                    let dp: f64 = (0..dv)
+                        .map(|c| d_out[rq * dv + c] as f64 * v[rk * dv + c] as f64)
+                        .sum();
                     let ds = pr * (dp - delta);
                     for c in 0..dk {
                         r.dq[rq * dk + c] += scale * ds * k[rk * dk + c] as f64;
@@ -161,7 +165,14 @@ pub fn spec_mask(p: &Problem, spatial: &[usize]) -> impl Fn(&[usize], &[usize]) 
         let mut off = 0;
         for a in 0..spatial.len() {
             let (k, d) = (params.kernel_size()[a], params.dilation()[a]);
-            let w = spec_window(spatial[a], k, params.stride()[a], d, params.causal()[a], pc[a]);
+            let w = spec_window(
+                spatial[a],
+                k,
+                params.stride()[a],
+                d,
+                params.causal()[a],
+                pc[a],
+            );
             if !w.contains(&tc[a]) {
                 return None;
             }
@@ -175,5 +186,8 @@ pub fn spec_mask(p: &Problem, spatial: &[usize]) -> impl Fn(&[usize], &[usize]) 
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }

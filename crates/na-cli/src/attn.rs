@@ -1,0 +1,383 @@
+//! `na attn`: the operator on `.npy` files.
+//!
+//! Arrays are heads-last, `[batch, *spatial, heads, dim]`; the number of
+//! spatial axes is the array rank minus 3. Inputs may be `<f2`, `<f4` or
+//! `<f8`; outputs are written as `<f4`. Every output is first written to a
+//! temporary file beside its target and renamed into place only once every
+//! output has been computed and written, so a failed run leaves no output.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use na_core::npy::{self, NpyArray};
+use na_core::reference::{self, Grads, Inputs, Saved};
+use na_core::{bf16, f16, Element, Par, Params, Problem};
+
+/// Storage type used for the computation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl DTypeArg {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DTypeArg::F32 => "f32",
+            DTypeArg::F16 => "f16",
+            DTypeArg::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Arguments of `na attn`.
+#[derive(Debug, Args)]
+pub struct AttnArgs {
+    /// Query, `[batch, *spatial, heads, head_dim]`.
+    #[arg(long, value_name = "Q.npy")]
+    pub query: PathBuf,
+    /// Key, same shape as the query.
+    #[arg(long, value_name = "K.npy")]
+    pub key: PathBuf,
+    /// Value, `[batch, *spatial, heads, head_dim_v]`.
+    #[arg(long, value_name = "V.npy")]
+    pub value: PathBuf,
+    /// Kernel size: one value for every spatial axis, or one per axis.
+    #[arg(long, value_name = "K[,K..]", value_delimiter = ',', required = true)]
+    pub kernel_size: Vec<usize>,
+    /// Stride: one value, or one per axis [default: 1].
+    #[arg(long, value_name = "S[,..]", value_delimiter = ',')]
+    pub stride: Vec<usize>,
+    /// Dilation: one value, or one per axis [default: 1].
+    #[arg(long, value_name = "D[,..]", value_delimiter = ',')]
+    pub dilation: Vec<usize>,
+    /// Causal masking per axis: true/false/1/0 [default: false].
+    #[arg(long, value_name = "C[,..]", value_delimiter = ',', value_parser = parse_bool)]
+    pub causal: Vec<bool>,
+    /// Scale applied to <q, k> [default: head_dim^-0.5].
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    pub scale: Option<f32>,
+    /// Relative positional bias, `[heads, 2*k_0-1, ...]`.
+    #[arg(long, value_name = "RPB.npy")]
+    pub rpb: Option<PathBuf>,
+    /// Storage type of the computation (inputs are converted to it).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DTypeArg,
+    /// Threads (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+    /// Output, `[batch, *spatial, heads, head_dim_v]`, written as <f4.
+    #[arg(long, value_name = "OUT.npy")]
+    pub out: PathBuf,
+    /// Log-sum-exp of the logits, `[batch, *spatial, heads]`.
+    #[arg(long, value_name = "LSE.npy")]
+    pub lse: Option<PathBuf>,
+    /// Gradient of the loss with respect to the output (runs the backward pass).
+    #[arg(long, value_name = "DOUT.npy", requires_all = ["grad_query", "grad_key", "grad_value"])]
+    pub grad_out: Option<PathBuf>,
+    /// Where to write d_query.
+    #[arg(long, value_name = "DQ.npy", requires = "grad_out")]
+    pub grad_query: Option<PathBuf>,
+    /// Where to write d_key.
+    #[arg(long, value_name = "DK.npy", requires = "grad_out")]
+    pub grad_key: Option<PathBuf>,
+    /// Where to write d_value.
+    #[arg(long, value_name = "DV.npy", requires = "grad_out")]
+    pub grad_value: Option<PathBuf>,
+    /// Where to write d_rpb (needs --rpb).
+    #[arg(long, value_name = "DRPB.npy", requires_all = ["grad_out", "rpb"])]
+    pub grad_rpb: Option<PathBuf>,
+}
+
+/// Parses `true`/`false`/`1`/`0` (case-insensitive).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!(
+            "'{s}' is not a causal flag (expected true, false, 1 or 0)"
+        )),
+    }
+}
+
+fn shape_str(shape: &[usize]) -> String {
+    let parts: Vec<String> = shape.iter().map(usize::to_string).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+fn load(what: &str, path: &Path) -> Result<NpyArray> {
+    npy::read_npy(path, npy::DEFAULT_MAX_ELEMENTS)
+        .with_context(|| format!("--{what} {}", path.display()))
+}
+
+/// The shapes of query, key and value, checked against each other.
+fn problem_from(args: &AttnArgs, q: &NpyArray, k: &NpyArray, v: &NpyArray) -> Result<Problem> {
+    let rank = q.shape.len();
+    if !(4..=6).contains(&rank) {
+        bail!(
+            "query has shape {} (rank {rank}); expected [batch, *spatial, heads, head_dim] with 1 to 3 spatial axes (rank 4 to 6)",
+            shape_str(&q.shape)
+        );
+    }
+    if k.shape != q.shape {
+        bail!(
+            "key has shape {} but query has shape {}; they must match",
+            shape_str(&k.shape),
+            shape_str(&q.shape)
+        );
+    }
+    if v.shape.len() != rank || v.shape[..rank - 1] != q.shape[..rank - 1] {
+        bail!(
+            "value has shape {} but query has shape {}; all but the last dimension must match",
+            shape_str(&v.shape),
+            shape_str(&q.shape)
+        );
+    }
+    let spatial = &q.shape[1..rank - 2];
+    let n_axes = spatial.len();
+    let kernel = if args.kernel_size.len() == 1 {
+        vec![args.kernel_size[0]; n_axes]
+    } else {
+        args.kernel_size.clone()
+    };
+    if kernel.len() != n_axes {
+        bail!(
+            "--kernel-size has {} values but the arrays have {n_axes} spatial axes (shape {}); give one value or {n_axes}",
+            kernel.len(),
+            shape_str(&q.shape)
+        );
+    }
+    let mut params = Params::new(&kernel)?;
+    if !args.stride.is_empty() {
+        params = params.with_stride(&args.stride).context("--stride")?;
+    }
+    if !args.dilation.is_empty() {
+        params = params.with_dilation(&args.dilation).context("--dilation")?;
+    }
+    if !args.causal.is_empty() {
+        params = params.with_causal(&args.causal).context("--causal")?;
+    }
+    if let Some(s) = args.scale {
+        params = params.with_scale(s).context("--scale")?;
+    }
+    let (heads, dk, dv) = (q.shape[rank - 2], q.shape[rank - 1], v.shape[rank - 1]);
+    Ok(Problem::new(q.shape[0], spatial, heads, dk, dv, params)?)
+}
+
+/// Everything `na attn` computes, in f32.
+struct Outputs {
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    /// `(d_query, d_key, d_value, d_rpb)`.
+    grads: Option<(Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>)>,
+}
+
+fn convert<T: Element>(x: &[f32]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f32(v)).collect()
+}
+
+fn widen<T: Element>(x: &[T]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
+}
+
+fn compute<T: Element>(
+    p: &Problem,
+    arrays: [&NpyArray; 3],
+    rpb: Option<&NpyArray>,
+    d_out: Option<&NpyArray>,
+    want_drpb: bool,
+    par: Par,
+) -> Result<Outputs> {
+    let [q, k, v] = arrays.map(|a| convert::<T>(&a.data));
+    let rpb = rpb.map(|r| convert::<T>(&r.data));
+    let x = Inputs {
+        query: &q,
+        key: &k,
+        value: &v,
+        rpb: rpb.as_deref(),
+    };
+    let mut out = vec![T::default(); p.v_len()];
+    let mut lse = vec![0.0f32; p.lse_len()];
+    reference::forward(p, x, &mut out, Some(&mut lse), par)?;
+    let grads = match d_out {
+        None => None,
+        Some(d) => {
+            let d_out = convert::<T>(&d.data);
+            let (mut dq, mut dk, mut dv) = (
+                vec![T::default(); p.qk_len()],
+                vec![T::default(); p.qk_len()],
+                vec![T::default(); p.v_len()],
+            );
+            let mut drpb = vec![T::default(); if want_drpb { p.rpb_len() } else { 0 }];
+            let g = Grads {
+                d_query: &mut dq,
+                d_key: &mut dk,
+                d_value: &mut dv,
+                d_rpb: want_drpb.then_some(&mut drpb[..]),
+            };
+            reference::backward(
+                p,
+                x,
+                Saved {
+                    out: &out,
+                    lse: &lse,
+                    d_out: &d_out,
+                },
+                g,
+                par,
+            )?;
+            Some((
+                widen(&dq),
+                widen(&dk),
+                widen(&dv),
+                want_drpb.then(|| widen(&drpb)),
+            ))
+        }
+    };
+    Ok(Outputs {
+        out: widen(&out),
+        lse,
+        grads,
+    })
+}
+
+/// Refuses two outputs that name the same file (the second would silently
+/// replace the first).
+fn check_distinct(outputs: &[(&str, &Path)]) -> Result<()> {
+    for (i, (a, pa)) in outputs.iter().enumerate() {
+        for (b, pb) in &outputs[..i] {
+            if pa == pb {
+                bail!(
+                    "--{b} and --{a} both name {}; every output needs its own file",
+                    pa.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `na attn`.
+pub fn run(args: &AttnArgs) -> Result<()> {
+    let mut outputs: Vec<(&str, &Path)> = vec![("out", &args.out)];
+    for (name, path) in [
+        ("lse", &args.lse),
+        ("grad-query", &args.grad_query),
+        ("grad-key", &args.grad_key),
+        ("grad-value", &args.grad_value),
+        ("grad-rpb", &args.grad_rpb),
+    ] {
+        if let Some(p) = path {
+            outputs.push((name, p));
+        }
+    }
+    check_distinct(&outputs)?;
+
+    let q = load("query", &args.query)?;
+    let k = load("key", &args.key)?;
+    let v = load("value", &args.value)?;
+    let p = problem_from(args, &q, &k, &v)?;
+    let rpb = match &args.rpb {
+        None => None,
+        Some(path) => {
+            let r = load("rpb", path)?;
+            let (shape, n) = p.rpb_shape();
+            if r.shape != shape[..n] {
+                bail!(
+                    "rpb has shape {} but heads {} and kernel size {:?} need {}",
+                    shape_str(&r.shape),
+                    p.heads(),
+                    p.params().kernel_size(),
+                    shape_str(&shape[..n])
+                );
+            }
+            Some(r)
+        }
+    };
+    let d_out = match &args.grad_out {
+        None => None,
+        Some(path) => {
+            let d = load("grad-out", path)?;
+            if d.shape != v.shape {
+                bail!(
+                    "grad-out has shape {} but the output has shape {}",
+                    shape_str(&d.shape),
+                    shape_str(&v.shape)
+                );
+            }
+            Some(d)
+        }
+    };
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()
+        .context("starting the thread pool")?;
+    let par = Par::rayon(pool.current_num_threads());
+    let start = Instant::now();
+    let arrays = [&q, &k, &v];
+    let want_drpb = args.grad_rpb.is_some();
+    let res = pool.install(|| match args.dtype {
+        DTypeArg::F32 => compute::<f32>(&p, arrays, rpb.as_ref(), d_out.as_ref(), want_drpb, par),
+        DTypeArg::F16 => compute::<f16>(&p, arrays, rpb.as_ref(), d_out.as_ref(), want_drpb, par),
+        DTypeArg::Bf16 => compute::<bf16>(&p, arrays, rpb.as_ref(), d_out.as_ref(), want_drpb, par),
+    })?;
+    let elapsed = start.elapsed();
+
+    // Stage every output, then rename them all: nothing appears on failure.
+    let out_shape = v.shape.clone();
+    let lse_shape = &q.shape[..q.shape.len() - 1];
+    let mut staged = vec![npy::stage_npy_f32(&args.out, &out_shape, &res.out).context("--out")?];
+    if let Some(path) = &args.lse {
+        staged.push(npy::stage_npy_f32(path, lse_shape, &res.lse).context("--lse")?);
+    }
+    if let Some((dq, dk, dv, drpb)) = &res.grads {
+        for (name, path, shape, data) in [
+            ("--grad-query", &args.grad_query, &q.shape, dq),
+            ("--grad-key", &args.grad_key, &k.shape, dk),
+            ("--grad-value", &args.grad_value, &v.shape, dv),
+        ] {
+            if let Some(path) = path {
+                staged.push(npy::stage_npy_f32(path, shape, data).context(name)?);
+            }
+        }
+        if let (Some(path), Some(drpb)) = (&args.grad_rpb, drpb) {
+            let (shape, n) = p.rpb_shape();
+            staged.push(npy::stage_npy_f32(path, &shape[..n], drpb).context("--grad-rpb")?);
+        }
+    }
+    let mut committed: Vec<PathBuf> = Vec::with_capacity(staged.len());
+    for s in staged {
+        let target = s.target().to_path_buf();
+        if let Err(e) = s.commit() {
+            // Take back the outputs already renamed: all or nothing.
+            for path in &committed {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
+        }
+        committed.push(target);
+    }
+    println!(
+        "na attn: {}D, shape {}, kernel {:?}, dtype {}, {} in {:.3} ms on {} thread(s)",
+        p.rank(),
+        shape_str(&q.shape),
+        p.params().kernel_size(),
+        args.dtype.name(),
+        if res.grads.is_some() {
+            "forward+backward"
+        } else {
+            "forward"
+        },
+        elapsed.as_secs_f64() * 1e3,
+        par.threads()
+    );
+    Ok(())
+}
