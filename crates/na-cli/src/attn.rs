@@ -175,8 +175,15 @@ fn problem_from(args: &AttnArgs, q: &NpyArray, k: &NpyArray, v: &NpyArray) -> Re
 struct Outputs {
     out: Vec<f32>,
     lse: Vec<f32>,
-    /// `(d_query, d_key, d_value, d_rpb)`.
-    grads: Option<(Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>)>,
+    grads: Option<GradOutputs>,
+}
+
+/// The gradients `na attn` computes, in f32.
+struct GradOutputs {
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    drpb: Option<Vec<f32>>,
 }
 
 fn convert<T: Element>(x: &[f32]) -> Vec<T> {
@@ -233,12 +240,12 @@ fn compute<T: Element>(
                 g,
                 par,
             )?;
-            Some((
-                widen(&dq),
-                widen(&dk),
-                widen(&dv),
-                want_drpb.then(|| widen(&drpb)),
-            ))
+            Some(GradOutputs {
+                dq: widen(&dq),
+                dk: widen(&dk),
+                dv: widen(&dv),
+                drpb: want_drpb.then(|| widen(&drpb)),
+            })
         }
     };
     Ok(Outputs {
@@ -338,7 +345,7 @@ pub fn run(args: &AttnArgs) -> Result<()> {
     if let Some(path) = &args.lse {
         staged.push(npy::stage_npy_f32(path, lse_shape, &res.lse).context("--lse")?);
     }
-    if let Some((dq, dk, dv, drpb)) = &res.grads {
+    if let Some(GradOutputs { dq, dk, dv, drpb }) = &res.grads {
         for (name, path, shape, data) in [
             ("--grad-query", &args.grad_query, &q.shape, dq),
             ("--grad-key", &args.grad_key, &k.shape, dk),

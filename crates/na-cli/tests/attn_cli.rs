@@ -443,7 +443,7 @@ fn hostile_npy_files_are_refused() {
     let o = st.out("out_o.npy");
     let good = encode_npy_f32(&QS, &values(QS.iter().product(), 9)).unwrap();
     let header = |dict: &str, data_len: usize| {
-        let mut h = format!("{dict}");
+        let mut h = dict.to_string();
         while (10 + h.len() + 1) % 64 != 0 {
             h.push(' ');
         }

@@ -82,7 +82,7 @@ impl Axis {
         if dilation == 0 {
             return Err(Error::ZeroDilation { axis });
         }
-        if kernel.checked_mul(dilation).map_or(true, |span| span > len) {
+        if kernel.checked_mul(dilation).is_none_or(|span| span > len) {
             return Err(Error::DilatedKernelLargerThanAxis {
                 axis,
                 kernel,

@@ -57,6 +57,10 @@ impl Normal {
     }
 }
 
+/// Which keys a query attends: `mask(query_coords, key_coords)` is the bias
+/// offset inside one head's table, or `None`.
+pub type Mask<'a> = &'a dyn Fn(&[usize], &[usize]) -> Option<usize>;
+
 /// Results of the dense oracle, all f64.
 pub struct Dense {
     pub out: Vec<f64>,
@@ -89,7 +93,7 @@ pub fn dense(
     v: &[f32],
     rpb: Option<&[f32]>,
     d_out: &[f32],
-    mask: &dyn Fn(&[usize], &[usize]) -> Option<usize>,
+    mask: Mask<'_>,
 ) -> Dense {
     let (b_n, h_n, dk, dv) = (p.batch(), p.heads(), p.head_dim(), p.head_dim_v());
     let n = spatial.iter().product::<usize>();
