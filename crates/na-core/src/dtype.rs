@@ -3,6 +3,7 @@
 //! Every kernel reads its inputs through [`Element::to_f32`], computes in
 //! `f32`, and rounds once when it stores through [`Element::from_f32`].
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 /// The storage type of a tensor.
@@ -48,6 +49,8 @@ pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {
     fn to_f32(self) -> f32;
     /// Rounds an `f32` to this type (round to nearest even).
     fn from_f32(x: f32) -> Self;
+    /// Widens a slice into `dst` (same length; SIMD where `half` has it).
+    fn widen_slice(src: &[Self], dst: &mut [f32]);
 }
 
 impl Element for f32 {
@@ -59,6 +62,10 @@ impl Element for f32 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         x
+    }
+    #[inline(always)]
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -72,6 +79,10 @@ impl Element for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
+    #[inline(always)]
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
 }
 
 impl Element for bf16 {
@@ -83,5 +94,9 @@ impl Element for bf16 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
+    }
+    #[inline(always)]
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
     }
 }

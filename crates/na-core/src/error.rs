@@ -112,6 +112,12 @@ pub enum Error {
         /// The length that was given.
         got: usize,
     },
+    /// A kernel was asked to run on an instruction set this CPU lacks.
+    #[error("this CPU cannot run the {isa} kernels")]
+    UnsupportedIsa {
+        /// The instruction set's name (`avx2`, `avx512`, `neon`).
+        isa: &'static str,
+    },
     /// The element count of a tensor does not fit in `usize`.
     #[error("tensor sizes overflow the address space")]
     SizeOverflow,

@@ -53,7 +53,9 @@ mod dtype;
 mod error;
 mod par;
 mod problem;
+pub mod fused;
 pub mod reference;
+mod tensors;
 pub mod window;
 
 #[cfg(feature = "std")]
@@ -64,3 +66,4 @@ pub use error::Error;
 pub use half::{bf16, f16};
 pub use par::Par;
 pub use problem::{Params, Problem, MAX_AXES};
+pub use tensors::{Grads, Inputs, Saved};

@@ -1,4 +1,4 @@
-//! Reading and writing NumPy `.npy` files holding little-endian floats.
+//! Reading and writing `NumPy` `.npy` files holding little-endian floats.
 //!
 //! The reader accepts format versions 1.0, 2.0 and 3.0 with dtype `'<f2'`,
 //! `'<f4'` or `'<f8'` in C (row-major) order and converts every value to
@@ -65,6 +65,7 @@ pub enum NpyDtype {
 
 impl NpyDtype {
     /// The numpy type descriptor string, e.g. `"<f4"`.
+    #[must_use]
     pub fn descr(self) -> &'static str {
         match self {
             Self::F16 => "<f2",
@@ -74,6 +75,7 @@ impl NpyDtype {
     }
 
     /// Size of one element in bytes (2, 4 or 8).
+    #[must_use]
     pub fn item_size(self) -> usize {
         match self {
             Self::F16 => 2,
@@ -112,11 +114,13 @@ pub struct NpyArray {
 
 impl NpyArray {
     /// Number of elements (the product of `shape`; 1 for a 0-d array).
+    #[must_use]
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
     /// Whether the array holds no elements (some dimension is 0).
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
@@ -467,22 +471,20 @@ impl Header {
     /// Checks that `actual` data bytes are exactly what the header declares.
     fn check_data_len(&self, actual: u64) -> Result<(), NpyError> {
         let expected = self.data_len as u64;
-        if actual < expected {
-            Err(NpyError::Truncated {
+        match actual.cmp(&expected) {
+            std::cmp::Ordering::Less => Err(NpyError::Truncated {
                 shape: self.shape.clone(),
                 dtype: self.dtype,
                 expected,
                 actual,
-            })
-        } else if actual > expected {
-            Err(NpyError::TrailingData {
+            }),
+            std::cmp::Ordering::Greater => Err(NpyError::TrailingData {
                 shape: self.shape.clone(),
                 dtype: self.dtype,
                 expected,
                 actual,
-            })
-        } else {
-            Ok(())
+            }),
+            std::cmp::Ordering::Equal => Ok(()),
         }
     }
 }
@@ -933,6 +935,12 @@ fn decode(header: Header, data: &[u8]) -> NpyArray {
 /// `max_elements` caps `product(shape)` (see [`DEFAULT_MAX_ELEMENTS`]). The
 /// data section must be exactly as long as the header declares; the only
 /// allocation proportional to the shape happens after that check.
+///
+/// # Errors
+///
+/// Any format error: bad magic or version, a truncated, oversized or
+/// malformed header, an unsupported dtype or Fortran order, an invalid or
+/// oversized shape, or data that is shorter or longer than declared.
 pub fn parse_npy(bytes: &[u8], max_elements: usize) -> Result<NpyArray, NpyError> {
     let preamble = parse_preamble(bytes)?;
     let header_end = preamble.header_end();
@@ -956,6 +964,11 @@ pub fn parse_npy(bytes: &[u8], max_elements: usize) -> Result<NpyArray, NpyError
 /// a header declaring a huge shape over a tiny file fails without allocating.
 /// I/O errors are [`NpyError::Io`] naming `path`; format errors are as for
 /// [`parse_npy`].
+///
+/// # Errors
+///
+/// [`NpyError::Io`] if the file cannot be opened or read, otherwise as
+/// [`parse_npy`].
 pub fn read_npy(path: &Path, max_elements: usize) -> Result<NpyArray, NpyError> {
     let io_error = |op, source| NpyError::Io {
         op,
@@ -964,7 +977,8 @@ pub fn read_npy(path: &Path, max_elements: usize) -> Result<NpyArray, NpyError> 
     };
     let mut file = File::open(path).map_err(|e| io_error(IoOp::Open, e))?;
     let file_len = match file.metadata() {
-        Ok(meta) if meta.is_file() => Some(meta.len()),
+        // Pseudo-files (e.g. under /proc) report a length of 0: stream those.
+        Ok(meta) if meta.is_file() && meta.len() > 0 => Some(meta.len()),
         _ => None,
     };
 
@@ -1050,6 +1064,11 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 ///
 /// * `shape` — dimensions, outermost first; `&[]` for a 0-d array.
 /// * `data` — `product(shape)` values in row-major order.
+///
+/// # Errors
+///
+/// [`NpyError::ShapeMismatch`] if `data.len()` is not `product(shape)`,
+/// [`NpyError::ShapeOverflow`] if that product does not fit in `usize`.
 pub fn encode_npy_f32(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, NpyError> {
     let expected = element_count(shape).ok_or_else(|| NpyError::ShapeOverflow {
         shape: shape.to_vec(),
@@ -1127,11 +1146,13 @@ pub struct StagedFile {
 
 impl StagedFile {
     /// The path the file will have after [`commit`](Self::commit).
+    #[must_use]
     pub fn target(&self) -> &Path {
         &self.target
     }
 
     /// The hidden temporary file currently holding the data.
+    #[must_use]
     pub fn temp_path(&self) -> &Path {
         &self.temp
     }
@@ -1139,6 +1160,11 @@ impl StagedFile {
     /// Renames the temporary file onto the target, replacing any file there.
     ///
     /// On failure the temporary file is removed and the target is untouched.
+    ///
+    /// # Errors
+    ///
+    /// [`NpyError::Io`] naming the target if the rename fails (e.g. the
+    /// target is a directory or on another file system).
     pub fn commit(mut self) -> Result<(), NpyError> {
         fs::rename(&self.temp, &self.target).map_err(|source| NpyError::Io {
             op: IoOp::Rename,
@@ -1166,6 +1192,12 @@ impl Drop for StagedFile {
 /// exclusively (an existing file is never overwritten) and written in full
 /// before this returns. It is not `fsync`ed. See [`encode_npy_f32`] for the
 /// format and the argument layout.
+///
+/// # Errors
+///
+/// As [`encode_npy_f32`]; [`NpyError::InvalidPath`] if `path` has no file
+/// name; [`NpyError::Io`] naming the temporary file if it cannot be created
+/// (e.g. the directory does not exist) or written (it is then removed).
 pub fn stage_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<StagedFile, NpyError> {
     let bytes = encode_npy_f32(shape, data)?;
     let Some(file_name) = path.file_name() else {
@@ -1219,6 +1251,11 @@ pub fn stage_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<Stage
 }
 
 /// Writes a C-order `'<f4'` `.npy` file: [`stage_npy_f32`] then [`StagedFile::commit`].
+///
+/// # Errors
+///
+/// As [`stage_npy_f32`] and [`StagedFile::commit`]; on error no file is left
+/// at `path` or beside it (an existing file at `path` is left unchanged).
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
     stage_npy_f32(path, shape, data)?.commit()
 }

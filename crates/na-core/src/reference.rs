@@ -20,60 +20,12 @@ use crate::problem::MAX_AXES;
 use crate::window::Axis;
 #[cfg(feature = "alloc")]
 use crate::Par;
+pub use crate::tensors::{Grads, Inputs, Saved};
+use crate::tensors::{check_backward, check_len};
 use crate::{Element, Error, Problem};
 
 /// Spatial positions per work block.
 pub const BLOCK: usize = 16;
-
-/// The read-only tensors of a call. Layouts are those of [`Problem`].
-#[derive(Clone, Copy, Debug)]
-pub struct Inputs<'a, T> {
-    /// `[batch, *spatial, heads, head_dim]`.
-    pub query: &'a [T],
-    /// `[batch, *spatial, heads, head_dim]`.
-    pub key: &'a [T],
-    /// `[batch, *spatial, heads, head_dim_v]`.
-    pub value: &'a [T],
-    /// Optional relative positional bias `[heads, 2*k_0-1, ...]`.
-    pub rpb: Option<&'a [T]>,
-}
-
-/// The gradients a backward call writes. Layouts are those of [`Problem`].
-#[derive(Debug)]
-pub struct Grads<'a, T> {
-    /// `[batch, *spatial, heads, head_dim]`.
-    pub d_query: &'a mut [T],
-    /// `[batch, *spatial, heads, head_dim]`.
-    pub d_key: &'a mut [T],
-    /// `[batch, *spatial, heads, head_dim_v]`.
-    pub d_value: &'a mut [T],
-    /// `[heads, 2*k_0-1, ...]`; only with `rpb`.
-    pub d_rpb: Option<&'a mut [T]>,
-}
-
-fn check_len(tensor: &'static str, got: usize, expected: usize) -> Result<(), Error> {
-    if got == expected {
-        Ok(())
-    } else {
-        Err(Error::LengthMismatch {
-            tensor,
-            expected,
-            got,
-        })
-    }
-}
-
-impl<T> Inputs<'_, T> {
-    fn check(&self, p: &Problem) -> Result<(), Error> {
-        check_len("query", self.query.len(), p.qk_len())?;
-        check_len("key", self.key.len(), p.qk_len())?;
-        check_len("value", self.value.len(), p.v_len())?;
-        if let Some(rpb) = self.rpb {
-            check_len("rpb", rpb.len(), p.rpb_len())?;
-        }
-        Ok(())
-    }
-}
 
 /// Scratch (in `f32`) one sequential forward call needs.
 pub fn forward_scratch_len(p: &Problem) -> usize {
@@ -331,39 +283,6 @@ fn forward_rayon<T: Element>(
         None => out_blocks.for_each_init(init, |s, (bi, ob)| {
             forward_block(&c, bi * BLOCK, ob, None, s)
         }),
-    }
-    Ok(())
-}
-
-/// The tensors a backward call reads besides [`Inputs`].
-#[derive(Clone, Copy, Debug)]
-pub struct Saved<'a, T> {
-    /// The forward output, `[batch, *spatial, heads, head_dim_v]`.
-    pub out: &'a [T],
-    /// The forward log-sum-exp, `[batch, *spatial, heads]`.
-    pub lse: &'a [f32],
-    /// The gradient of the loss with respect to `out`.
-    pub d_out: &'a [T],
-}
-
-fn check_backward<T>(
-    p: &Problem,
-    x: &Inputs<'_, T>,
-    s: &Saved<'_, T>,
-    g: &Grads<'_, T>,
-) -> Result<(), Error> {
-    x.check(p)?;
-    check_len("out", s.out.len(), p.v_len())?;
-    check_len("lse", s.lse.len(), p.lse_len())?;
-    check_len("d_out", s.d_out.len(), p.v_len())?;
-    check_len("d_query", g.d_query.len(), p.qk_len())?;
-    check_len("d_key", g.d_key.len(), p.qk_len())?;
-    check_len("d_value", g.d_value.len(), p.v_len())?;
-    if let Some(d) = g.d_rpb.as_deref() {
-        if x.rpb.is_none() {
-            return Err(Error::GradRpbWithoutRpb);
-        }
-        check_len("d_rpb", d.len(), p.rpb_len())?;
     }
     Ok(())
 }

@@ -1,0 +1,214 @@
+//! Micro-kernels over `L` lanes, written as plain loops over `[f32; L]` so
+//! that one source serves every ISA: compiled inside a `#[target_feature]`
+//! trampoline (see `dispatch`), each lane loop becomes one SIMD register
+//! (AVX2: 8 lanes, AVX-512: 16, NEON: two registers of 4), and outside one it
+//! is the scalar specification.
+//!
+//! Two shapes cover forward and backward:
+//! - [`rows_dot_lanes`]: `out[j][l] = sum_c rows[j][c] * lanes[c][l]`, a row
+//!   operand broadcast against a lane-major (transposed) tile;
+//! - [`lanes_times_rows`]: `acc[c][l] += sum_j p[j][l] * rows[j][c]`.
+//!
+//! Both keep a block of accumulators in registers for the whole reduction.
+
+/// How a kernel multiplies and adds: fused (one rounding, one instruction on
+/// FMA hardware) or plain (for targets without FMA, where a fused multiply-add
+/// would be a slow library call).
+pub(crate) trait Arith: Copy {
+    /// `a * b + c`.
+    fn fma(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// `a * b + c` with two roundings.
+#[derive(Clone, Copy)]
+pub(crate) struct Plain;
+
+impl Arith for Plain {
+    #[inline(always)]
+    fn fma(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// Fused multiply-add (`f32::mul_add`); only used where the target has FMA.
+#[cfg(feature = "std")]
+#[derive(Clone, Copy)]
+pub(crate) struct Fused;
+
+#[cfg(feature = "std")]
+impl Arith for Fused {
+    #[inline(always)]
+    fn fma(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// `out[j] = sum_c rows[j * width + c] * lanes[c]` for `j < out.len()`.
+///
+/// `rows`: `(out.len(), width)` row-major; `lanes`: `(width, L)`.
+#[inline(always)]
+pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
+    rows: &[f32],
+    width: usize,
+    lanes: &[[f32; L]],
+    out: &mut [[f32; L]],
+) {
+    let n = out.len();
+    let lanes = &lanes[..width];
+    let mut j = 0;
+    while j + 8 <= n {
+        dot_block::<A, L, 8>(&rows[j * width..][..8 * width], width, lanes, &mut out[j..j + 8]);
+        j += 8;
+    }
+    while j + 4 <= n {
+        dot_block::<A, L, 4>(&rows[j * width..][..4 * width], width, lanes, &mut out[j..j + 4]);
+        j += 4;
+    }
+    while j < n {
+        dot_block::<A, L, 1>(&rows[j * width..][..width], width, lanes, &mut out[j..j + 1]);
+        j += 1;
+    }
+}
+
+#[inline(always)]
+fn dot_block<A: Arith, const L: usize, const J: usize>(
+    rows: &[f32],
+    width: usize,
+    lanes: &[[f32; L]],
+    out: &mut [[f32; L]],
+) {
+    // (J, width) rows, each sliced to exactly `width` so indexing is unchecked.
+    let r: [&[f32]; J] = core::array::from_fn(|jj| &rows[jj * width..][..width]);
+    let mut acc = [[0.0f32; L]; J];
+    for c in 0..width {
+        let v = &lanes[c];
+        for jj in 0..J {
+            let k = r[jj][c];
+            for l in 0..L {
+                acc[jj][l] = A::fma(k, v[l], acc[jj][l]);
+            }
+        }
+    }
+    out[..J].copy_from_slice(&acc);
+}
+
+/// `acc[c] += sum_j p[j] * rows[j * width + c]` for `c < acc.len() = width`.
+///
+/// `p`: `(n, L)`; `rows`: `(n, width)` row-major; `acc`: `(width, L)`.
+#[inline(always)]
+pub(crate) fn lanes_times_rows<A: Arith, const L: usize>(p: &[[f32; L]], rows: &[f32], acc: &mut [[f32; L]]) {
+    let width = acc.len();
+    let rows = &rows[..p.len() * width];
+    let mut c = 0;
+    while c + 8 <= width {
+        axpy_block::<A, L, 8>(p, rows, width, c, &mut acc[c..c + 8]);
+        c += 8;
+    }
+    while c + 4 <= width {
+        axpy_block::<A, L, 4>(p, rows, width, c, &mut acc[c..c + 4]);
+        c += 4;
+    }
+    while c < width {
+        axpy_block::<A, L, 1>(p, rows, width, c, &mut acc[c..c + 1]);
+        c += 1;
+    }
+}
+
+#[inline(always)]
+fn axpy_block<A: Arith, const L: usize, const C: usize>(
+    p: &[[f32; L]],
+    rows: &[f32],
+    width: usize,
+    c0: usize,
+    io: &mut [[f32; L]],
+) {
+    let mut acc: [[f32; L]; C] = core::array::from_fn(|cc| io[cc]);
+    for (j, pj) in p.iter().enumerate() {
+        let r = &rows[j * width + c0..][..C];
+        for cc in 0..C {
+            for l in 0..L {
+                acc[cc][l] = A::fma(r[cc], pj[l], acc[cc][l]);
+            }
+        }
+    }
+    io[..C].copy_from_slice(&acc);
+}
+
+/// Inputs below this give `exp(x) = 0` (the smallest normal is `exp(-87.34)`).
+const EXP_LO: f32 = -87.336_54;
+/// Inputs above this are clamped (`exp(88.38)` is near `f32::MAX`).
+const EXP_HI: f32 = 88.376_26;
+
+/// `exp(x)` for one lane: Cody-Waite reduction `x = n ln2 + r`, a degree-7
+/// polynomial for `exp(r)` on `|r| <= ln2/2` (Cephes `expf` coefficients,
+/// within 2 ulp), and `2^n` built in the exponent bits. Branch-free so that
+/// lane loops vectorise; `-inf` and anything below `EXP_LO` give exactly 0.
+#[inline(always)]
+pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round to nearest integer without `floor` (unavailable in core).
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    let xc = x.clamp(EXP_LO, EXP_HI);
+    let n = (xc * LOG2E + MAGIC) - MAGIC;
+    let r = A::fma(n, -LN2_LO, A::fma(n, -LN2_HI, xc));
+    let mut p = 1.987_569_1e-4f32;
+    p = A::fma(p, r, 1.398_2e-3);
+    p = A::fma(p, r, 8.333_452e-3);
+    p = A::fma(p, r, 4.166_579_6e-2);
+    p = A::fma(p, r, 1.666_666_5e-1);
+    p = A::fma(p, r, 5.000_000_1e-1);
+    let e = A::fma(p, r * r, r) + 1.0;
+    let pow2 = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    if x < EXP_LO {
+        0.0
+    } else {
+        e * pow2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate_over_the_range_that_matters() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let got = exp::<Plain>(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "relative error {worst:e}");
+        assert_eq!(exp::<Plain>(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp::<Plain>(-1000.0), 0.0);
+        assert_eq!(exp::<Plain>(0.0), 1.0);
+    }
+
+    #[test]
+    fn kernels_match_naive_loops() {
+        const L: usize = 4;
+        let (n, w) = (11, 13);
+        let rows: Vec<f32> = (0..n * w).map(|i| (i % 7) as f32 - 3.0).collect();
+        let lanes: Vec<[f32; L]> = (0..w).map(|c| core::array::from_fn(|l| (c * L + l) as f32 * 0.25)).collect();
+        let mut out = vec![[0.0; L]; n];
+        rows_dot_lanes::<Plain, L>(&rows, w, &lanes, &mut out);
+        for j in 0..n {
+            for l in 0..L {
+                let want: f32 = (0..w).map(|c| rows[j * w + c] * lanes[c][l]).sum();
+                assert_eq!(out[j][l], want);
+            }
+        }
+        let mut acc = vec![[1.0; L]; w];
+        lanes_times_rows::<Plain, L>(&out, &rows, &mut acc);
+        for c in 0..w {
+            for l in 0..L {
+                let want: f32 = 1.0 + (0..n).map(|j| out[j][l] * rows[j * w + c]).sum::<f32>();
+                assert!((acc[c][l] - want).abs() <= 1e-3 * want.abs().max(1.0));
+            }
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! Fused CPU kernels: forward (output and log-sum-exp) and backward
+//! (`d_query`, `d_key`, `d_value`, `d_rpb`) for every SPEC.md feature, with
+//! SIMD and threads. Same arguments and results as [`crate::reference`],
+//! which stays the oracle they are tested against.
+//!
+//! # How they work
+//!
+//! Queries are processed in **tiles** of `L` lanes (the SIMD width: 8 on
+//! AVX2 and NEON, 16 on AVX-512): `L` consecutive queries of one dilation
+//! group along the last spatial axis, with the same leading coordinates. In
+//! 2D/3D they therefore share their window on the leading axes, which is a
+//! set of key *lines*; along the last axis their windows overlap, and the
+//! union of the tile's windows is at most `L + k + s` keys. For each key line
+//! the kernel packs the union's keys and values once, computes the tile's
+//! logits as one small matrix product with the tile held transposed (lanes =
+//! queries), masks the keys outside each query's window, adds the bias, and
+//! folds the line into an online softmax. No `N x window` score tensor
+//! exists; scratch is a few kilobytes per thread.
+//!
+//! The backward pass recomputes probabilities from the saved `lse`. Pass 1
+//! gathers `d_query` (and `d_rpb`) over each query tile's window. Pass 2
+//! gathers `d_key` and `d_value` over each key tile's **inverse
+//! neighbourhood** (the queries whose windows contain the key), with lanes =
+//! keys. Nothing is scattered, so threads never write to shared memory.
+//!
+//! Work is cut into fixed chunks (a run of at most `64 * dilation` positions
+//! of one line of the last axis); `d_rpb` is summed per chunk and the chunk
+//! sums are added in chunk order, so results are bit-identical for every
+//! [`Par`]. They may differ in the last bits between ISAs (FMA or not).
+//!
+//! # ISA dispatch
+//!
+//! Under `std`, the best [`Isa`] is detected once at run time (AVX-512F,
+//! else AVX2+FMA on x86-64; NEON with FMA on aarch64) and the kernels run
+//! inside `#[target_feature]` trampolines. Without `std` the choice is made
+//! at compile time from the target's enabled features.
+
+mod kernels;
+mod tile;
+
+use crate::tensors::{check_backward, check_len, Grads, Inputs, Saved};
+#[cfg(feature = "alloc")]
+use crate::Par;
+use crate::{Element, Error, Problem};
+use tile::{Geo, LMAX};
+
+/// An instruction set the fused kernels can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Isa {
+    /// Portable code, 8 lanes, no FMA: whatever the compiler makes of it for
+    /// the build target (SSE2 on x86-64, NEON on aarch64).
+    Generic,
+    /// aarch64 NEON with fused multiply-add, 8 lanes (two registers).
+    #[cfg(all(feature = "std", target_arch = "aarch64"))]
+    Neon,
+    /// x86-64 AVX2 with FMA, 8 lanes.
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    Avx2,
+    /// x86-64 AVX-512F, 16 lanes.
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    Avx512,
+}
+
+impl Isa {
+    /// A short lower-case name (`generic`, `neon`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Generic => "generic",
+            #[cfg(all(feature = "std", target_arch = "aarch64"))]
+            Isa::Neon => "neon",
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx2 => "avx2",
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Generic => true,
+            #[cfg(all(feature = "std", target_arch = "aarch64"))]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            }
+        }
+    }
+
+    /// Every ISA of this build that this CPU can run, best last.
+    pub fn available() -> impl Iterator<Item = Isa> {
+        let all = [
+            Isa::Generic,
+            #[cfg(all(feature = "std", target_arch = "aarch64"))]
+            Isa::Neon,
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx2,
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx512,
+        ];
+        all.into_iter().filter(|i| i.is_available())
+    }
+
+    /// The best ISA of this CPU, detected once and cached (under `std`).
+    pub fn best() -> Isa {
+        #[cfg(feature = "std")]
+        {
+            static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+            *BEST.get_or_init(|| Isa::available().last().unwrap_or(Isa::Generic))
+        }
+        #[cfg(not(feature = "std"))]
+        Isa::Generic
+    }
+}
+
+impl core::fmt::Display for Isa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn check_isa(isa: Isa) -> Result<(), Error> {
+    if isa.is_available() {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedIsa { isa: isa.name() })
+    }
+}
+
+/// Scratch (in `f32`) one sequential forward call needs, for any ISA.
+pub fn forward_scratch_len(p: &Problem) -> usize {
+    tile::fwd_work_len(p, LMAX)
+}
+
+/// Scratch (in `f32`) one sequential backward call needs, for any ISA.
+pub fn backward_scratch_len(p: &Problem) -> usize {
+    p.lse_len() + 2 * p.rpb_len() + tile::bwd_work_len(p, LMAX)
+}
+
+fn check_forward<T>(p: &Problem, x: &Inputs<'_, T>, out: &[T], lse: Option<&[f32]>) -> Result<(), Error> {
+    x.check(p)?;
+    check_len("out", out.len(), p.v_len())?;
+    if let Some(l) = lse {
+        check_len("lse", l.len(), p.lse_len())?;
+    }
+    Ok(())
+}
+
+/// Forward pass without allocation, on the calling thread: writes `out`
+/// (`[batch, *spatial, heads, head_dim_v]`) and, if given, `lse`
+/// (`[batch, *spatial, heads]`). `scratch` needs [`forward_scratch_len`].
+pub fn forward_with_scratch<T: Element>(
+    p: &Problem,
+    x: Inputs<'_, T>,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    forward_with_scratch_on(Isa::best(), p, x, out, lse, scratch)
+}
+
+/// [`forward_with_scratch`] on a chosen ISA (for tests and benchmarks).
+pub fn forward_with_scratch_on<T: Element>(
+    isa: Isa,
+    p: &Problem,
+    x: Inputs<'_, T>,
+    out: &mut [T],
+    mut lse: Option<&mut [f32]>,
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    check_isa(isa)?;
+    check_forward(p, &x, out, lse.as_deref())?;
+    let needed = forward_scratch_len(p);
+    if scratch.len() < needed {
+        return Err(Error::ScratchTooSmall { needed, got: scratch.len() });
+    }
+    let g = Geo::new(p);
+    let (wv, h) = (p.heads() * p.head_dim_v(), p.heads());
+    let (mut out, mut lse_rest) = (out, lse.as_deref_mut());
+    for ci in 0..g.chunks() {
+        let n = g.chunk(ci).len;
+        let (o, rest) = core::mem::take(&mut out).split_at_mut(n * wv);
+        out = rest;
+        let l = match lse_rest.take() {
+            Some(l) => {
+                let (a, b) = l.split_at_mut(n * h);
+                lse_rest = Some(b);
+                Some(a)
+            }
+            None => None,
+        };
+        tile::forward_chunk(isa, &g, &x, ci, o, l, scratch);
+    }
+    Ok(())
+}
+
+/// Forward pass: writes `out` (`[batch, *spatial, heads, head_dim_v]`) and,
+/// if given, `lse` (`[batch, *spatial, heads]`), with the threads `par` asks
+/// for, on the best ISA of this CPU.
+#[cfg(feature = "alloc")]
+pub fn forward<T: Element>(
+    p: &Problem,
+    x: Inputs<'_, T>,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+    par: Par,
+) -> Result<(), Error> {
+    forward_on(Isa::best(), p, x, out, lse, par)
+}
+
+/// [`forward`] on a chosen ISA (for tests and benchmarks).
+#[cfg(feature = "alloc")]
+pub fn forward_on<T: Element>(
+    isa: Isa,
+    p: &Problem,
+    x: Inputs<'_, T>,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+    par: Par,
+) -> Result<(), Error> {
+    match par {
+        Par::Seq => {
+            let mut scratch = alloc::vec![0.0; forward_scratch_len(p)];
+            forward_with_scratch_on(isa, p, x, out, lse, &mut scratch)
+        }
+        #[cfg(feature = "rayon")]
+        Par::Rayon(n) => Par::install(n, || forward_rayon(isa, p, x, out, lse)),
+    }
+}
+
+/// Cuts `s` into one slice per chunk, `per_pos` elements per position.
+#[cfg(feature = "alloc")]
+fn split_chunks<'a, T>(g: &Geo, mut s: &'a mut [T], per_pos: usize) -> alloc::vec::Vec<&'a mut [T]> {
+    let mut v = alloc::vec::Vec::with_capacity(g.chunks());
+    for ci in 0..g.chunks() {
+        let (a, b) = core::mem::take(&mut s).split_at_mut(g.chunk(ci).len * per_pos);
+        v.push(a);
+        s = b;
+    }
+    v
+}
+
+#[cfg(feature = "rayon")]
+fn forward_rayon<T: Element>(
+    isa: Isa,
+    p: &Problem,
+    x: Inputs<'_, T>,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<(), Error> {
+    use rayon::prelude::*;
+    check_isa(isa)?;
+    check_forward(p, &x, out, lse.as_deref())?;
+    let g = Geo::new(p);
+    let len = forward_scratch_len(p);
+    let outs = split_chunks(&g, out, p.heads() * p.head_dim_v());
+    let init = || alloc::vec![0.0f32; len];
+    match lse {
+        Some(l) => {
+            let lses = split_chunks(&g, l, p.heads());
+            outs.into_par_iter().zip(lses).enumerate().for_each_init(init, |s, (ci, (o, l))| {
+                tile::forward_chunk(isa, &g, &x, ci, o, Some(l), s)
+            })
+        }
+        None => outs
+            .into_par_iter()
+            .enumerate()
+            .for_each_init(init, |s, (ci, o)| tile::forward_chunk(isa, &g, &x, ci, o, None, s)),
+    }
+    Ok(())
+}
+
+/// Backward pass without allocation, on the calling thread: writes
+/// `d_query`, `d_key`, `d_value` and, when requested (and `rpb` was given),
+/// `d_rpb`. `scratch` needs [`backward_scratch_len`].
+pub fn backward_with_scratch<T: Element>(
+    p: &Problem,
+    x: Inputs<'_, T>,
+    s: Saved<'_, T>,
+    g: Grads<'_, T>,
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    backward_with_scratch_on(Isa::best(), p, x, s, g, scratch)
+}
+
+/// [`backward_with_scratch`] on a chosen ISA (for tests and benchmarks).
+pub fn backward_with_scratch_on<T: Element>(
+    isa: Isa,
+    p: &Problem,
+    x: Inputs<'_, T>,
+    s: Saved<'_, T>,
+    gr: Grads<'_, T>,
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    check_isa(isa)?;
+    check_backward(p, &x, &s, &gr)?;
+    let needed = backward_scratch_len(p);
+    if scratch.len() < needed {
+        return Err(Error::ScratchTooSmall { needed, got: scratch.len() });
+    }
+    let g = Geo::new(p);
+    let (delta, rest) = scratch.split_at_mut(p.lse_len());
+    let (total, rest) = rest.split_at_mut(p.rpb_len());
+    let (part, work) = rest.split_at_mut(p.rpb_len());
+    let want_rpb = gr.d_rpb.is_some();
+    total.fill(0.0);
+    let (wk, wv, h) = (p.heads() * p.head_dim(), p.heads() * p.head_dim_v(), p.heads());
+    let (mut dq, mut dl) = (gr.d_query, &mut delta[..]);
+    for ci in 0..g.chunks() {
+        let n = g.chunk(ci).len;
+        let (a, b) = core::mem::take(&mut dq).split_at_mut(n * wk);
+        dq = b;
+        let (da, db) = core::mem::take(&mut dl).split_at_mut(n * h);
+        dl = db;
+        part.fill(0.0);
+        let pb = if want_rpb { Some(&mut *part) } else { None };
+        tile::backward_query_chunk(isa, &g, &x, &s, ci, a, da, pb, work);
+        for (t, v) in total.iter_mut().zip(part.iter()) {
+            *t += v;
+        }
+    }
+    if let Some(d) = gr.d_rpb {
+        for (o, v) in d.iter_mut().zip(total.iter()) {
+            *o = T::from_f32(*v);
+        }
+    }
+    let (mut dk, mut dv) = (gr.d_key, gr.d_value);
+    for ci in 0..g.chunks() {
+        let n = g.chunk(ci).len;
+        let (a, b) = core::mem::take(&mut dk).split_at_mut(n * wk);
+        dk = b;
+        let (c, d) = core::mem::take(&mut dv).split_at_mut(n * wv);
+        dv = d;
+        tile::backward_key_chunk(isa, &g, &x, &s, delta, ci, a, c, work);
+    }
+    Ok(())
+}
+
+/// Backward pass: writes `d_query`, `d_key`, `d_value` and, when requested
+/// (and `rpb` was given), `d_rpb`, with the threads `par` asks for, on the
+/// best ISA of this CPU. Deterministic, and bit-identical for every `par`.
+#[cfg(feature = "alloc")]
+pub fn backward<T: Element>(p: &Problem, x: Inputs<'_, T>, s: Saved<'_, T>, g: Grads<'_, T>, par: Par) -> Result<(), Error> {
+    backward_on(Isa::best(), p, x, s, g, par)
+}
+
+/// [`backward`] on a chosen ISA (for tests and benchmarks).
+#[cfg(feature = "alloc")]
+pub fn backward_on<T: Element>(
+    isa: Isa,
+    p: &Problem,
+    x: Inputs<'_, T>,
+    s: Saved<'_, T>,
+    g: Grads<'_, T>,
+    par: Par,
+) -> Result<(), Error> {
+    match par {
+        Par::Seq => {
+            let mut scratch = alloc::vec![0.0; backward_scratch_len(p)];
+            backward_with_scratch_on(isa, p, x, s, g, &mut scratch)
+        }
+        #[cfg(feature = "rayon")]
+        Par::Rayon(n) => Par::install(n, || backward_rayon(isa, p, x, s, g)),
+    }
+}
+
+#[cfg(feature = "rayon")]
+fn backward_rayon<T: Element>(isa: Isa, p: &Problem, x: Inputs<'_, T>, s: Saved<'_, T>, gr: Grads<'_, T>) -> Result<(), Error> {
+    use rayon::prelude::*;
+    check_isa(isa)?;
+    check_backward(p, &x, &s, &gr)?;
+    let g = Geo::new(p);
+    let (wk, wv, h) = (p.heads() * p.head_dim(), p.heads() * p.head_dim_v(), p.heads());
+    let mut delta = alloc::vec![0.0f32; p.lse_len()];
+    let want_rpb = gr.d_rpb.is_some();
+    let work_len = tile::bwd_work_len(p, LMAX);
+    let rpb_len = if want_rpb { p.rpb_len() } else { 0 };
+    let dqs = split_chunks(&g, gr.d_query, wk);
+    let deltas = split_chunks(&g, &mut delta, h);
+    let parts: alloc::vec::Vec<alloc::vec::Vec<f32>> = dqs
+        .into_par_iter()
+        .zip(deltas)
+        .enumerate()
+        .map_init(
+            || alloc::vec![0.0f32; work_len],
+            |work, (ci, (dq, dl))| {
+                let mut part = alloc::vec![0.0f32; rpb_len];
+                let pb = if want_rpb { Some(&mut part[..]) } else { None };
+                tile::backward_query_chunk(isa, &g, &x, &s, ci, dq, dl, pb, work);
+                part
+            },
+        )
+        .collect();
+    if let Some(d) = gr.d_rpb {
+        let mut total = alloc::vec![0.0f32; p.rpb_len()];
+        for part in &parts {
+            for (t, v) in total.iter_mut().zip(part) {
+                *t += v;
+            }
+        }
+        for (o, v) in d.iter_mut().zip(&total) {
+            *o = T::from_f32(*v);
+        }
+    }
+    drop(parts);
+    let dks = split_chunks(&g, gr.d_key, wk);
+    let dvs = split_chunks(&g, gr.d_value, wv);
+    let delta = &delta[..];
+    dks.into_par_iter().zip(dvs).enumerate().for_each_init(
+        || alloc::vec![0.0f32; work_len],
+        |work, (ci, (dk, dv))| tile::backward_key_chunk(isa, &g, &x, &s, delta, ci, dk, dv, work),
+    );
+    Ok(())
+}

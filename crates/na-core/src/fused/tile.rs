@@ -1,0 +1,611 @@
+//! The tile loops of the fused kernels, generic over the arithmetic (`A`),
+//! the lane count (`L`) and the storage type (`T`), and the per-ISA
+//! trampolines that instantiate them.
+//!
+//! Naming: a *chunk* is a run of positions `[a, a + len)` on the last axis of
+//! one line `(b, x0, x1)` (1D and 2D problems are padded in front to 3D with
+//! unit axes); a *tile* is up to `L` positions of one dilation group inside a
+//! chunk; a *line* is one combination of leading-axis coordinates of the keys
+//! (forward, pass 1) or queries (pass 2) the tile sees.
+
+use super::kernels::{exp, lanes_times_rows, rows_dot_lanes, Arith, Plain};
+use super::Isa;
+use crate::problem::MAX_AXES;
+use crate::tensors::{Inputs, Saved};
+use crate::window::Axis;
+use crate::{Element, Problem};
+
+/// The widest lane count of any ISA (AVX-512), used to size scratch.
+pub(crate) const LMAX: usize = 16;
+
+/// Positions per chunk along the last axis, per unit of dilation.
+const SEG: usize = 64;
+
+/// Problem geometry resolved once per call.
+pub(crate) struct Geo {
+    axes: [Axis; MAX_AXES],
+    ext: [usize; MAX_AXES],
+    rext: [usize; MAX_AXES],
+    /// Bias entries per head.
+    rph: usize,
+    tokens: usize,
+    heads: usize,
+    dk: usize,
+    dv: usize,
+    scale: f32,
+    /// Chunk length on the last axis, and chunks per line.
+    seg: usize,
+    segs: usize,
+    /// Number of lines: `batch * ext[0] * ext[1]`.
+    lines: usize,
+}
+
+/// One chunk: positions `[a, a + len)` of the last axis of line `(b, x0, x1)`.
+#[derive(Clone, Copy)]
+pub(crate) struct Chunk {
+    b: usize,
+    x0: usize,
+    x1: usize,
+    a: usize,
+    pub(crate) len: usize,
+}
+
+impl Geo {
+    pub(crate) fn new(p: &Problem) -> Self {
+        let axes = *p.axes3();
+        let ext = axes.map(|a| a.len());
+        let seg = (SEG * axes[2].dilation()).min(ext[2]);
+        Geo {
+            axes,
+            ext,
+            rext: axes.map(|a| a.rpb_len()),
+            rph: p.rpb_per_head(),
+            tokens: p.tokens(),
+            heads: p.heads(),
+            dk: p.head_dim(),
+            dv: p.head_dim_v(),
+            scale: p.scale(),
+            seg,
+            segs: ext[2].div_ceil(seg),
+            lines: p.batch() * ext[0] * ext[1],
+        }
+    }
+
+    pub(crate) fn chunks(&self) -> usize {
+        self.lines * self.segs
+    }
+
+    pub(crate) fn chunk(&self, ci: usize) -> Chunk {
+        let (line, s) = (ci / self.segs, ci % self.segs);
+        let a = s * self.seg;
+        Chunk {
+            b: line / (self.ext[0] * self.ext[1]),
+            x0: (line / self.ext[1]) % self.ext[0],
+            x1: line % self.ext[1],
+            a,
+            len: self.seg.min(self.ext[2] - a),
+        }
+    }
+
+    /// Row (index into `lse`; times the head dim into q/k/v) of head `h` at
+    /// position `(t0, t1, t2)` of batch `b`.
+    #[inline(always)]
+    fn row(&self, b: usize, t0: usize, t1: usize, t2: usize, h: usize) -> usize {
+        (b * self.tokens + (t0 * self.ext[1] + t1) * self.ext[2] + t2) * self.heads + h
+    }
+
+    /// The bias entries of head `h` for leading offsets `(r0, r1)`: one
+    /// entry per last-axis offset.
+    #[inline(always)]
+    fn bias_row<'a, T>(&self, rpb: &'a [T], h: usize, r0: usize, r1: usize) -> &'a [T] {
+        &rpb[h * self.rph + (r0 * self.rext[1] + r1) * self.rext[2]..][..self.rext[2]]
+    }
+}
+
+/// Largest union of a tile's windows (forward, pass 1): `L + k + s`.
+fn union_fwd(p: &Problem, l: usize) -> usize {
+    let a = p.axes3()[2];
+    l + a.kernel() + a.stride()
+}
+
+/// Largest union of a key tile's inverse neighbourhoods (pass 2): `L + 2k`.
+fn union_inv(p: &Problem, l: usize) -> usize {
+    l + 2 * p.axes3()[2].kernel()
+}
+
+pub(crate) fn fwd_work_len(p: &Problem, l: usize) -> usize {
+    let (dk, dv, u) = (p.head_dim(), p.head_dim_v(), union_fwd(p, l));
+    (dk + dv) * l + 2 * u * l + u * (dk + dv)
+}
+
+pub(crate) fn bwd_work_len(p: &Problem, l: usize) -> usize {
+    let (dk, dv) = (p.head_dim(), p.head_dim_v());
+    let u1 = union_fwd(p, l);
+    let pass1 = (2 * dk + dv) * l + 3 * u1 * l + u1 * (dk + dv);
+    let u2 = union_inv(p, l);
+    let pass2 = 2 * (dk + dv) * l + 3 * u2 * l + u2 * (dk + dv) + 2 * u2;
+    pass1.max(pass2)
+}
+
+/// Splits `n` floats off the front of `s`.
+#[inline(always)]
+fn take<'a>(s: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
+    let (a, b) = core::mem::take(s).split_at_mut(n);
+    *s = b;
+    a
+}
+
+/// Splits `n` lane vectors off the front of `s`.
+#[inline(always)]
+fn take_lanes<'a, const L: usize>(s: &mut &'a mut [f32], n: usize) -> &'a mut [[f32; L]] {
+    take(s, n * L).as_chunks_mut::<L>().0
+}
+
+/// Group indices `ii` with `g + d * ii` in `[a, e)`.
+#[inline(always)]
+fn group_range(a: usize, e: usize, g: usize, d: usize) -> (usize, usize) {
+    (a.saturating_sub(g).div_ceil(d), e.saturating_sub(g).div_ceil(d))
+}
+
+/// Per-lane facts of one tile.
+struct Lanes<const L: usize> {
+    /// Active lanes (the rest are padding).
+    n: usize,
+    /// Full last-axis coordinate of each lane.
+    x2: [usize; L],
+    /// First group index of the union.
+    lo: usize,
+    /// Union length.
+    u: usize,
+    /// Per lane, the union slots `[first, last)` it attends (or is attended by).
+    first: [usize; L],
+    last: [usize; L],
+}
+
+impl<const L: usize> Lanes<L> {
+    /// Builds lane facts from per-lane group-index ranges `[start, end)`.
+    #[inline(always)]
+    fn new(n: usize, x2: [usize; L], start: [usize; L], end: [usize; L]) -> Self {
+        let lo = start[..n].iter().copied().min().unwrap_or(0);
+        let hi = end[..n].iter().copied().max().unwrap_or(lo);
+        let mut first = [0; L];
+        let mut last = [0; L];
+        for l in 0..n {
+            first[l] = start[l] - lo;
+            last[l] = end[l] - lo;
+        }
+        Lanes { n, x2, lo, u: hi - lo, first, last }
+    }
+
+    /// `0` where a lane attends a union slot, `-inf` elsewhere.
+    #[inline(always)]
+    fn mask(&self, madd: &mut [[f32; L]]) {
+        for (j, m) in madd[..self.u].iter_mut().enumerate() {
+            for l in 0..L {
+                let on = l < self.n && j >= self.first[l] && j < self.last[l];
+                m[l] = if on { 0.0 } else { f32::NEG_INFINITY };
+            }
+        }
+    }
+}
+
+/// `s[j] += madd[j]` over the union.
+#[inline(always)]
+fn add_mask<const L: usize>(s: &mut [[f32; L]], madd: &[[f32; L]]) {
+    for (sj, mj) in s.iter_mut().zip(madd) {
+        for l in 0..L {
+            sj[l] += mj[l];
+        }
+    }
+}
+
+/// Loads one row per active lane, transposed: `dst[c][l] = src_row(l)[c] * mul`.
+#[inline(always)]
+fn load_lanes<T: Element, const L: usize>(
+    dst: &mut [[f32; L]],
+    src: &[T],
+    rows: &[usize],
+    width: usize,
+    mul: f32,
+    tmp: &mut [f32],
+) {
+    for v in dst.iter_mut() {
+        *v = [0.0; L];
+    }
+    for (l, &r) in rows.iter().enumerate() {
+        T::widen_slice(&src[r * width..][..width], &mut tmp[..width]);
+        for (c, v) in tmp[..width].iter().enumerate() {
+            dst[c][l] = v * mul;
+        }
+    }
+}
+
+/// Forward for one chunk: `out` (`(len, heads, dv)`) and `lse` (`(len, heads)`).
+#[inline(always)]
+fn forward<A: Arith, const L: usize, T: Element>(
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    ci: usize,
+    out: &mut [T],
+    mut lse: Option<&mut [f32]>,
+    scratch: &mut [f32],
+) {
+    let ch = g.chunk(ci);
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2) = (ax.dilation(), ax.kernel());
+    let umax = L + k2 + ax.stride();
+    let mut s = scratch;
+    let qt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries, transposed
+    let ot = take_lanes::<L>(&mut s, dv); // (dv, L): output accumulator
+    let sc = take_lanes::<L>(&mut s, umax); // (U, L): logits, then probabilities
+    let madd = take_lanes::<L>(&mut s, umax); // (U, L): window mask
+    let kp = take(&mut s, umax * dk); // (U, dk): packed keys of one line
+    let vp = take(&mut s, umax * dv); // (U, dv): packed values of one line
+    let (w0, w1) = (g.axes[0].window(ch.x0), g.axes[1].window(ch.x1));
+    for h in 0..hn {
+        for grp in 0..d2 {
+            let (ia, ie) = group_range(ch.a, ch.a + ch.len, grp, d2);
+            let mut ii0 = ia;
+            while ii0 < ie {
+                let n = (ie - ii0).min(L);
+                let (mut x2, mut st, mut en, mut rows) = ([0; L], [0; L], [0; L], [0; L]);
+                for l in 0..n {
+                    x2[l] = grp + d2 * (ii0 + l);
+                    let w = ax.window(x2[l]);
+                    st[l] = w.start / d2;
+                    en[l] = st[l] + w.count;
+                    rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
+                }
+                let t = Lanes::new(n, x2, st, en);
+                let u = t.u;
+                t.mask(madd);
+                load_lanes(qt, x.query, &rows[..n], dk, g.scale, kp);
+                for v in ot.iter_mut() {
+                    *v = [0.0; L];
+                }
+                let mut m = [f32::MIN; L];
+                let mut lsum = [0.0f32; L];
+                for t0 in w0.iter() {
+                    let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
+                    for t1 in w1.iter() {
+                        let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
+                        for j in 0..u {
+                            let r = g.row(ch.b, t0, t1, grp + d2 * (t.lo + j), h);
+                            T::widen_slice(&x.key[r * dk..][..dk], &mut kp[j * dk..][..dk]);
+                            T::widen_slice(&x.value[r * dv..][..dv], &mut vp[j * dv..][..dv]);
+                        }
+                        let sc = &mut sc[..u];
+                        rows_dot_lanes::<A, L>(&kp[..u * dk], dk, qt, sc);
+                        add_mask(sc, madd);
+                        if let Some(rpb) = x.rpb {
+                            let brow = g.bias_row(rpb, h, r0, r1);
+                            for l in 0..n {
+                                // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
+                                let b0 = (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
+                                for (j, b) in (t.first[l]..t.last[l]).zip(&brow[b0..]) {
+                                    sc[j][l] += b.to_f32();
+                                }
+                            }
+                        }
+                        // Online softmax: rescale what came before to the new maximum.
+                        let mut mx = m;
+                        for sj in sc.iter() {
+                            for l in 0..L {
+                                mx[l] = mx[l].max(sj[l]);
+                            }
+                        }
+                        let mut corr = [0.0f32; L];
+                        let mut rs = [0.0f32; L];
+                        for l in 0..L {
+                            corr[l] = exp::<A>(m[l] - mx[l]);
+                        }
+                        m = mx;
+                        for sj in sc.iter_mut() {
+                            for l in 0..L {
+                                sj[l] = exp::<A>(sj[l] - m[l]);
+                                rs[l] += sj[l];
+                            }
+                        }
+                        for l in 0..L {
+                            lsum[l] = lsum[l] * corr[l] + rs[l];
+                        }
+                        for o in ot.iter_mut() {
+                            for l in 0..L {
+                                o[l] *= corr[l];
+                            }
+                        }
+                        lanes_times_rows::<A, L>(sc, &vp[..u * dv], ot);
+                    }
+                }
+                for l in 0..n {
+                    let pos = t.x2[l] - ch.a;
+                    let inv = 1.0 / lsum[l];
+                    for (c, o) in out[(pos * hn + h) * dv..][..dv].iter_mut().enumerate() {
+                        *o = T::from_f32(ot[c][l] * inv);
+                    }
+                    if let Some(ls) = lse.as_deref_mut() {
+                        ls[pos * hn + h] = m[l] + libm::logf(lsum[l]);
+                    }
+                }
+                ii0 += n;
+            }
+        }
+    }
+}
+
+/// Backward pass 1 for one chunk of queries: `dq` (`(len, heads, dk)`),
+/// `delta = <d_out, out>` (`(len, heads)`), and every `d_logit` added into
+/// `drpb` (the whole bias table) when given.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_query<A: Arith, const L: usize, T: Element>(
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    sv: &Saved<'_, T>,
+    ci: usize,
+    dq: &mut [T],
+    delta: &mut [f32],
+    mut drpb: Option<&mut [f32]>,
+    scratch: &mut [f32],
+) {
+    let ch = g.chunk(ci);
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2) = (ax.dilation(), ax.kernel());
+    let umax = L + k2 + ax.stride();
+    let mut s = scratch;
+    let qt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries
+    let dot = take_lanes::<L>(&mut s, dv); // (dv, L): d_out, transposed
+    let dqt = take_lanes::<L>(&mut s, dk); // (dk, L): d_query accumulator
+    let sc = take_lanes::<L>(&mut s, umax); // (U, L): probabilities
+    let dp = take_lanes::<L>(&mut s, umax); // (U, L): dP, then d_logit
+    let madd = take_lanes::<L>(&mut s, umax); // (U, L): window mask
+    let kp = take(&mut s, umax * dk); // (U, dk)
+    let vp = take(&mut s, umax * dv); // (U, dv)
+    let (w0, w1) = (g.axes[0].window(ch.x0), g.axes[1].window(ch.x1));
+    for h in 0..hn {
+        for grp in 0..d2 {
+            let (ia, ie) = group_range(ch.a, ch.a + ch.len, grp, d2);
+            let mut ii0 = ia;
+            while ii0 < ie {
+                let n = (ie - ii0).min(L);
+                let (mut x2, mut st, mut en, mut rows) = ([0; L], [0; L], [0; L], [0; L]);
+                let (mut lse, mut dlt) = ([0.0f32; L], [0.0f32; L]);
+                for l in 0..n {
+                    x2[l] = grp + d2 * (ii0 + l);
+                    let w = ax.window(x2[l]);
+                    st[l] = w.start / d2;
+                    en[l] = st[l] + w.count;
+                    let r = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
+                    rows[l] = r;
+                    lse[l] = sv.lse[r];
+                    let (o, d) = (&sv.out[r * dv..][..dv], &sv.d_out[r * dv..][..dv]);
+                    dlt[l] = o.iter().zip(d).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
+                    delta[(x2[l] - ch.a) * hn + h] = dlt[l];
+                }
+                let t = Lanes::new(n, x2, st, en);
+                let u = t.u;
+                t.mask(madd);
+                load_lanes(qt, x.query, &rows[..n], dk, g.scale, kp);
+                load_lanes(dot, sv.d_out, &rows[..n], dv, 1.0, vp);
+                for v in dqt.iter_mut() {
+                    *v = [0.0; L];
+                }
+                for t0 in w0.iter() {
+                    let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
+                    for t1 in w1.iter() {
+                        let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
+                        for j in 0..u {
+                            let r = g.row(ch.b, t0, t1, grp + d2 * (t.lo + j), h);
+                            T::widen_slice(&x.key[r * dk..][..dk], &mut kp[j * dk..][..dk]);
+                            T::widen_slice(&x.value[r * dv..][..dv], &mut vp[j * dv..][..dv]);
+                        }
+                        let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
+                        rows_dot_lanes::<A, L>(&kp[..u * dk], dk, qt, sc);
+                        add_mask(sc, madd);
+                        let brow = x.rpb.map(|rpb| g.bias_row(rpb, h, r0, r1));
+                        if let Some(brow) = brow {
+                            for l in 0..n {
+                                // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
+                                let b0 = (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
+                                for (j, b) in (t.first[l]..t.last[l]).zip(&brow[b0..]) {
+                                    sc[j][l] += b.to_f32();
+                                }
+                            }
+                        }
+                        for sj in sc.iter_mut() {
+                            for l in 0..L {
+                                sj[l] = exp::<A>(sj[l] - lse[l]);
+                            }
+                        }
+                        rows_dot_lanes::<A, L>(&vp[..u * dv], dv, dot, dp);
+                        for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
+                            for l in 0..L {
+                                pj[l] = sj[l] * (pj[l] - dlt[l]);
+                            }
+                        }
+                        lanes_times_rows::<A, L>(dp, &kp[..u * dk], dqt);
+                        if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
+                            let off = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
+                            for l in 0..n {
+                                let b0 = off + (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
+                                for (j, dr) in (t.first[l]..t.last[l]).zip(&mut d[b0..]) {
+                                    *dr += dp[j][l];
+                                }
+                            }
+                        }
+                    }
+                }
+                for l in 0..n {
+                    let pos = t.x2[l] - ch.a;
+                    for (c, o) in dq[(pos * hn + h) * dk..][..dk].iter_mut().enumerate() {
+                        *o = T::from_f32(dqt[c][l] * g.scale);
+                    }
+                }
+                ii0 += n;
+            }
+        }
+    }
+}
+
+/// Backward pass 2 for one chunk of keys: `dk` (`(len, heads, dk)`) and `dv`
+/// (`(len, heads, dv)`), gathered over each key's inverse neighbourhood.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_key<A: Arith, const L: usize, T: Element>(
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    sv: &Saved<'_, T>,
+    delta: &[f32],
+    ci: usize,
+    dk_out: &mut [T],
+    dv_out: &mut [T],
+    scratch: &mut [f32],
+) {
+    let ch = g.chunk(ci);
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2) = (ax.dilation(), ax.kernel());
+    let umax = L + 2 * k2;
+    let mut s = scratch;
+    let kt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled keys
+    let vt = take_lanes::<L>(&mut s, dv); // (dv, L): values
+    let dkt = take_lanes::<L>(&mut s, dk); // (dk, L): d_key accumulator
+    let dvt = take_lanes::<L>(&mut s, dv); // (dv, L): d_value accumulator
+    let sc = take_lanes::<L>(&mut s, umax); // (U, L): probabilities
+    let dp = take_lanes::<L>(&mut s, umax); // (U, L): dP, then d_logit
+    let madd = take_lanes::<L>(&mut s, umax); // (U, L): inverse mask
+    let qp = take(&mut s, umax * dk); // (U, dk): packed queries of one line
+    let dop = take(&mut s, umax * dv); // (U, dv): packed d_out of one line
+    let lse_u = take(&mut s, umax); // (U,)
+    let dlt_u = take(&mut s, umax); // (U,)
+    let (a0, a1) = (g.axes[0], g.axes[1]);
+    for h in 0..hn {
+        for grp in 0..d2 {
+            let (ja, je) = group_range(ch.a, ch.a + ch.len, grp, d2);
+            let mut jj0 = ja;
+            while jj0 < je {
+                let n = (je - jj0).min(L);
+                let (mut x2, mut st, mut en, mut rows) = ([0; L], [0; L], [0; L], [0; L]);
+                for l in 0..n {
+                    x2[l] = grp + d2 * (jj0 + l);
+                    // The queries attending a key form one interval of its group.
+                    let mut inv = ax.inverse(x2[l]);
+                    let first = inv.next().unwrap_or(x2[l]);
+                    let last = inv.last().unwrap_or(first);
+                    st[l] = first / d2;
+                    en[l] = last / d2 + 1;
+                    rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
+                }
+                let t = Lanes::new(n, x2, st, en);
+                let u = t.u;
+                t.mask(madd);
+                load_lanes(kt, x.key, &rows[..n], dk, g.scale, qp);
+                load_lanes(vt, x.value, &rows[..n], dv, 1.0, dop);
+                for v in dkt.iter_mut().chain(dvt.iter_mut()) {
+                    *v = [0.0; L];
+                }
+                for q0 in a0.inverse(ch.x0) {
+                    let r0 = a0.rpb_index_unchecked(q0, ch.x0);
+                    for q1 in a1.inverse(ch.x1) {
+                        let r1 = a1.rpb_index_unchecked(q1, ch.x1);
+                        for i in 0..u {
+                            let r = g.row(ch.b, q0, q1, grp + d2 * (t.lo + i), h);
+                            T::widen_slice(&x.query[r * dk..][..dk], &mut qp[i * dk..][..dk]);
+                            T::widen_slice(&sv.d_out[r * dv..][..dv], &mut dop[i * dv..][..dv]);
+                            lse_u[i] = sv.lse[r];
+                            dlt_u[i] = delta[r];
+                        }
+                        let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
+                        rows_dot_lanes::<A, L>(&qp[..u * dk], dk, kt, sc);
+                        add_mask(sc, madd);
+                        if let Some(rpb) = x.rpb {
+                            let brow = g.bias_row(rpb, h, r0, r1);
+                            for l in 0..n {
+                                // Bias index: key group index - query group index + k - 1.
+                                let base = jj0 + l + k2 - 1 - t.lo;
+                                for i in t.first[l]..t.last[l] {
+                                    sc[i][l] += brow[base - i].to_f32();
+                                }
+                            }
+                        }
+                        for (i, si) in sc.iter_mut().enumerate() {
+                            for l in 0..L {
+                                si[l] = exp::<A>(si[l] - lse_u[i]);
+                            }
+                        }
+                        rows_dot_lanes::<A, L>(&dop[..u * dv], dv, vt, dp);
+                        for (i, (pi, si)) in dp.iter_mut().zip(sc.iter()).enumerate() {
+                            for l in 0..L {
+                                pi[l] = si[l] * (pi[l] - dlt_u[i]);
+                            }
+                        }
+                        lanes_times_rows::<A, L>(sc, &dop[..u * dv], dvt);
+                        lanes_times_rows::<A, L>(dp, &qp[..u * dk], dkt);
+                    }
+                }
+                for l in 0..n {
+                    let pos = t.x2[l] - ch.a;
+                    for (c, o) in dk_out[(pos * hn + h) * dk..][..dk].iter_mut().enumerate() {
+                        *o = T::from_f32(dkt[c][l] * g.scale);
+                    }
+                    for (c, o) in dv_out[(pos * hn + h) * dv..][..dv].iter_mut().enumerate() {
+                        *o = T::from_f32(dvt[c][l]);
+                    }
+                }
+                jj0 += n;
+            }
+        }
+    }
+}
+
+/// Instantiates one chunk function per ISA behind `#[target_feature]`
+/// trampolines, plus a safe dispatcher.
+macro_rules! dispatch {
+    ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $name<T: Element>(isa: Isa, $($arg: $ty),*) {
+            match isa {
+                Isa::Generic => $generic::<Plain, 8, T>($($arg),*),
+                #[cfg(all(feature = "std", target_arch = "x86_64"))]
+                Isa::Avx2 => {
+                    #[target_feature(enable = "avx2,fma")]
+                    #[allow(clippy::too_many_arguments)]
+                    fn run<T: Element>($($arg: $ty),*) {
+                        $generic::<super::kernels::Fused, 8, T>($($arg),*)
+                    }
+                    // SAFETY: every public entry point checks `isa.is_available()`
+                    // (run-time detection of AVX2 and FMA) before dispatching here.
+                    unsafe { run::<T>($($arg),*) }
+                }
+                #[cfg(all(feature = "std", target_arch = "x86_64"))]
+                Isa::Avx512 => {
+                    #[target_feature(enable = "avx512f,avx2,fma")]
+                    #[allow(clippy::too_many_arguments)]
+                    fn run<T: Element>($($arg: $ty),*) {
+                        $generic::<super::kernels::Fused, 16, T>($($arg),*)
+                    }
+                    // SAFETY: every public entry point checks `isa.is_available()`
+                    // (run-time detection of AVX-512F, AVX2 and FMA) first.
+                    unsafe { run::<T>($($arg),*) }
+                }
+                #[cfg(all(feature = "std", target_arch = "aarch64"))]
+                Isa::Neon => {
+                    #[target_feature(enable = "neon")]
+                    #[allow(clippy::too_many_arguments)]
+                    fn run<T: Element>($($arg: $ty),*) {
+                        $generic::<super::kernels::Fused, 8, T>($($arg),*)
+                    }
+                    // SAFETY: every public entry point checks `isa.is_available()`
+                    // (run-time detection of NEON) first.
+                    unsafe { run::<T>($($arg),*) }
+                }
+            }
+        }
+    };
+}
+
+dispatch!(forward_chunk, forward, (g: &Geo, x: &Inputs<'_, T>, ci: usize, out: &mut [T], lse: Option<&mut [f32]>, scratch: &mut [f32]));
+dispatch!(backward_query_chunk, backward_query, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, ci: usize, dq: &mut [T], delta: &mut [f32], drpb: Option<&mut [f32]>, scratch: &mut [f32]));
+dispatch!(backward_key_chunk, backward_key, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, delta: &[f32], ci: usize, dk_out: &mut [T], dv_out: &mut [T], scratch: &mut [f32]));
