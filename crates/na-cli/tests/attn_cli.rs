@@ -444,7 +444,7 @@ fn hostile_npy_files_are_refused() {
     let good = encode_npy_f32(&QS, &values(QS.iter().product(), 9)).unwrap();
     let header = |dict: &str, data_len: usize| {
         let mut h = dict.to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');

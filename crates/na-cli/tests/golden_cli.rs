@@ -13,12 +13,19 @@ fn fixtures() -> PathBuf {
 }
 
 fn list(v: &Value) -> String {
-    let items: Vec<String> = v.as_array().unwrap().iter().map(|x| x.to_string()).collect();
+    let items: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
     items.join(",")
 }
 
 fn load(p: &Path) -> Vec<f32> {
-    read_npy(p, DEFAULT_MAX_ELEMENTS).unwrap_or_else(|e| panic!("{}: {e}", p.display())).data
+    read_npy(p, DEFAULT_MAX_ELEMENTS)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .data
 }
 
 #[test]
@@ -30,7 +37,12 @@ fn na_attn_matches_natten_fixtures() {
     let mut manifests: Vec<PathBuf> = std::fs::read_dir(fixtures())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("manifest_"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("manifest_")
+        })
         .collect();
     manifests.sort();
     for m in manifests {
@@ -41,14 +53,32 @@ fn na_attn_matches_natten_fixtures() {
             let output = |t: &str| out_dir.join(format!("{name}.{t}.npy"));
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_na"));
             cmd.arg("attn");
-            for (flag, t) in [("--query", "query"), ("--key", "key"), ("--value", "value"), ("--grad-out", "grad_out")] {
+            for (flag, t) in [
+                ("--query", "query"),
+                ("--key", "key"),
+                ("--value", "value"),
+                ("--grad-out", "grad_out"),
+            ] {
                 cmd.arg(flag).arg(input(t));
             }
             cmd.args(["--kernel-size", &list(&c["kernel_size"])]);
-            cmd.args(["--stride", &list(&c["stride"]), "--dilation", &list(&c["dilation"])]);
-            cmd.args(["--causal", &list(&c["causal"]), "--scale", &c["scale"].to_string()]);
+            cmd.args([
+                "--stride",
+                &list(&c["stride"]),
+                "--dilation",
+                &list(&c["dilation"]),
+            ]);
+            cmd.args([
+                "--causal",
+                &list(&c["causal"]),
+                "--scale",
+                &c["scale"].to_string(),
+            ]);
             let mut outs = vec![("--out", "out", 1e-4), ("--lse", "lse", 1e-4)];
-            outs.extend([("--grad-query", "grad_query", 1e-3), ("--grad-key", "grad_key", 1e-3)]);
+            outs.extend([
+                ("--grad-query", "grad_query", 1e-3),
+                ("--grad-key", "grad_key", 1e-3),
+            ]);
             outs.push(("--grad-value", "grad_value", 1e-3));
             if c["rpb"].as_bool().unwrap() {
                 cmd.arg("--rpb").arg(input("rpb"));
@@ -58,12 +88,24 @@ fn na_attn_matches_natten_fixtures() {
                 cmd.arg(flag).arg(output(t));
             }
             let res = cmd.output().unwrap();
-            assert!(res.status.success(), "{name}: {}", String::from_utf8_lossy(&res.stderr));
+            assert!(
+                res.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&res.stderr)
+            );
             for (_, t, tol) in outs {
                 let (got, want) = (load(&output(t)), load(&input(t)));
                 assert_eq!(got.len(), want.len(), "{name}.{t}");
-                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-                assert!(err <= tol, "{name}.{t}: max abs error {err:e} > {tol:e} ({})", doc["peer"]);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    err <= tol,
+                    "{name}.{t}: max abs error {err:e} > {tol:e} ({})",
+                    doc["peer"]
+                );
             }
             n += 1;
         }

@@ -51,9 +51,9 @@ extern crate alloc;
 
 mod dtype;
 mod error;
+pub mod fused;
 mod par;
 mod problem;
-pub mod fused;
 pub mod reference;
 mod tensors;
 pub mod window;

@@ -17,11 +17,11 @@
 //! `*_scratch_len` function.
 
 use crate::problem::MAX_AXES;
+use crate::tensors::{check_backward, check_len};
+pub use crate::tensors::{Grads, Inputs, Saved};
 use crate::window::Axis;
 #[cfg(feature = "alloc")]
 use crate::Par;
-pub use crate::tensors::{Grads, Inputs, Saved};
-use crate::tensors::{check_backward, check_len};
 use crate::{Element, Error, Problem};
 
 /// Spatial positions per work block.

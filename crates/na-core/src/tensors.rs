@@ -84,4 +84,3 @@ pub(crate) fn check_backward<T>(
     }
     Ok(())
 }
-

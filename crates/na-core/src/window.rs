@@ -48,7 +48,7 @@ impl Window {
     /// Whether full coordinate `t` is one of the keys.
     pub fn contains(&self, t: usize) -> bool {
         t >= self.start
-            && (t - self.start) % self.step == 0
+            && (t - self.start).is_multiple_of(self.step)
             && (t - self.start) / self.step < self.count
     }
 }

@@ -52,9 +52,19 @@ enum Impl {
 }
 
 fn run<T: Element>(p: &Problem, d: &Data, imp: Impl, par: Par) -> Run {
-    let (q, k, v, d_out) = (conv::<T>(&d.q), conv::<T>(&d.k), conv::<T>(&d.v), conv::<T>(&d.d_out));
+    let (q, k, v, d_out) = (
+        conv::<T>(&d.q),
+        conv::<T>(&d.k),
+        conv::<T>(&d.v),
+        conv::<T>(&d.d_out),
+    );
     let rpb = d.rpb.as_deref().map(conv::<T>);
-    let x = Inputs { query: &q, key: &k, value: &v, rpb: rpb.as_deref() };
+    let x = Inputs {
+        query: &q,
+        key: &k,
+        value: &v,
+        rpb: rpb.as_deref(),
+    };
     let mut out = vec![T::default(); p.v_len()];
     let mut lse = vec![0.0f32; p.lse_len()];
     match imp {
@@ -62,20 +72,43 @@ fn run<T: Element>(p: &Problem, d: &Data, imp: Impl, par: Par) -> Run {
         Impl::Fused(isa) => fused::forward_on(isa, p, x, &mut out, Some(&mut lse), par),
     }
     .unwrap();
-    let (mut dq, mut dk, mut dv) = (vec![T::default(); p.qk_len()], vec![T::default(); p.qk_len()], vec![T::default(); p.v_len()]);
+    let (mut dq, mut dk, mut dv) = (
+        vec![T::default(); p.qk_len()],
+        vec![T::default(); p.qk_len()],
+        vec![T::default(); p.v_len()],
+    );
     let mut drpb = vec![T::default(); if rpb.is_some() { p.rpb_len() } else { 0 }];
-    let g = Grads { d_query: &mut dq, d_key: &mut dk, d_value: &mut dv, d_rpb: rpb.is_some().then_some(&mut drpb[..]) };
-    let s = Saved { out: &out, lse: &lse, d_out: &d_out };
+    let g = Grads {
+        d_query: &mut dq,
+        d_key: &mut dk,
+        d_value: &mut dv,
+        d_rpb: rpb.is_some().then_some(&mut drpb[..]),
+    };
+    let s = Saved {
+        out: &out,
+        lse: &lse,
+        d_out: &d_out,
+    };
     match imp {
         Impl::Reference => reference::backward(p, x, s, g, par),
         Impl::Fused(isa) => fused::backward_on(isa, p, x, s, g, par),
     }
     .unwrap();
-    Run { out: back(&out), lse, dq: back(&dq), dk: back(&dk), dv: back(&dv), drpb: back(&drpb) }
+    Run {
+        out: back(&out),
+        lse,
+        dq: back(&dq),
+        dk: back(&dk),
+        dv: back(&dv),
+        drpb: back(&drpb),
+    }
 }
 
 fn diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn assert_close(a: &Run, b: &Run, tol: (f32, f32), what: &str) {
@@ -109,7 +142,9 @@ fn problems() -> impl Strategy<Value = (Problem, bool, u64)> {
     )
         .prop_map(|(axes, b, h, dk, dv, rpb, seed)| {
             let spatial: Vec<usize> = axes.iter().map(|a| a.0).collect();
-            let pick = |f: fn(&(usize, usize, usize, usize, bool)) -> usize| axes.iter().map(f).collect::<Vec<_>>();
+            let pick = |f: fn(&(usize, usize, usize, usize, bool)) -> usize| {
+                axes.iter().map(f).collect::<Vec<_>>()
+            };
             let cs: Vec<bool> = axes.iter().map(|a| a.4).collect();
             let params = Params::new(&pick(|a| a.1))
                 .unwrap()
@@ -119,7 +154,11 @@ fn problems() -> impl Strategy<Value = (Problem, bool, u64)> {
                 .unwrap()
                 .with_causal(&cs)
                 .unwrap();
-            (Problem::new(b, &spatial, h, dk, dv, params).unwrap(), rpb, seed)
+            (
+                Problem::new(b, &spatial, h, dk, dv, params).unwrap(),
+                rpb,
+                seed,
+            )
         })
 }
 
@@ -139,15 +178,54 @@ proptest! {
 #[test]
 fn fused_matches_dense_oracle_within_spec_tolerances() {
     let cases = [
-        (1, vec![40], Params::new(&[9]).unwrap().with_dilation(&[3]).unwrap(), 32, 16),
-        (2, vec![17, 19], Params::new(&[5, 4]).unwrap().with_stride(&[2, 3]).unwrap(), 16, 16),
-        (1, vec![9, 10], Params::new(&[3, 7]).unwrap().with_causal(&[true, false]).unwrap(), 8, 24),
-        (1, vec![6, 7, 9], Params::new(&[3, 3, 4]).unwrap().with_dilation(&[2, 1, 2]).unwrap(), 16, 8),
+        (
+            1,
+            vec![40],
+            Params::new(&[9]).unwrap().with_dilation(&[3]).unwrap(),
+            32,
+            16,
+        ),
+        (
+            2,
+            vec![17, 19],
+            Params::new(&[5, 4]).unwrap().with_stride(&[2, 3]).unwrap(),
+            16,
+            16,
+        ),
+        (
+            1,
+            vec![9, 10],
+            Params::new(&[3, 7])
+                .unwrap()
+                .with_causal(&[true, false])
+                .unwrap(),
+            8,
+            24,
+        ),
+        (
+            1,
+            vec![6, 7, 9],
+            Params::new(&[3, 3, 4])
+                .unwrap()
+                .with_dilation(&[2, 1, 2])
+                .unwrap(),
+            16,
+            8,
+        ),
     ];
     for (i, (b, spatial, params, dk, dv)) in cases.into_iter().enumerate() {
         let p = Problem::new(b, &spatial, 2, dk, dv, params).unwrap();
         let d = data(&p, true, 40 + i as u64);
-        let o = dense(&p, &spatial, &d.q, &d.k, &d.v, d.rpb.as_deref(), &d.d_out, &spec_mask(&p, &spatial));
+        let o = dense(
+            &p,
+            &spatial,
+            &d.q,
+            &d.k,
+            &d.v,
+            d.rpb.as_deref(),
+            &d.d_out,
+            &spec_mask(&p, &spatial),
+        );
         for isa in Isa::available() {
             let r = run::<f32>(&p, &d, Impl::Fused(isa), Par::Seq);
             for (name, got, want, tol) in [
@@ -167,12 +245,33 @@ fn fused_matches_dense_oracle_within_spec_tolerances() {
 
 #[test]
 fn half_precision_fused_within_spec_tolerances_of_f32_reference() {
-    let p = Problem::new(2, &[12, 11], 2, 32, 32, Params::new(&[5, 4]).unwrap().with_dilation(&[2, 1]).unwrap()).unwrap();
+    let p = Problem::new(
+        2,
+        &[12, 11],
+        2,
+        32,
+        32,
+        Params::new(&[5, 4])
+            .unwrap()
+            .with_dilation(&[2, 1])
+            .unwrap(),
+    )
+    .unwrap();
     let d = data(&p, true, 5);
     let want = run::<f32>(&p, &d, Impl::Reference, Par::Seq);
     for isa in Isa::available() {
-        assert_close(&run::<f16>(&p, &d, Impl::Fused(isa), Par::Seq), &want, (1e-2, 2e-2), &format!("f16 {isa}"));
-        assert_close(&run::<bf16>(&p, &d, Impl::Fused(isa), Par::Seq), &want, (5e-2, 5e-2), &format!("bf16 {isa}"));
+        assert_close(
+            &run::<f16>(&p, &d, Impl::Fused(isa), Par::Seq),
+            &want,
+            (1e-2, 2e-2),
+            &format!("f16 {isa}"),
+        );
+        assert_close(
+            &run::<bf16>(&p, &d, Impl::Fused(isa), Par::Seq),
+            &want,
+            (5e-2, 5e-2),
+            &format!("bf16 {isa}"),
+        );
     }
 }
 
@@ -180,30 +279,79 @@ fn half_precision_fused_within_spec_tolerances_of_f32_reference() {
 fn half_precision_fused_no_worse_than_half_precision_reference() {
     // A larger problem, where d_rpb sums ~800 terms: rounding in bf16 alone
     // exceeds SPEC's absolute tolerance, so compare error to the reference's.
-    let p = Problem::new(2, &[14, 15], 2, 32, 32, Params::new(&[5, 5]).unwrap().with_dilation(&[2, 1]).unwrap()).unwrap();
+    let p = Problem::new(
+        2,
+        &[14, 15],
+        2,
+        32,
+        32,
+        Params::new(&[5, 5])
+            .unwrap()
+            .with_dilation(&[2, 1])
+            .unwrap(),
+    )
+    .unwrap();
     let d = data(&p, true, 5);
     let exact = run::<f32>(&p, &d, Impl::Reference, Par::Seq);
     let err = |r: &Run| {
-        [diff(&r.out, &exact.out), diff(&r.lse, &exact.lse), diff(&r.dq, &exact.dq), diff(&r.dk, &exact.dk), diff(&r.dv, &exact.dv), diff(&r.drpb, &exact.drpb)]
+        [
+            diff(&r.out, &exact.out),
+            diff(&r.lse, &exact.lse),
+            diff(&r.dq, &exact.dq),
+            diff(&r.dk, &exact.dk),
+            diff(&r.dv, &exact.dv),
+            diff(&r.drpb, &exact.drpb),
+        ]
     };
-    let (rf, rb) = (err(&run::<f16>(&p, &d, Impl::Reference, Par::Seq)), err(&run::<bf16>(&p, &d, Impl::Reference, Par::Seq)));
+    let (rf, rb) = (
+        err(&run::<f16>(&p, &d, Impl::Reference, Par::Seq)),
+        err(&run::<bf16>(&p, &d, Impl::Reference, Par::Seq)),
+    );
     for isa in Isa::available() {
-        let (ff, fb) = (err(&run::<f16>(&p, &d, Impl::Fused(isa), Par::Seq)), err(&run::<bf16>(&p, &d, Impl::Fused(isa), Par::Seq)));
+        let (ff, fb) = (
+            err(&run::<f16>(&p, &d, Impl::Fused(isa), Par::Seq)),
+            err(&run::<bf16>(&p, &d, Impl::Fused(isa), Par::Seq)),
+        );
         for i in 0..6 {
-            assert!(ff[i] <= 2.0 * rf[i] + 1e-3, "f16 {isa} output {i}: {} vs reference {}", ff[i], rf[i]);
-            assert!(fb[i] <= 2.0 * rb[i] + 1e-2, "bf16 {isa} output {i}: {} vs reference {}", fb[i], rb[i]);
+            assert!(
+                ff[i] <= 2.0 * rf[i] + 1e-3,
+                "f16 {isa} output {i}: {} vs reference {}",
+                ff[i],
+                rf[i]
+            );
+            assert!(
+                fb[i] <= 2.0 * rb[i] + 1e-2,
+                "bf16 {isa} output {i}: {} vs reference {}",
+                fb[i],
+                rb[i]
+            );
         }
     }
 }
 
 #[test]
 fn threads_give_bit_identical_results() {
-    let p = Problem::new(2, &[20, 70], 3, 16, 8, Params::new(&[7, 5]).unwrap().with_dilation(&[2, 3]).unwrap()).unwrap();
+    let p = Problem::new(
+        2,
+        &[20, 70],
+        3,
+        16,
+        8,
+        Params::new(&[7, 5])
+            .unwrap()
+            .with_dilation(&[2, 3])
+            .unwrap(),
+    )
+    .unwrap();
     let d = data(&p, true, 6);
     for isa in Isa::available() {
         let seq = run::<f32>(&p, &d, Impl::Fused(isa), Par::Seq);
         for n in [2, 5] {
-            assert_eq!(run::<f32>(&p, &d, Impl::Fused(isa), Par::rayon(n)), seq, "{isa} with {n} threads");
+            assert_eq!(
+                run::<f32>(&p, &d, Impl::Fused(isa), Par::rayon(n)),
+                seq,
+                "{isa} with {n} threads"
+            );
         }
     }
 }
@@ -212,32 +360,76 @@ fn threads_give_bit_identical_results() {
 fn scratch_entry_points_and_errors() {
     let p = Problem::new(1, &[9, 8], 2, 4, 4, Params::new(&[3, 3]).unwrap()).unwrap();
     let d = data(&p, true, 8);
-    let x = Inputs { query: &d.q, key: &d.k, value: &d.v, rpb: d.rpb.as_deref() };
+    let x = Inputs {
+        query: &d.q,
+        key: &d.k,
+        value: &d.v,
+        rpb: d.rpb.as_deref(),
+    };
     let want = run::<f32>(&p, &d, Impl::Fused(Isa::best()), Par::Seq);
     let mut out = vec![0.0; p.v_len()];
     let mut lse = vec![0.0; p.lse_len()];
     let mut tiny = [0.0f32; 3];
     assert_eq!(
         fused::forward_with_scratch(&p, x, &mut out, None, &mut tiny),
-        Err(Error::ScratchTooSmall { needed: fused::forward_scratch_len(&p), got: 3 })
+        Err(Error::ScratchTooSmall {
+            needed: fused::forward_scratch_len(&p),
+            got: 3
+        })
     );
     assert_eq!(
-        fused::forward(&p, Inputs { key: &d.k[1..], ..x }, &mut out, None, Par::Seq),
-        Err(Error::LengthMismatch { tensor: "key", expected: p.qk_len(), got: p.qk_len() - 1 })
+        fused::forward(
+            &p,
+            Inputs {
+                key: &d.k[1..],
+                ..x
+            },
+            &mut out,
+            None,
+            Par::Seq
+        ),
+        Err(Error::LengthMismatch {
+            tensor: "key",
+            expected: p.qk_len(),
+            got: p.qk_len() - 1
+        })
     );
     let mut scratch = vec![0.0; fused::forward_scratch_len(&p)];
     fused::forward_with_scratch(&p, x, &mut out, Some(&mut lse), &mut scratch).unwrap();
     assert_eq!((&out, &lse), (&want.out, &want.lse));
-    let (mut dq, mut dk, mut dv, mut drpb) = (vec![0.0; p.qk_len()], vec![0.0; p.qk_len()], vec![0.0; p.v_len()], vec![0.0; p.rpb_len()]);
-    let s = Saved { out: &out, lse: &lse, d_out: &d.d_out };
+    let (mut dq, mut dk, mut dv, mut drpb) = (
+        vec![0.0; p.qk_len()],
+        vec![0.0; p.qk_len()],
+        vec![0.0; p.v_len()],
+        vec![0.0; p.rpb_len()],
+    );
+    let s = Saved {
+        out: &out,
+        lse: &lse,
+        d_out: &d.d_out,
+    };
     let mut scratch = vec![0.0; fused::backward_scratch_len(&p)];
-    let g = Grads { d_query: &mut dq, d_key: &mut dk, d_value: &mut dv, d_rpb: Some(&mut drpb) };
+    let g = Grads {
+        d_query: &mut dq,
+        d_key: &mut dk,
+        d_value: &mut dv,
+        d_rpb: Some(&mut drpb),
+    };
     fused::backward_with_scratch(&p, x, s, g, &mut scratch).unwrap();
     assert_eq!((dq, dk, dv, drpb), (want.dq, want.dk, want.dv, want.drpb));
-    let g = Grads { d_query: &mut [], d_key: &mut [], d_value: &mut [], d_rpb: None };
+    let g = Grads {
+        d_query: &mut [],
+        d_key: &mut [],
+        d_value: &mut [],
+        d_rpb: None,
+    };
     assert_eq!(
         fused::backward(&p, x, s, g, Par::Seq),
-        Err(Error::LengthMismatch { tensor: "d_query", expected: p.qk_len(), got: 0 })
+        Err(Error::LengthMismatch {
+            tensor: "d_query",
+            expected: p.qk_len(),
+            got: 0
+        })
     );
 }
 
@@ -246,9 +438,25 @@ fn benchmark_shapes_match_reference() {
     // Smaller batches of BENCHMARKS.md shapes: nat-l0, dinat-l0, 1D long window, 3D.
     let cases = [
         Problem::new(1, &[56, 56], 2, 32, 32, Params::new(&[7, 7]).unwrap()).unwrap(),
-        Problem::new(1, &[56, 56], 2, 32, 32, Params::new(&[7, 7]).unwrap().with_dilation(&[8]).unwrap()).unwrap(),
+        Problem::new(
+            1,
+            &[56, 56],
+            2,
+            32,
+            32,
+            Params::new(&[7, 7]).unwrap().with_dilation(&[8]).unwrap(),
+        )
+        .unwrap(),
         Problem::new(1, &[600], 1, 64, 64, Params::new(&[255]).unwrap()).unwrap(),
-        Problem::new(1, &[512], 1, 64, 64, Params::new(&[128]).unwrap().with_stride(&[128]).unwrap()).unwrap(),
+        Problem::new(
+            1,
+            &[512],
+            1,
+            64,
+            64,
+            Params::new(&[128]).unwrap().with_stride(&[128]).unwrap(),
+        )
+        .unwrap(),
         Problem::new(1, &[8, 16, 16], 1, 32, 32, Params::new(&[3, 7, 7]).unwrap()).unwrap(),
     ];
     for (i, p) in cases.iter().enumerate() {

@@ -41,7 +41,7 @@ const MAX: usize = DEFAULT_MAX_ELEMENTS;
 /// with `\n` like numpy) and raw data bytes.
 fn npy_v1(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut header = dict.as_bytes().to_vec();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(b' ');
     }
     header.push(b'\n');

@@ -11,6 +11,10 @@
 //!
 //! Both keep a block of accumulators in registers for the whole reduction.
 
+// Lane loops index several `[f32; L]` arrays with the same `l`: that is the
+// SIMD lane, and writing it as an index is what lets them vectorise.
+#![allow(clippy::needless_range_loop)]
+
 /// How a kernel multiplies and adds: fused (one rounding, one instruction on
 /// FMA hardware) or plain (for targets without FMA, where a fused multiply-add
 /// would be a slow library call).
@@ -57,15 +61,30 @@ pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
     let lanes = &lanes[..width];
     let mut j = 0;
     while j + 8 <= n {
-        dot_block::<A, L, 8>(&rows[j * width..][..8 * width], width, lanes, &mut out[j..j + 8]);
+        dot_block::<A, L, 8>(
+            &rows[j * width..][..8 * width],
+            width,
+            lanes,
+            &mut out[j..j + 8],
+        );
         j += 8;
     }
     while j + 4 <= n {
-        dot_block::<A, L, 4>(&rows[j * width..][..4 * width], width, lanes, &mut out[j..j + 4]);
+        dot_block::<A, L, 4>(
+            &rows[j * width..][..4 * width],
+            width,
+            lanes,
+            &mut out[j..j + 4],
+        );
         j += 4;
     }
     while j < n {
-        dot_block::<A, L, 1>(&rows[j * width..][..width], width, lanes, &mut out[j..j + 1]);
+        dot_block::<A, L, 1>(
+            &rows[j * width..][..width],
+            width,
+            lanes,
+            &mut out[j..j + 1],
+        );
         j += 1;
     }
 }
@@ -96,7 +115,11 @@ fn dot_block<A: Arith, const L: usize, const J: usize>(
 ///
 /// `p`: `(n, L)`; `rows`: `(n, width)` row-major; `acc`: `(width, L)`.
 #[inline(always)]
-pub(crate) fn lanes_times_rows<A: Arith, const L: usize>(p: &[[f32; L]], rows: &[f32], acc: &mut [[f32; L]]) {
+pub(crate) fn lanes_times_rows<A: Arith, const L: usize>(
+    p: &[[f32; L]],
+    rows: &[f32],
+    acc: &mut [[f32; L]],
+) {
     let width = acc.len();
     let rows = &rows[..p.len() * width];
     let mut c = 0;
@@ -158,7 +181,7 @@ pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
     p = A::fma(p, r, 8.333_452e-3);
     p = A::fma(p, r, 4.166_579_6e-2);
     p = A::fma(p, r, 1.666_666_5e-1);
-    p = A::fma(p, r, 5.000_000_1e-1);
+    p = A::fma(p, r, 0.5);
     let e = A::fma(p, r * r, r) + 1.0;
     let pow2 = f32::from_bits((((n as i32) + 127) as u32) << 23);
     if x < EXP_LO {
@@ -193,7 +216,9 @@ mod tests {
         const L: usize = 4;
         let (n, w) = (11, 13);
         let rows: Vec<f32> = (0..n * w).map(|i| (i % 7) as f32 - 3.0).collect();
-        let lanes: Vec<[f32; L]> = (0..w).map(|c| core::array::from_fn(|l| (c * L + l) as f32 * 0.25)).collect();
+        let lanes: Vec<[f32; L]> = (0..w)
+            .map(|c| core::array::from_fn(|l| (c * L + l) as f32 * 0.25))
+            .collect();
         let mut out = vec![[0.0; L]; n];
         rows_dot_lanes::<Plain, L>(&rows, w, &lanes, &mut out);
         for j in 0..n {

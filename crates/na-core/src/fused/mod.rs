@@ -86,7 +86,9 @@ impl Isa {
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             Isa::Avx512 => {
-                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
             }
         }
     }
@@ -141,7 +143,12 @@ pub fn backward_scratch_len(p: &Problem) -> usize {
     p.lse_len() + 2 * p.rpb_len() + tile::bwd_work_len(p, LMAX)
 }
 
-fn check_forward<T>(p: &Problem, x: &Inputs<'_, T>, out: &[T], lse: Option<&[f32]>) -> Result<(), Error> {
+fn check_forward<T>(
+    p: &Problem,
+    x: &Inputs<'_, T>,
+    out: &[T],
+    lse: Option<&[f32]>,
+) -> Result<(), Error> {
     x.check(p)?;
     check_len("out", out.len(), p.v_len())?;
     if let Some(l) = lse {
@@ -169,18 +176,21 @@ pub fn forward_with_scratch_on<T: Element>(
     p: &Problem,
     x: Inputs<'_, T>,
     out: &mut [T],
-    mut lse: Option<&mut [f32]>,
+    lse: Option<&mut [f32]>,
     scratch: &mut [f32],
 ) -> Result<(), Error> {
     check_isa(isa)?;
     check_forward(p, &x, out, lse.as_deref())?;
     let needed = forward_scratch_len(p);
     if scratch.len() < needed {
-        return Err(Error::ScratchTooSmall { needed, got: scratch.len() });
+        return Err(Error::ScratchTooSmall {
+            needed,
+            got: scratch.len(),
+        });
     }
     let g = Geo::new(p);
     let (wv, h) = (p.heads() * p.head_dim_v(), p.heads());
-    let (mut out, mut lse_rest) = (out, lse.as_deref_mut());
+    let (mut out, mut lse_rest) = (out, lse);
     for ci in 0..g.chunks() {
         let n = g.chunk(ci).len;
         let (o, rest) = core::mem::take(&mut out).split_at_mut(n * wv);
@@ -233,8 +243,12 @@ pub fn forward_on<T: Element>(
 }
 
 /// Cuts `s` into one slice per chunk, `per_pos` elements per position.
-#[cfg(feature = "alloc")]
-fn split_chunks<'a, T>(g: &Geo, mut s: &'a mut [T], per_pos: usize) -> alloc::vec::Vec<&'a mut [T]> {
+#[cfg(feature = "rayon")]
+fn split_chunks<'a, T>(
+    g: &Geo,
+    mut s: &'a mut [T],
+    per_pos: usize,
+) -> alloc::vec::Vec<&'a mut [T]> {
     let mut v = alloc::vec::Vec::with_capacity(g.chunks());
     for ci in 0..g.chunks() {
         let (a, b) = core::mem::take(&mut s).split_at_mut(g.chunk(ci).len * per_pos);
@@ -262,14 +276,19 @@ fn forward_rayon<T: Element>(
     match lse {
         Some(l) => {
             let lses = split_chunks(&g, l, p.heads());
-            outs.into_par_iter().zip(lses).enumerate().for_each_init(init, |s, (ci, (o, l))| {
-                tile::forward_chunk(isa, &g, &x, ci, o, Some(l), s)
-            })
+            outs.into_par_iter()
+                .zip(lses)
+                .enumerate()
+                .for_each_init(init, |s, (ci, (o, l))| {
+                    tile::forward_chunk(isa, &g, &x, ci, o, Some(l), s)
+                })
         }
         None => outs
             .into_par_iter()
             .enumerate()
-            .for_each_init(init, |s, (ci, o)| tile::forward_chunk(isa, &g, &x, ci, o, None, s)),
+            .for_each_init(init, |s, (ci, o)| {
+                tile::forward_chunk(isa, &g, &x, ci, o, None, s)
+            }),
     }
     Ok(())
 }
@@ -300,7 +319,10 @@ pub fn backward_with_scratch_on<T: Element>(
     check_backward(p, &x, &s, &gr)?;
     let needed = backward_scratch_len(p);
     if scratch.len() < needed {
-        return Err(Error::ScratchTooSmall { needed, got: scratch.len() });
+        return Err(Error::ScratchTooSmall {
+            needed,
+            got: scratch.len(),
+        });
     }
     let g = Geo::new(p);
     let (delta, rest) = scratch.split_at_mut(p.lse_len());
@@ -308,7 +330,11 @@ pub fn backward_with_scratch_on<T: Element>(
     let (part, work) = rest.split_at_mut(p.rpb_len());
     let want_rpb = gr.d_rpb.is_some();
     total.fill(0.0);
-    let (wk, wv, h) = (p.heads() * p.head_dim(), p.heads() * p.head_dim_v(), p.heads());
+    let (wk, wv, h) = (
+        p.heads() * p.head_dim(),
+        p.heads() * p.head_dim_v(),
+        p.heads(),
+    );
     let (mut dq, mut dl) = (gr.d_query, &mut delta[..]);
     for ci in 0..g.chunks() {
         let n = g.chunk(ci).len;
@@ -344,7 +370,13 @@ pub fn backward_with_scratch_on<T: Element>(
 /// (and `rpb` was given), `d_rpb`, with the threads `par` asks for, on the
 /// best ISA of this CPU. Deterministic, and bit-identical for every `par`.
 #[cfg(feature = "alloc")]
-pub fn backward<T: Element>(p: &Problem, x: Inputs<'_, T>, s: Saved<'_, T>, g: Grads<'_, T>, par: Par) -> Result<(), Error> {
+pub fn backward<T: Element>(
+    p: &Problem,
+    x: Inputs<'_, T>,
+    s: Saved<'_, T>,
+    g: Grads<'_, T>,
+    par: Par,
+) -> Result<(), Error> {
     backward_on(Isa::best(), p, x, s, g, par)
 }
 
@@ -369,12 +401,22 @@ pub fn backward_on<T: Element>(
 }
 
 #[cfg(feature = "rayon")]
-fn backward_rayon<T: Element>(isa: Isa, p: &Problem, x: Inputs<'_, T>, s: Saved<'_, T>, gr: Grads<'_, T>) -> Result<(), Error> {
+fn backward_rayon<T: Element>(
+    isa: Isa,
+    p: &Problem,
+    x: Inputs<'_, T>,
+    s: Saved<'_, T>,
+    gr: Grads<'_, T>,
+) -> Result<(), Error> {
     use rayon::prelude::*;
     check_isa(isa)?;
     check_backward(p, &x, &s, &gr)?;
     let g = Geo::new(p);
-    let (wk, wv, h) = (p.heads() * p.head_dim(), p.heads() * p.head_dim_v(), p.heads());
+    let (wk, wv, h) = (
+        p.heads() * p.head_dim(),
+        p.heads() * p.head_dim_v(),
+        p.heads(),
+    );
     let mut delta = alloc::vec![0.0f32; p.lse_len()];
     let want_rpb = gr.d_rpb.is_some();
     let work_len = tile::bwd_work_len(p, LMAX);

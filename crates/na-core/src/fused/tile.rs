@@ -8,6 +8,10 @@
 //! chunk; a *line* is one combination of leading-axis coordinates of the keys
 //! (forward, pass 1) or queries (pass 2) the tile sees.
 
+// Lane loops index several `[f32; L]` arrays with the same `l`: that is the
+// SIMD lane, and writing it as an index is what lets them vectorise.
+#![allow(clippy::needless_range_loop)]
+
 use super::kernels::{exp, lanes_times_rows, rows_dot_lanes, Arith, Plain};
 use super::Isa;
 use crate::problem::MAX_AXES;
@@ -144,7 +148,10 @@ fn take_lanes<'a, const L: usize>(s: &mut &'a mut [f32], n: usize) -> &'a mut [[
 /// Group indices `ii` with `g + d * ii` in `[a, e)`.
 #[inline(always)]
 fn group_range(a: usize, e: usize, g: usize, d: usize) -> (usize, usize) {
-    (a.saturating_sub(g).div_ceil(d), e.saturating_sub(g).div_ceil(d))
+    (
+        a.saturating_sub(g).div_ceil(d),
+        e.saturating_sub(g).div_ceil(d),
+    )
 }
 
 /// Per-lane facts of one tile.
@@ -174,7 +181,14 @@ impl<const L: usize> Lanes<L> {
             first[l] = start[l] - lo;
             last[l] = end[l] - lo;
         }
-        Lanes { n, x2, lo, u: hi - lo, first, last }
+        Lanes {
+            n,
+            x2,
+            lo,
+            u: hi - lo,
+            first,
+            last,
+        }
     }
 
     /// `0` where a lane attends a union slot, `-inf` elsewhere.
