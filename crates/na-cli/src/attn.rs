@@ -97,7 +97,7 @@ pub struct AttnArgs {
 }
 
 /// Parses `true`/`false`/`1`/`0` (case-insensitive).
-fn parse_bool(s: &str) -> Result<bool, String> {
+pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod attn;
+pub mod bench;
 
 use clap::{Parser, Subcommand};
 
@@ -22,11 +23,14 @@ pub struct Cli {
 pub enum Command {
     /// Run neighborhood attention (forward, and backward with --grad-out) on .npy arrays.
     Attn(attn::AttnArgs),
+    /// Time the operator (BENCHMARKS.md suite, one case, or a custom shape).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Attn(args) => attn::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

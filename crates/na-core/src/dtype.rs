@@ -51,6 +51,8 @@ pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {
     fn from_f32(x: f32) -> Self;
     /// Widens a slice into `dst` (same length; SIMD where `half` has it).
     fn widen_slice(src: &[Self], dst: &mut [f32]);
+    /// The slice itself when `Self` is `f32` (kernels then read it in place).
+    fn as_f32(x: &[Self]) -> Option<&[f32]>;
 }
 
 impl Element for f32 {
@@ -66,6 +68,10 @@ impl Element for f32 {
     #[inline(always)]
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn as_f32(x: &[Self]) -> Option<&[f32]> {
+        Some(x)
     }
 }
 
@@ -83,6 +89,10 @@ impl Element for f16 {
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
     }
+    #[inline(always)]
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Element for bf16 {
@@ -98,5 +108,9 @@ impl Element for bf16 {
     #[inline(always)]
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
+    }
+    #[inline(always)]
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
     }
 }

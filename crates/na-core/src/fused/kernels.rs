@@ -47,12 +47,13 @@ impl Arith for Fused {
     }
 }
 
-/// `out[j] = sum_c rows[j * width + c] * lanes[c]` for `j < out.len()`.
+/// `out[j] = sum_c rows[j * stride + c] * lanes[c]` for `j < out.len()`.
 ///
-/// `rows`: `(out.len(), width)` row-major; `lanes`: `(width, L)`.
+/// `rows`: `out.len()` rows of `width`, `stride` apart; `lanes`: `(width, L)`.
 #[inline(always)]
 pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
     rows: &[f32],
+    stride: usize,
     width: usize,
     lanes: &[[f32; L]],
     out: &mut [[f32; L]],
@@ -62,25 +63,35 @@ pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
     let mut j = 0;
     while j + 8 <= n {
         dot_block::<A, L, 8>(
-            &rows[j * width..][..8 * width],
+            &rows[j * stride..],
+            stride,
             width,
             lanes,
             &mut out[j..j + 8],
         );
         j += 8;
     }
-    while j + 4 <= n {
+    if j + 4 <= n {
         dot_block::<A, L, 4>(
-            &rows[j * width..][..4 * width],
+            &rows[j * stride..],
+            stride,
             width,
             lanes,
             &mut out[j..j + 4],
         );
         j += 4;
     }
+    if j < n && n >= 4 {
+        // A last block of 4 that overlaps the previous one: recomputing up to
+        // three rows beats a latency-bound chain of one-row blocks.
+        let j = n - 4;
+        dot_block::<A, L, 4>(&rows[j * stride..], stride, width, lanes, &mut out[j..n]);
+        return;
+    }
     while j < n {
         dot_block::<A, L, 1>(
-            &rows[j * width..][..width],
+            &rows[j * stride..],
+            stride,
             width,
             lanes,
             &mut out[j..j + 1],
@@ -92,12 +103,13 @@ pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
 #[inline(always)]
 fn dot_block<A: Arith, const L: usize, const J: usize>(
     rows: &[f32],
+    stride: usize,
     width: usize,
     lanes: &[[f32; L]],
     out: &mut [[f32; L]],
 ) {
     // (J, width) rows, each sliced to exactly `width` so indexing is unchecked.
-    let r: [&[f32]; J] = core::array::from_fn(|jj| &rows[jj * width..][..width]);
+    let r: [&[f32]; J] = core::array::from_fn(|jj| &rows[jj * stride..][..width]);
     let mut acc = [[0.0f32; L]; J];
     for c in 0..width {
         let v = &lanes[c];
@@ -111,28 +123,28 @@ fn dot_block<A: Arith, const L: usize, const J: usize>(
     out[..J].copy_from_slice(&acc);
 }
 
-/// `acc[c] += sum_j p[j] * rows[j * width + c]` for `c < acc.len() = width`.
+/// `acc[c] += sum_j p[j] * rows[j * stride + c]` for `c < acc.len() = width`.
 ///
-/// `p`: `(n, L)`; `rows`: `(n, width)` row-major; `acc`: `(width, L)`.
+/// `p`: `(n, L)`; `rows`: `n` rows of `width`, `stride` apart; `acc`: `(width, L)`.
 #[inline(always)]
 pub(crate) fn lanes_times_rows<A: Arith, const L: usize>(
     p: &[[f32; L]],
     rows: &[f32],
+    stride: usize,
     acc: &mut [[f32; L]],
 ) {
     let width = acc.len();
-    let rows = &rows[..p.len() * width];
     let mut c = 0;
     while c + 8 <= width {
-        axpy_block::<A, L, 8>(p, rows, width, c, &mut acc[c..c + 8]);
+        axpy_block::<A, L, 8>(p, rows, stride, c, &mut acc[c..c + 8]);
         c += 8;
     }
     while c + 4 <= width {
-        axpy_block::<A, L, 4>(p, rows, width, c, &mut acc[c..c + 4]);
+        axpy_block::<A, L, 4>(p, rows, stride, c, &mut acc[c..c + 4]);
         c += 4;
     }
     while c < width {
-        axpy_block::<A, L, 1>(p, rows, width, c, &mut acc[c..c + 1]);
+        axpy_block::<A, L, 1>(p, rows, stride, c, &mut acc[c..c + 1]);
         c += 1;
     }
 }
@@ -141,13 +153,13 @@ pub(crate) fn lanes_times_rows<A: Arith, const L: usize>(
 fn axpy_block<A: Arith, const L: usize, const C: usize>(
     p: &[[f32; L]],
     rows: &[f32],
-    width: usize,
+    stride: usize,
     c0: usize,
     io: &mut [[f32; L]],
 ) {
     let mut acc: [[f32; L]; C] = core::array::from_fn(|cc| io[cc]);
     for (j, pj) in p.iter().enumerate() {
-        let r = &rows[j * width + c0..][..C];
+        let r = &rows[j * stride + c0..][..C];
         for cc in 0..C {
             for l in 0..L {
                 acc[cc][l] = A::fma(r[cc], pj[l], acc[cc][l]);
@@ -164,17 +176,20 @@ const EXP_HI: f32 = 88.376_26;
 
 /// `exp(x)` for one lane: Cody-Waite reduction `x = n ln2 + r`, a degree-7
 /// polynomial for `exp(r)` on `|r| <= ln2/2` (Cephes `expf` coefficients,
-/// within 2 ulp), and `2^n` built in the exponent bits. Branch-free so that
-/// lane loops vectorise; `-inf` and anything below `EXP_LO` give exactly 0.
+/// within 2 ulp), and `2^n` built in the exponent bits.
+///
+/// Written without branches or saturating casts so that a loop over lanes
+/// vectorises: `n` is read from the mantissa of `x log2(e) + 1.5 * 2^23`, and
+/// inputs below `EXP_LO` (including `-inf`) are zeroed with a bit mask.
 #[inline(always)]
 pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
     const LOG2E: f32 = core::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // Round to nearest integer without `floor` (unavailable in core).
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let xc = x.clamp(EXP_LO, EXP_HI);
-    let n = (xc * LOG2E + MAGIC) - MAGIC;
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
     let r = A::fma(n, -LN2_LO, A::fma(n, -LN2_HI, xc));
     let mut p = 1.987_569_1e-4f32;
     p = A::fma(p, r, 1.398_2e-3);
@@ -183,12 +198,11 @@ pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
     p = A::fma(p, r, 1.666_666_5e-1);
     p = A::fma(p, r, 0.5);
     let e = A::fma(p, r * r, r) + 1.0;
-    let pow2 = f32::from_bits((((n as i32) + 127) as u32) << 23);
-    if x < EXP_LO {
-        0.0
-    } else {
-        e * pow2
-    }
+    // The integer n sits in the low mantissa bits of t.
+    let n_int = t.to_bits().wrapping_sub(MAGIC.to_bits());
+    let pow2 = f32::from_bits(n_int.wrapping_add(127) << 23);
+    let keep = u32::from(x >= EXP_LO).wrapping_neg();
+    f32::from_bits((e * pow2).to_bits() & keep)
 }
 
 #[cfg(test)]
@@ -220,7 +234,7 @@ mod tests {
             .map(|c| core::array::from_fn(|l| (c * L + l) as f32 * 0.25))
             .collect();
         let mut out = vec![[0.0; L]; n];
-        rows_dot_lanes::<Plain, L>(&rows, w, &lanes, &mut out);
+        rows_dot_lanes::<Plain, L>(&rows, w, w, &lanes, &mut out);
         for j in 0..n {
             for l in 0..L {
                 let want: f32 = (0..w).map(|c| rows[j * w + c] * lanes[c][l]).sum();
@@ -228,7 +242,7 @@ mod tests {
             }
         }
         let mut acc = vec![[1.0; L]; w];
-        lanes_times_rows::<Plain, L>(&out, &rows, &mut acc);
+        lanes_times_rows::<Plain, L>(&out, &rows, w, &mut acc);
         for c in 0..w {
             for l in 0..L {
                 let want: f32 = 1.0 + (0..n).map(|j| out[j][l] * rows[j * w + c]).sum::<f32>();

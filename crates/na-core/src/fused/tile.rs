@@ -213,6 +213,30 @@ fn add_mask<const L: usize>(s: &mut [[f32; L]], madd: &[[f32; L]]) {
     }
 }
 
+/// `u` rows of `width` elements starting at row `r0` of `src`, `step` rows
+/// apart, as `(slice, stride)`: read in place for `f32` storage, widened into
+/// `pack` otherwise.
+#[inline(always)]
+fn rows_of<'a, T: Element>(
+    src: &'a [T],
+    r0: usize,
+    step: usize,
+    u: usize,
+    width: usize,
+    pack: &'a mut [f32],
+) -> (&'a [f32], usize) {
+    if let Some(s) = T::as_f32(src) {
+        return (&s[r0 * width..], step * width);
+    }
+    for j in 0..u {
+        T::widen_slice(
+            &src[(r0 + j * step) * width..][..width],
+            &mut pack[j * width..][..width],
+        );
+    }
+    (&pack[..u * width], width)
+}
+
 /// Loads one row per active lane, transposed: `dst[c][l] = src_row(l)[c] * mul`.
 #[inline(always)]
 fn load_lanes<T: Element, const L: usize>(
@@ -284,13 +308,11 @@ fn forward<A: Arith, const L: usize, T: Element>(
                     let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
                     for t1 in w1.iter() {
                         let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
-                        for j in 0..u {
-                            let r = g.row(ch.b, t0, t1, grp + d2 * (t.lo + j), h);
-                            T::widen_slice(&x.key[r * dk..][..dk], &mut kp[j * dk..][..dk]);
-                            T::widen_slice(&x.value[r * dv..][..dv], &mut vp[j * dv..][..dv]);
-                        }
+                        let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
+                        let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
+                        let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
                         let sc = &mut sc[..u];
-                        rows_dot_lanes::<A, L>(&kp[..u * dk], dk, qt, sc);
+                        rows_dot_lanes::<A, L>(keys, ks, dk, qt, sc);
                         add_mask(sc, madd);
                         if let Some(rpb) = x.rpb {
                             let brow = g.bias_row(rpb, h, r0, r1);
@@ -306,7 +328,7 @@ fn forward<A: Arith, const L: usize, T: Element>(
                         let mut mx = m;
                         for sj in sc.iter() {
                             for l in 0..L {
-                                mx[l] = mx[l].max(sj[l]);
+                                mx[l] = if sj[l] > mx[l] { sj[l] } else { mx[l] };
                             }
                         }
                         let mut corr = [0.0f32; L];
@@ -329,7 +351,7 @@ fn forward<A: Arith, const L: usize, T: Element>(
                                 o[l] *= corr[l];
                             }
                         }
-                        lanes_times_rows::<A, L>(sc, &vp[..u * dv], ot);
+                        lanes_times_rows::<A, L>(sc, vals, vs, ot);
                     }
                 }
                 for l in 0..n {
@@ -410,13 +432,11 @@ fn backward_query<A: Arith, const L: usize, T: Element>(
                     let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
                     for t1 in w1.iter() {
                         let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
-                        for j in 0..u {
-                            let r = g.row(ch.b, t0, t1, grp + d2 * (t.lo + j), h);
-                            T::widen_slice(&x.key[r * dk..][..dk], &mut kp[j * dk..][..dk]);
-                            T::widen_slice(&x.value[r * dv..][..dv], &mut vp[j * dv..][..dv]);
-                        }
+                        let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
+                        let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
+                        let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
                         let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
-                        rows_dot_lanes::<A, L>(&kp[..u * dk], dk, qt, sc);
+                        rows_dot_lanes::<A, L>(keys, ks, dk, qt, sc);
                         add_mask(sc, madd);
                         let brow = x.rpb.map(|rpb| g.bias_row(rpb, h, r0, r1));
                         if let Some(brow) = brow {
@@ -433,13 +453,13 @@ fn backward_query<A: Arith, const L: usize, T: Element>(
                                 sj[l] = exp::<A>(sj[l] - lse[l]);
                             }
                         }
-                        rows_dot_lanes::<A, L>(&vp[..u * dv], dv, dot, dp);
+                        rows_dot_lanes::<A, L>(vals, vs, dv, dot, dp);
                         for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
                             for l in 0..L {
                                 pj[l] = sj[l] * (pj[l] - dlt[l]);
                             }
                         }
-                        lanes_times_rows::<A, L>(dp, &kp[..u * dk], dqt);
+                        lanes_times_rows::<A, L>(dp, keys, ks, dqt);
                         if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
                             let off = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
                             for l in 0..n {
@@ -524,15 +544,15 @@ fn backward_key<A: Arith, const L: usize, T: Element>(
                     let r0 = a0.rpb_index_unchecked(q0, ch.x0);
                     for q1 in a1.inverse(ch.x1) {
                         let r1 = a1.rpb_index_unchecked(q1, ch.x1);
+                        let r = g.row(ch.b, q0, q1, grp + d2 * t.lo, h);
                         for i in 0..u {
-                            let r = g.row(ch.b, q0, q1, grp + d2 * (t.lo + i), h);
-                            T::widen_slice(&x.query[r * dk..][..dk], &mut qp[i * dk..][..dk]);
-                            T::widen_slice(&sv.d_out[r * dv..][..dv], &mut dop[i * dv..][..dv]);
-                            lse_u[i] = sv.lse[r];
-                            dlt_u[i] = delta[r];
+                            lse_u[i] = sv.lse[r + i * d2 * hn];
+                            dlt_u[i] = delta[r + i * d2 * hn];
                         }
+                        let (qs, qst) = rows_of(x.query, r, d2 * hn, u, dk, qp);
+                        let (dos, dost) = rows_of(sv.d_out, r, d2 * hn, u, dv, dop);
                         let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
-                        rows_dot_lanes::<A, L>(&qp[..u * dk], dk, kt, sc);
+                        rows_dot_lanes::<A, L>(qs, qst, dk, kt, sc);
                         add_mask(sc, madd);
                         if let Some(rpb) = x.rpb {
                             let brow = g.bias_row(rpb, h, r0, r1);
@@ -549,14 +569,14 @@ fn backward_key<A: Arith, const L: usize, T: Element>(
                                 si[l] = exp::<A>(si[l] - lse_u[i]);
                             }
                         }
-                        rows_dot_lanes::<A, L>(&dop[..u * dv], dv, vt, dp);
+                        rows_dot_lanes::<A, L>(dos, dost, dv, vt, dp);
                         for (i, (pi, si)) in dp.iter_mut().zip(sc.iter()).enumerate() {
                             for l in 0..L {
                                 pi[l] = si[l] * (pi[l] - dlt_u[i]);
                             }
                         }
-                        lanes_times_rows::<A, L>(sc, &dop[..u * dv], dvt);
-                        lanes_times_rows::<A, L>(dp, &qp[..u * dk], dkt);
+                        lanes_times_rows::<A, L>(sc, dos, dost, dvt);
+                        lanes_times_rows::<A, L>(dp, qs, qst, dkt);
                     }
                 }
                 for l in 0..n {

@@ -1,0 +1,571 @@
+//! `na bench`: the BENCHMARKS.md operator suite (or one case, or a custom
+//! shape), forward or forward+backward, with an f32 GEMM peak measured in the
+//! same run with the same threads.
+//!
+//! Timing protocol (BENCHMARKS.md): warm-up runs, then timed runs; median,
+//! min and max of the raw per-run times, all of which go to `--json`.
+//! Effective throughput counts forward FLOPs as `4 * B * heads * N * W * D`
+//! and forward+backward as 3.5 times that.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use na_core::fused::{self, Isa};
+use na_core::{bf16, f16, reference, Element, Grads, Inputs, Par, Params, Problem, Saved};
+use serde_json::{json, Value};
+
+use crate::attn::{parse_bool, DTypeArg};
+
+/// An implementation `na bench` can time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImplArg {
+    /// The fused SIMD kernels (`na_core::fused`).
+    Fused,
+    /// The reference kernels (`na_core::reference`).
+    Reference,
+}
+
+impl ImplArg {
+    fn name(self) -> &'static str {
+        match self {
+            ImplArg::Fused => "na-fused",
+            ImplArg::Reference => "na-reference",
+        }
+    }
+}
+
+/// Arguments of `na bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Cases to run (see --list); default: the whole CPU suite.
+    #[arg(long, value_delimiter = ',')]
+    pub case: Vec<String>,
+    /// List the suite's cases and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// A custom case: the query shape `batch,*spatial,heads,head_dim` (with
+    /// --kernel-size and the other operator flags).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "B,S..,H,D",
+        conflicts_with = "case"
+    )]
+    pub shape: Vec<usize>,
+    /// Custom case: value head dim [default: head_dim].
+    #[arg(long, requires = "shape")]
+    pub head_dim_v: Option<usize>,
+    /// Custom case: kernel size, one value or one per axis.
+    #[arg(long, value_delimiter = ',', requires = "shape")]
+    pub kernel_size: Vec<usize>,
+    /// Custom case: stride [default: 1].
+    #[arg(long, value_delimiter = ',', requires = "shape")]
+    pub stride: Vec<usize>,
+    /// Custom case: dilation [default: 1].
+    #[arg(long, value_delimiter = ',', requires = "shape")]
+    pub dilation: Vec<usize>,
+    /// Custom case: causal per axis (true/false/1/0).
+    #[arg(long, value_delimiter = ',', value_parser = parse_bool, requires = "shape")]
+    pub causal: Vec<bool>,
+    /// Custom case: add a relative positional bias.
+    #[arg(long, requires = "shape")]
+    pub rpb: bool,
+    /// Time forward+backward instead of forward.
+    #[arg(long)]
+    pub backward: bool,
+    /// Implementations to time.
+    #[arg(
+        long = "impl",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fused"
+    )]
+    pub imps: Vec<ImplArg>,
+    /// Storage type.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DTypeArg,
+    /// Threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Fused kernels' instruction set: generic, avx2, avx512, neon [default: best available].
+    #[arg(long)]
+    pub isa: Option<String>,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed runs per case (fewer if --max-seconds runs out first, at least 3).
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Time budget per case and implementation, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_seconds: f64,
+    /// Write every result (with raw times) to this JSON file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// One benchmark problem.
+#[derive(Clone, Debug)]
+struct Case {
+    id: String,
+    batch: usize,
+    spatial: Vec<usize>,
+    heads: usize,
+    head_dim: usize,
+    head_dim_v: usize,
+    kernel: Vec<usize>,
+    stride: Vec<usize>,
+    dilation: Vec<usize>,
+    causal: Vec<bool>,
+    rpb: bool,
+}
+
+impl Case {
+    #[allow(clippy::too_many_arguments)]
+    fn suite(
+        id: &str,
+        batch: usize,
+        spatial: &[usize],
+        heads: usize,
+        dim: usize,
+        kernel: &[usize],
+        stride: &[usize],
+        dilation: &[usize],
+    ) -> Self {
+        Case {
+            id: id.into(),
+            batch,
+            spatial: spatial.to_vec(),
+            heads,
+            head_dim: dim,
+            head_dim_v: dim,
+            kernel: kernel.to_vec(),
+            stride: stride.to_vec(),
+            dilation: dilation.to_vec(),
+            causal: vec![false],
+            rpb: false,
+        }
+    }
+
+    fn problem(&self) -> Result<Problem> {
+        let params = Params::new(&self.kernel)?
+            .with_stride(&self.stride)
+            .context("stride")?
+            .with_dilation(&self.dilation)
+            .context("dilation")?
+            .with_causal(&self.causal)
+            .context("causal")?;
+        Ok(Problem::new(
+            self.batch,
+            &self.spatial,
+            self.heads,
+            self.head_dim,
+            self.head_dim_v,
+            params,
+        )?)
+    }
+}
+
+/// The CPU operator suite of BENCHMARKS.md.
+fn suite() -> Vec<Case> {
+    vec![
+        Case::suite("nat-l0", 1, &[56, 56], 2, 32, &[7, 7], &[1], &[1]),
+        Case::suite("nat-l0-b64", 64, &[56, 56], 2, 32, &[7, 7], &[1], &[1]),
+        Case::suite("dinat-l0", 1, &[56, 56], 2, 32, &[7, 7], &[1], &[8]),
+        Case::suite("nat-l2", 1, &[14, 14], 8, 32, &[7, 7], &[1], &[1]),
+        Case::suite("hires", 1, &[128, 128], 4, 32, &[13, 13], &[1], &[1]),
+        Case::suite("seq-1d", 1, &[4096], 4, 64, &[255], &[1], &[1]),
+        Case::suite("seq-1d-blocked", 1, &[4096], 4, 64, &[256], &[256], &[1]),
+        Case::suite("vol-3d", 1, &[8, 16, 16], 4, 32, &[3, 7, 7], &[1], &[1]),
+    ]
+}
+
+/// Deterministic standard-normal data (SplitMix64 + Box-Muller).
+fn normal(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let (u1, u2) = (next(), next());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        })
+        .collect()
+}
+
+/// Buffers of one case in storage type `T`.
+struct Buffers<T> {
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    rpb: Option<Vec<T>>,
+    d_out: Vec<T>,
+    out: Vec<T>,
+    lse: Vec<f32>,
+    dq: Vec<T>,
+    dk: Vec<T>,
+    dv: Vec<T>,
+    drpb: Vec<T>,
+}
+
+impl<T: Element> Buffers<T> {
+    fn new(p: &Problem, rpb: bool) -> Self {
+        let conv = |x: Vec<f32>| x.into_iter().map(T::from_f32).collect::<Vec<T>>();
+        Buffers {
+            q: conv(normal(p.qk_len(), 1)),
+            k: conv(normal(p.qk_len(), 2)),
+            v: conv(normal(p.v_len(), 3)),
+            rpb: rpb.then(|| conv(normal(p.rpb_len(), 4))),
+            d_out: conv(normal(p.v_len(), 5)),
+            out: vec![T::default(); p.v_len()],
+            lse: vec![0.0; p.lse_len()],
+            dq: vec![T::default(); p.qk_len()],
+            dk: vec![T::default(); p.qk_len()],
+            dv: vec![T::default(); p.v_len()],
+            drpb: vec![T::default(); if rpb { p.rpb_len() } else { 0 }],
+        }
+    }
+
+    /// One timed unit of work.
+    fn run(&mut self, p: &Problem, imp: ImplArg, isa: Isa, backward: bool, par: Par) -> Result<()> {
+        let x = Inputs {
+            query: &self.q,
+            key: &self.k,
+            value: &self.v,
+            rpb: self.rpb.as_deref(),
+        };
+        match imp {
+            ImplArg::Fused => {
+                fused::forward_on(isa, p, x, &mut self.out, Some(&mut self.lse), par)?
+            }
+            ImplArg::Reference => {
+                reference::forward(p, x, &mut self.out, Some(&mut self.lse), par)?
+            }
+        }
+        if backward {
+            let s = Saved {
+                out: &self.out,
+                lse: &self.lse,
+                d_out: &self.d_out,
+            };
+            let has_rpb = self.rpb.is_some();
+            let g = Grads {
+                d_query: &mut self.dq,
+                d_key: &mut self.dk,
+                d_value: &mut self.dv,
+                d_rpb: has_rpb.then_some(&mut self.drpb[..]),
+            };
+            match imp {
+                ImplArg::Fused => fused::backward_on(isa, p, x, s, g, par)?,
+                ImplArg::Reference => reference::backward(p, x, s, g, par)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Times `f` with warm-up; at least 3 timed runs, at most `iters`, within `budget`.
+fn time_runs(
+    warmup: usize,
+    iters: usize,
+    budget: Duration,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
+    let start = Instant::now();
+    for _ in 0..warmup {
+        f()?;
+        if start.elapsed() > budget / 2 {
+            break;
+        }
+    }
+    let timed = Instant::now();
+    let mut times = Vec::with_capacity(iters);
+    while times.len() < iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+        if times.len() >= 3 && timed.elapsed() > budget {
+            break;
+        }
+    }
+    Ok(times)
+}
+
+fn stats(times: &[f64]) -> (f64, f64, f64) {
+    let mut s = times.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    };
+    (median, s[0], s[n - 1])
+}
+
+/// f32 GEMM peak of this machine with `threads` threads: the best of several
+/// 1024^3 products by the `gemm` crate (2.1 GFLOP each).
+fn gemm_peak(threads: usize) -> f64 {
+    let n = 1024;
+    let a = normal(n * n, 7);
+    let b = normal(n * n, 8);
+    let mut c = vec![0.0f32; n * n];
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut best = f64::INFINITY;
+    for _ in 0..6 {
+        let t = Instant::now();
+        // SAFETY: a, b and c are n*n row-major f32 buffers that outlive the call;
+        // strides (column 1, row n) stay inside them, and c does not alias a or b.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// `git rev-parse --short HEAD` of the working directory (with `-dirty`), or `unknown`.
+pub fn git_commit() -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "--short", "HEAD"]) {
+        Some(c) => match run(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(s) if !s.is_empty() => format!("{c}-dirty"),
+            _ => c,
+        },
+        None => "unknown".into(),
+    }
+}
+
+/// The CPU model name and logical core count, from /proc/cpuinfo where it exists.
+pub fn cpu_name() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("{model} ({cores} logical cores)")
+}
+
+fn choose_isa(name: Option<&str>) -> Result<Isa> {
+    let Some(name) = name else {
+        return Ok(Isa::best());
+    };
+    let names: Vec<&str> = Isa::available().map(Isa::name).collect();
+    match Isa::available().find(|i| i.name() == name) {
+        Some(i) => Ok(i),
+        None => bail!(
+            "--isa {name} is not available on this CPU (available: {})",
+            names.join(", ")
+        ),
+    }
+}
+
+fn cases(args: &BenchArgs) -> Result<Vec<Case>> {
+    if !args.shape.is_empty() {
+        let s = &args.shape;
+        if !(4..=6).contains(&s.len()) {
+            bail!("--shape needs batch, 1 to 3 spatial extents, heads and head_dim (4 to 6 values), got {}", s.len());
+        }
+        if args.kernel_size.is_empty() {
+            bail!("--shape needs --kernel-size");
+        }
+        let n = s.len();
+        let one = |v: &Vec<usize>| if v.is_empty() { vec![1] } else { v.clone() };
+        return Ok(vec![Case {
+            id: "custom".into(),
+            batch: s[0],
+            spatial: s[1..n - 2].to_vec(),
+            heads: s[n - 2],
+            head_dim: s[n - 1],
+            head_dim_v: args.head_dim_v.unwrap_or(s[n - 1]),
+            kernel: args.kernel_size.clone(),
+            stride: one(&args.stride),
+            dilation: one(&args.dilation),
+            causal: if args.causal.is_empty() {
+                vec![false]
+            } else {
+                args.causal.clone()
+            },
+            rpb: args.rpb,
+        }]);
+    }
+    let all = suite();
+    if args.case.is_empty() {
+        return Ok(all);
+    }
+    args.case
+        .iter()
+        .map(|id| {
+            all.iter().find(|c| &c.id == id).cloned().with_context(|| {
+                let ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
+                format!("unknown --case '{id}' (known: {})", ids.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn bench_case<T: Element>(
+    c: &Case,
+    p: &Problem,
+    imp: ImplArg,
+    isa: Isa,
+    args: &BenchArgs,
+    par: Par,
+) -> Result<Vec<f64>> {
+    let mut b = Buffers::<T>::new(p, c.rpb);
+    time_runs(
+        args.warmup,
+        args.iters,
+        Duration::from_secs_f64(args.max_seconds),
+        || b.run(p, imp, isa, args.backward, par),
+    )
+}
+
+/// Runs `na bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.list {
+        println!(
+            "{:<16} {:>5} {:<14} {:>9} {:<10} {:<10} {:<8}",
+            "case", "batch", "spatial", "heads x D", "window", "dilation", "stride"
+        );
+        for c in suite() {
+            println!(
+                "{:<16} {:>5} {:<14} {:>9} {:<10} {:<10} {:<8}",
+                c.id,
+                c.batch,
+                format!("{:?}", c.spatial),
+                format!("{}x{}", c.heads, c.head_dim),
+                format!("{:?}", c.kernel),
+                format!("{:?}", c.dilation),
+                format!("{:?}", c.stride)
+            );
+        }
+        return Ok(());
+    }
+    let cases = cases(args)?;
+    let problems: Vec<Problem> = cases
+        .iter()
+        .map(|c| c.problem().with_context(|| format!("case {}", c.id)))
+        .collect::<Result<_>>()?;
+    let isa = choose_isa(args.isa.as_deref())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()
+        .context("starting the thread pool")?;
+    let threads = pool.current_num_threads();
+    let par = Par::rayon(threads);
+    let (commit, cpu) = (git_commit(), cpu_name());
+    let command: Vec<String> = std::env::args().collect();
+
+    let bar = ProgressBar::new((cases.len() * args.imps.len()) as u64 + 1);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("f32 GEMM peak");
+    let peak = pool.install(|| gemm_peak(threads));
+    bar.inc(1);
+
+    let pass = if args.backward {
+        "forward+backward"
+    } else {
+        "forward"
+    };
+    let mut results: Vec<Value> = vec![];
+    for (c, p) in cases.iter().zip(&problems) {
+        for &imp in &args.imps {
+            bar.set_message(format!("{} {}", c.id, imp.name()));
+            let times = pool.install(|| match args.dtype {
+                DTypeArg::F32 => bench_case::<f32>(c, p, imp, isa, args, par),
+                DTypeArg::F16 => bench_case::<f16>(c, p, imp, isa, args, par),
+                DTypeArg::Bf16 => bench_case::<bf16>(c, p, imp, isa, args, par),
+            })?;
+            let (median, min, max) = stats(&times);
+            let gflop = p.forward_flops() / 1e9 * if args.backward { 3.5 } else { 1.0 };
+            results.push(json!({
+                "case": c.id, "impl": imp.name(), "isa": if imp == ImplArg::Fused { isa.name() } else { "scalar" },
+                "dims": c.spatial.len(), "batch": c.batch, "shape": c.spatial, "heads": c.heads, "head_dim": c.head_dim,
+                "head_dim_v": c.head_dim_v, "kernel_size": p.params().kernel_size(), "dilation": p.params().dilation(),
+                "stride": p.params().stride(), "causal": p.params().causal(), "rpb": c.rpb, "dtype": args.dtype.name(),
+                "pass": pass, "threads": threads, "median_s": median, "min_s": min, "max_s": max, "times_s": times,
+                "gflop": gflop, "gflops": gflop / median, "gemm_peak_gflops": peak, "commit": commit, "cpu": cpu,
+                "command": command.join(" "),
+            }));
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    println!("{cpu}; {threads} thread(s); fused ISA {isa}; commit {commit}; f32 GEMM peak {peak:.1} GFLOP/s");
+    println!(
+        "{:<16} {:<13} {:<16} {:>11} {:>11} {:>11} {:>9} {:>8}",
+        "case", "impl", "pass", "median ms", "min ms", "max ms", "GFLOP/s", "% peak"
+    );
+    for r in &results {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<16} {:<13} {:<16} {:>11.3} {:>11.3} {:>11.3} {:>9.2} {:>7.1}%",
+            r["case"].as_str().unwrap_or(""),
+            r["impl"].as_str().unwrap_or(""),
+            pass,
+            f("median_s") * 1e3,
+            f("min_s") * 1e3,
+            f("max_s") * 1e3,
+            f("gflops"),
+            100.0 * f("gflops") / peak
+        );
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&Value::Array(results))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
