@@ -169,6 +169,108 @@ fn axpy_block<A: Arith, const L: usize, const C: usize>(
     io[..C].copy_from_slice(&acc);
 }
 
+/// The sliding-window ("diagonal") product of interior tiles, where lane `l`'s
+/// window starts at slot `l`: `out[o][l] = sum_c lanes[c][l] * kt[c * ld + o + l]`
+/// for `o < out.len()`.
+///
+/// `kt`: a transposed block (`width` channels, `ld` slots apart), offset to
+/// the tile's first window start; every row must extend `out.len() + L - 1`
+/// slots. Each term is one unaligned vector load and one FMA: no work is
+/// wasted on keys outside a lane's window.
+#[inline(always)]
+pub(crate) fn diag_dot<A: Arith, const L: usize>(
+    kt: &[f32],
+    ld: usize,
+    width: usize,
+    lanes: &[[f32; L]],
+    out: &mut [[f32; L]],
+) {
+    // Blocks of 8 offsets (8 independent accumulators keep both FMA pipes
+    // busy); the last block may compute up to 7 offsets past `out.len()`
+    // into `spill`, which callers size and pad for (see `DIAG_PAD`).
+    let k = out.len();
+    let lanes = &lanes[..width];
+    let mut o = 0;
+    while o < k {
+        let mut acc = [[0.0f32; L]; 8];
+        diag_dot_block::<A, L, 8>(&kt[o..], ld, width, lanes, &mut acc);
+        let n = (k - o).min(8);
+        out[o..o + n].copy_from_slice(&acc[..n]);
+        o += 8;
+    }
+}
+
+/// Slots past a tile's last window start that [`diag_dot`] may read: the
+/// overcomputed offsets of its last block plus the lanes of a partial tile.
+pub(crate) const DIAG_PAD: usize = 8;
+
+#[inline(always)]
+fn diag_dot_block<A: Arith, const L: usize, const J: usize>(
+    kt: &[f32],
+    ld: usize,
+    width: usize,
+    lanes: &[[f32; L]],
+    out: &mut [[f32; L]],
+) {
+    let mut acc = [[0.0f32; L]; J];
+    for (c, v) in lanes[..width].iter().enumerate() {
+        let row = &kt[c * ld..][..J + L - 1];
+        for jj in 0..J {
+            let kv = &row[jj..][..L];
+            for l in 0..L {
+                acc[jj][l] = A::fma(v[l], kv[l], acc[jj][l]);
+            }
+        }
+    }
+    out[..J].copy_from_slice(&acc);
+}
+
+/// The sliding-window counterpart of [`lanes_times_rows`]:
+/// `acc[c][l] += sum_o p[o][l] * vt[c * ld + o + l]`.
+#[inline(always)]
+pub(crate) fn diag_axpy<A: Arith, const L: usize>(
+    p: &[[f32; L]],
+    vt: &[f32],
+    ld: usize,
+    acc: &mut [[f32; L]],
+) {
+    let width = acc.len();
+    let mut c = 0;
+    while c + 8 <= width {
+        diag_axpy_block::<A, L, 8>(p, &vt[c * ld..], ld, &mut acc[c..c + 8]);
+        c += 8;
+    }
+    while c + 4 <= width {
+        diag_axpy_block::<A, L, 4>(p, &vt[c * ld..], ld, &mut acc[c..c + 4]);
+        c += 4;
+    }
+    while c < width {
+        diag_axpy_block::<A, L, 1>(p, &vt[c * ld..], ld, &mut acc[c..c + 1]);
+        c += 1;
+    }
+}
+
+#[inline(always)]
+fn diag_axpy_block<A: Arith, const L: usize, const C: usize>(
+    p: &[[f32; L]],
+    vt: &[f32],
+    ld: usize,
+    io: &mut [[f32; L]],
+) {
+    let k = p.len();
+    let rows: [&[f32]; C] = core::array::from_fn(|cc| &vt[cc * ld..][..k + L - 1]);
+    let mut acc: [[f32; L]; C] = core::array::from_fn(|cc| io[cc]);
+    for (o, po) in p.iter().enumerate() {
+        for cc in 0..C {
+            let v = &rows[cc][o..][..L];
+            for l in 0..L {
+                acc[cc][l] = A::fma(po[l], v[l], acc[cc][l]);
+            }
+        }
+    }
+    io[..C].copy_from_slice(&acc);
+}
+
 /// Inputs below this give `exp(x) = 0` (the smallest normal is `exp(-87.34)`).
 const EXP_LO: f32 = -87.336_54;
 /// Inputs above this are clamped (`exp(88.38)` is near `f32::MAX`).
@@ -239,6 +341,27 @@ mod tests {
             for l in 0..L {
                 let want: f32 = (0..w).map(|c| rows[j * w + c] * lanes[c][l]).sum();
                 assert_eq!(out[j][l], want);
+            }
+        }
+        // Diagonal forms: lane l's rows start at slot l.
+        let (k, ld) = (5, 16);
+        let kt: Vec<f32> = (0..w * ld + L)
+            .map(|i| ((i * 7) % 11) as f32 - 5.0)
+            .collect();
+        let mut dd = vec![[0.0; L]; k];
+        diag_dot::<Plain, L>(&kt, ld, w, &lanes, &mut dd);
+        for o in 0..k {
+            for l in 0..L {
+                let want: f32 = (0..w).map(|c| lanes[c][l] * kt[c * ld + o + l]).sum();
+                assert_eq!(dd[o][l], want);
+            }
+        }
+        let mut da = vec![[0.5; L]; w];
+        diag_axpy::<Plain, L>(&dd, &kt, ld, &mut da);
+        for c in 0..w {
+            for l in 0..L {
+                let want: f32 = 0.5 + (0..k).map(|o| dd[o][l] * kt[c * ld + o + l]).sum::<f32>();
+                assert!((da[c][l] - want).abs() <= 1e-3 * want.abs().max(1.0));
             }
         }
         let mut acc = vec![[1.0; L]; w];

@@ -133,9 +133,20 @@ fn check_isa(isa: Isa) -> Result<(), Error> {
     }
 }
 
-/// Scratch (in `f32`) one sequential forward call needs, for any ISA.
+/// Scratch (in `f32`) one sequential forward call needs, for any ISA: the
+/// tile workspace plus, with stride 1 on the last axis, transposed keys and
+/// values of one batch element.
 pub fn forward_scratch_len(p: &Problem) -> usize {
-    tile::fwd_work_len(p, LMAX)
+    let g = Geo::new(p);
+    tile::fwd_work_len(p, LMAX) + transposed_len(&g)
+}
+
+fn transposed_len(g: &Geo) -> usize {
+    if g.transposed() {
+        g.kt_len(g.dk()) + g.kt_len(g.dv())
+    } else {
+        0
+    }
 }
 
 /// Scratch (in `f32`) one sequential backward call needs, for any ISA.
@@ -189,23 +200,63 @@ pub fn forward_with_scratch_on<T: Element>(
         });
     }
     let g = Geo::new(p);
+    let (kt, vt, work) = split_transposed(&g, scratch);
     let (wv, h) = (p.heads() * p.head_dim_v(), p.heads());
     let (mut out, mut lse_rest) = (out, lse);
-    for ci in 0..g.chunks() {
-        let n = g.chunk(ci).len;
-        let (o, rest) = core::mem::take(&mut out).split_at_mut(n * wv);
-        out = rest;
-        let l = match lse_rest.take() {
-            Some(l) => {
-                let (a, b) = l.split_at_mut(n * h);
-                lse_rest = Some(b);
-                Some(a)
+    for b in 0..p.batch() {
+        let kvt = if g.transposed() {
+            for line in 0..g.lines_per_batch() {
+                let (kl, vl) = (g.line_len(g.dk()), g.line_len(g.dv()));
+                tile::transpose_kv_line(
+                    &g,
+                    &x,
+                    b,
+                    line,
+                    &mut kt[line * kl..][..kl],
+                    &mut vt[line * vl..][..vl],
+                );
             }
-            None => None,
+            Some((&kt[..], &vt[..]))
+        } else {
+            None
         };
-        tile::forward_chunk(isa, &g, &x, ci, o, l, scratch);
+        for ci in b * g.chunks_per_batch()..(b + 1) * g.chunks_per_batch() {
+            let n = g.chunk(ci).len;
+            let (o, rest) = core::mem::take(&mut out).split_at_mut(n * wv);
+            out = rest;
+            let l = match lse_rest.take() {
+                Some(l) => {
+                    let (a, b) = l.split_at_mut(n * h);
+                    lse_rest = Some(b);
+                    Some(a)
+                }
+                None => None,
+            };
+            tile::forward_chunk(isa, &g, &x, kvt, ci, o, l, work);
+        }
     }
     Ok(())
+}
+
+/// Cuts the transposed keys and values (empty unless [`Geo::transposed`])
+/// off the front of `scratch`, zeroing the padding that lanes past a tile's
+/// end may read.
+fn split_transposed<'a>(
+    g: &Geo,
+    scratch: &'a mut [f32],
+) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32]) {
+    let (nk, nv) = if g.transposed() {
+        (g.kt_len(g.dk()), g.kt_len(g.dv()))
+    } else {
+        (0, 0)
+    };
+    let (kt, rest) = scratch.split_at_mut(nk);
+    let (vt, work) = rest.split_at_mut(nv);
+    for t in [&mut *kt, &mut *vt] {
+        let n = t.len();
+        t[n.saturating_sub(tile::T_PAD)..].fill(0.0);
+    }
+    (kt, vt, work)
 }
 
 /// Forward pass: writes `out` (`[batch, *spatial, heads, head_dim_v]`) and,
@@ -270,25 +321,43 @@ fn forward_rayon<T: Element>(
     check_isa(isa)?;
     check_forward(p, &x, out, lse.as_deref())?;
     let g = Geo::new(p);
-    let len = forward_scratch_len(p);
-    let outs = split_chunks(&g, out, p.heads() * p.head_dim_v());
+    let len = tile::fwd_work_len(p, LMAX);
+    let mut kv = alloc::vec![0.0f32; transposed_len(&g)];
+    let (kt, vt, _) = split_transposed(&g, &mut kv);
+    let cpb = g.chunks_per_batch();
+    let mut outs = split_chunks(&g, out, p.heads() * p.head_dim_v()).into_iter();
+    let mut lses = lse.map(|l| split_chunks(&g, l, p.heads()).into_iter());
     let init = || alloc::vec![0.0f32; len];
-    match lse {
-        Some(l) => {
-            let lses = split_chunks(&g, l, p.heads());
-            outs.into_par_iter()
-                .zip(lses)
+    for b in 0..p.batch() {
+        if g.transposed() {
+            let (kl, vl) = (g.line_len(g.dk()), g.line_len(g.dv()));
+            let lines = g.lines_per_batch();
+            kt[..lines * kl]
+                .par_chunks_mut(kl)
+                .zip(vt[..lines * vl].par_chunks_mut(vl))
                 .enumerate()
-                .for_each_init(init, |s, (ci, (o, l))| {
-                    tile::forward_chunk(isa, &g, &x, ci, o, Some(l), s)
-                })
+                .for_each(|(line, (k, v))| tile::transpose_kv_line(&g, &x, b, line, k, v));
         }
-        None => outs
-            .into_par_iter()
-            .enumerate()
-            .for_each_init(init, |s, (ci, o)| {
-                tile::forward_chunk(isa, &g, &x, ci, o, None, s)
-            }),
+        let kvt = g.transposed().then_some((&kt[..], &vt[..]));
+        let o: alloc::vec::Vec<_> = outs.by_ref().take(cpb).collect();
+        let first = b * cpb;
+        match lses.as_mut() {
+            Some(ls) => {
+                let l: alloc::vec::Vec<_> = ls.by_ref().take(cpb).collect();
+                o.into_par_iter()
+                    .zip(l)
+                    .enumerate()
+                    .for_each_init(init, |s, (i, (o, l))| {
+                        tile::forward_chunk(isa, &g, &x, kvt, first + i, o, Some(l), s)
+                    })
+            }
+            None => o
+                .into_par_iter()
+                .enumerate()
+                .for_each_init(init, |s, (i, o)| {
+                    tile::forward_chunk(isa, &g, &x, kvt, first + i, o, None, s)
+                }),
+        }
     }
     Ok(())
 }

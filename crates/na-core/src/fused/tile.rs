@@ -12,7 +12,9 @@
 // SIMD lane, and writing it as an index is what lets them vectorise.
 #![allow(clippy::needless_range_loop)]
 
-use super::kernels::{exp, lanes_times_rows, rows_dot_lanes, Arith, Plain};
+use super::kernels::{
+    diag_axpy, diag_dot, exp, lanes_times_rows, rows_dot_lanes, Arith, Plain, DIAG_PAD,
+};
 use super::Isa;
 use crate::problem::MAX_AXES;
 use crate::tensors::{Inputs, Saved};
@@ -21,6 +23,10 @@ use crate::{Element, Problem};
 
 /// The widest lane count of any ISA (AVX-512), used to size scratch.
 pub(crate) const LMAX: usize = 16;
+
+/// Zero padding after transposed keys and values: the sliding-window
+/// kernels read up to `DIAG_PAD + LMAX` slots past a group's last position.
+pub(crate) const T_PAD: usize = DIAG_PAD + LMAX;
 
 /// Positions per chunk along the last axis, per unit of dilation.
 const SEG: usize = 64;
@@ -89,6 +95,67 @@ impl Geo {
             a,
             len: self.seg.min(self.ext[2] - a),
         }
+    }
+
+    /// Whether forward tiles may take the sliding-window path (stride 1 on
+    /// the last axis), which reads keys and values transposed per batch
+    /// element (see [`transpose_kv_line`]).
+    pub(crate) fn transposed(&self) -> bool {
+        self.axes[2].stride() == 1
+    }
+
+    /// Spatial lines (`ext[0] * ext[1]`) of one batch element.
+    pub(crate) fn lines_per_batch(&self) -> usize {
+        self.ext[0] * self.ext[1]
+    }
+
+    /// Chunks of one batch element.
+    pub(crate) fn chunks_per_batch(&self) -> usize {
+        self.lines_per_batch() * self.segs
+    }
+
+    /// Floats of the transposed keys of one batch element (values: `dv`
+    /// instead of `dk`), plus [`T_PAD`] of zero padding that lanes past the
+    /// end of a tile may read.
+    pub(crate) fn kt_len(&self, width: usize) -> usize {
+        self.tokens * self.heads * width + T_PAD
+    }
+
+    /// Floats of one line's transposed block (all heads) of row width `width`.
+    pub(crate) fn line_len(&self, width: usize) -> usize {
+        self.heads * width * self.ext[2]
+    }
+
+    /// Query/key head dim.
+    pub(crate) fn dk(&self) -> usize {
+        self.dk
+    }
+
+    /// Value head dim.
+    pub(crate) fn dv(&self) -> usize {
+        self.dv
+    }
+
+    /// First position of dilation group `grp` in the group-major order of the last axis.
+    #[inline(always)]
+    fn gstart(&self, grp: usize) -> usize {
+        let (e, d) = (self.ext[2], self.axes[2].dilation());
+        grp * (e / d) + grp.min(e % d)
+    }
+
+    /// Length of dilation group `grp` of the last axis.
+    #[inline(always)]
+    fn glen(&self, grp: usize) -> usize {
+        let (e, d) = (self.ext[2], self.axes[2].dilation());
+        e / d + usize::from(grp < e % d)
+    }
+
+    /// Offset in a transposed buffer (of row width `width`) of channel 0,
+    /// group index 0 of group `grp`, head `h`, line `(t0, t1)`: channels are
+    /// `glen(grp)` apart, group indices adjacent.
+    #[inline(always)]
+    fn t_offset(&self, width: usize, t0: usize, t1: usize, h: usize, grp: usize) -> usize {
+        ((t0 * self.ext[1] + t1) * self.heads + h) * width * self.ext[2] + width * self.gstart(grp)
     }
 
     /// Row (index into `lse`; times the head dim into q/k/v) of head `h` at
@@ -258,11 +325,79 @@ fn load_lanes<T: Element, const L: usize>(
     }
 }
 
+/// Transposes keys and values of line `line` (`t0 * ext[1] + t1`) of batch
+/// element `b` into `kt` and `vt` (that line's `heads * width * ext[2]`
+/// floats): per head and dilation group, channel-major with the group's
+/// positions adjacent, so that consecutive keys of a channel are one vector.
+pub(crate) fn transpose_kv_line<T: Element>(
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    b: usize,
+    line: usize,
+    kt: &mut [f32],
+    vt: &mut [f32],
+) {
+    let (t0, t1) = (line / g.ext[1], line % g.ext[1]);
+    let d2 = g.axes[2].dilation();
+    for (src, dst, width) in [(x.key, kt, g.dk), (x.value, vt, g.dv)] {
+        for h in 0..g.heads {
+            for x2 in 0..g.ext[2] {
+                let (grp, ii) = (x2 % d2, x2 / d2);
+                let (lg, base) = (g.glen(grp), g.t_offset(width, 0, 0, h, grp) + ii);
+                let row = &src[g.row(b, t0, t1, x2, h) * width..][..width];
+                for (d, v) in dst[base..].iter_mut().step_by(lg).zip(row) {
+                    *d = v.to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// One online-softmax step over a line's logits `sc` (made probabilities in
+/// place): raise the running maximum `m`, rescale the running sum `lsum` and
+/// the output accumulator `ot` to it.
+#[inline(always)]
+fn softmax_step<A: Arith, const L: usize>(
+    sc: &mut [[f32; L]],
+    m: &mut [f32; L],
+    lsum: &mut [f32; L],
+    ot: &mut [[f32; L]],
+) {
+    let mut mx = *m;
+    for sj in sc.iter() {
+        for l in 0..L {
+            mx[l] = if sj[l] > mx[l] { sj[l] } else { mx[l] };
+        }
+    }
+    let mut corr = [0.0f32; L];
+    let mut rs = [0.0f32; L];
+    for l in 0..L {
+        corr[l] = exp::<A>(m[l] - mx[l]);
+    }
+    *m = mx;
+    for sj in sc.iter_mut() {
+        for l in 0..L {
+            sj[l] = exp::<A>(sj[l] - m[l]);
+            rs[l] += sj[l];
+        }
+    }
+    for l in 0..L {
+        lsum[l] = lsum[l] * corr[l] + rs[l];
+    }
+    for o in ot.iter_mut() {
+        for l in 0..L {
+            o[l] *= corr[l];
+        }
+    }
+}
+
 /// Forward for one chunk: `out` (`(len, heads, dv)`) and `lse` (`(len, heads)`).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn forward<A: Arith, const L: usize, T: Element>(
     g: &Geo,
     x: &Inputs<'_, T>,
+    kvt: Option<(&[f32], &[f32])>,
     ci: usize,
     out: &mut [T],
     mut lse: Option<&mut [f32]>,
@@ -297,6 +432,9 @@ fn forward<A: Arith, const L: usize, T: Element>(
                 }
                 let t = Lanes::new(n, x2, st, en);
                 let u = t.u;
+                // Interior tiles: lane l's window is [st0 + l, st0 + l + k).
+                let diag =
+                    kvt.filter(|_| (0..n).all(|l| st[l] == st[0] + l && en[l] == st[l] + k2));
                 t.mask(madd);
                 load_lanes(qt, x.query, &rows[..n], dk, g.scale, kp);
                 for v in ot.iter_mut() {
@@ -308,6 +446,27 @@ fn forward<A: Arith, const L: usize, T: Element>(
                     let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
                     for t1 in w1.iter() {
                         let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
+                        if let Some((kt, vt)) = diag {
+                            let lg = g.glen(grp);
+                            let sc = &mut sc[..k2];
+                            let ko = g.t_offset(dk, t0, t1, h, grp) + st[0];
+                            diag_dot::<A, L>(&kt[ko..], lg, dk, qt, sc);
+                            if let Some(rpb) = x.rpb {
+                                // Slot o of every lane has bias index st0 + o - ii0 + k - 1.
+                                let brow = g.bias_row(rpb, h, r0, r1);
+                                let b0 = st[0] + k2 - 1 - ii0;
+                                for (sj, b) in sc.iter_mut().zip(&brow[b0..]) {
+                                    let b = b.to_f32();
+                                    for v in sj.iter_mut() {
+                                        *v += b;
+                                    }
+                                }
+                            }
+                            softmax_step::<A, L>(sc, &mut m, &mut lsum, ot);
+                            let vo = g.t_offset(dv, t0, t1, h, grp) + st[0];
+                            diag_axpy::<A, L>(sc, &vt[vo..], lg, ot);
+                            continue;
+                        }
                         let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
                         let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
                         let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
@@ -324,33 +483,7 @@ fn forward<A: Arith, const L: usize, T: Element>(
                                 }
                             }
                         }
-                        // Online softmax: rescale what came before to the new maximum.
-                        let mut mx = m;
-                        for sj in sc.iter() {
-                            for l in 0..L {
-                                mx[l] = if sj[l] > mx[l] { sj[l] } else { mx[l] };
-                            }
-                        }
-                        let mut corr = [0.0f32; L];
-                        let mut rs = [0.0f32; L];
-                        for l in 0..L {
-                            corr[l] = exp::<A>(m[l] - mx[l]);
-                        }
-                        m = mx;
-                        for sj in sc.iter_mut() {
-                            for l in 0..L {
-                                sj[l] = exp::<A>(sj[l] - m[l]);
-                                rs[l] += sj[l];
-                            }
-                        }
-                        for l in 0..L {
-                            lsum[l] = lsum[l] * corr[l] + rs[l];
-                        }
-                        for o in ot.iter_mut() {
-                            for l in 0..L {
-                                o[l] *= corr[l];
-                            }
-                        }
+                        softmax_step::<A, L>(sc, &mut m, &mut lsum, ot);
                         lanes_times_rows::<A, L>(sc, vals, vs, ot);
                     }
                 }
@@ -640,6 +773,6 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(forward_chunk, forward, (g: &Geo, x: &Inputs<'_, T>, ci: usize, out: &mut [T], lse: Option<&mut [f32]>, scratch: &mut [f32]));
+dispatch!(forward_chunk, forward, (g: &Geo, x: &Inputs<'_, T>, kvt: Option<(&[f32], &[f32])>, ci: usize, out: &mut [T], lse: Option<&mut [f32]>, scratch: &mut [f32]));
 dispatch!(backward_query_chunk, backward_query, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, ci: usize, dq: &mut [T], delta: &mut [f32], drpb: Option<&mut [f32]>, scratch: &mut [f32]));
 dispatch!(backward_key_chunk, backward_key, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, delta: &[f32], ci: usize, dk_out: &mut [T], dv_out: &mut [T], scratch: &mut [f32]));
