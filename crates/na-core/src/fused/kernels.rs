@@ -1,19 +1,20 @@
-//! Micro-kernels over `L` lanes, written as plain loops over `[f32; L]` so
-//! that one source serves every ISA: compiled inside a `#[target_feature]`
-//! trampoline (see `dispatch`), each lane loop becomes one SIMD register
-//! (AVX2: 8 lanes, AVX-512: 16, NEON: two registers of 4), and outside one it
-//! is the scalar specification.
+//! Micro-kernels over `L` lanes, generic over the vector type ([`Simd`]):
+//! lane data lives in `[f32; L]` arrays and is loaded into registers with
+//! explicit vector loads, so one source serves every ISA.
 //!
 //! Two shapes cover forward and backward:
 //! - [`rows_dot_lanes`]: `out[j][l] = sum_c rows[j][c] * lanes[c][l]`, a row
 //!   operand broadcast against a lane-major (transposed) tile;
 //! - [`lanes_times_rows`]: `acc[c][l] += sum_j p[j][l] * rows[j][c]`.
 //!
-//! Both keep a block of accumulators in registers for the whole reduction.
+//! Both keep a block of accumulators in registers for the whole reduction,
+//! as do their sliding-window forms [`diag_dot`] and [`diag_axpy`].
 
 // Lane loops index several `[f32; L]` arrays with the same `l`: that is the
 // SIMD lane, and writing it as an index is what lets them vectorise.
 #![allow(clippy::needless_range_loop)]
+
+use super::simd::Simd;
 
 /// How a kernel multiplies and adds: fused (one rounding, one instruction on
 /// FMA hardware) or plain (for targets without FMA, where a fused multiply-add
@@ -51,7 +52,8 @@ impl Arith for Fused {
 ///
 /// `rows`: `out.len()` rows of `width`, `stride` apart; `lanes`: `(width, L)`.
 #[inline(always)]
-pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
+pub(crate) fn rows_dot_lanes<S: Simd, const L: usize>(
+    s: S,
     rows: &[f32],
     stride: usize,
     width: usize,
@@ -62,7 +64,8 @@ pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
     let lanes = &lanes[..width];
     let mut j = 0;
     while j + 8 <= n {
-        dot_block::<A, L, 8>(
+        dot_block::<S, L, 8>(
+            s,
             &rows[j * stride..],
             stride,
             width,
@@ -72,7 +75,8 @@ pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
         j += 8;
     }
     if j + 4 <= n {
-        dot_block::<A, L, 4>(
+        dot_block::<S, L, 4>(
+            s,
             &rows[j * stride..],
             stride,
             width,
@@ -85,11 +89,12 @@ pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
         // A last block of 4 that overlaps the previous one: recomputing up to
         // three rows beats a latency-bound chain of one-row blocks.
         let j = n - 4;
-        dot_block::<A, L, 4>(&rows[j * stride..], stride, width, lanes, &mut out[j..n]);
+        dot_block::<S, L, 4>(s, &rows[j * stride..], stride, width, lanes, &mut out[j..n]);
         return;
     }
     while j < n {
-        dot_block::<A, L, 1>(
+        dot_block::<S, L, 1>(
+            s,
             &rows[j * stride..],
             stride,
             width,
@@ -101,7 +106,8 @@ pub(crate) fn rows_dot_lanes<A: Arith, const L: usize>(
 }
 
 #[inline(always)]
-fn dot_block<A: Arith, const L: usize, const J: usize>(
+fn dot_block<S: Simd, const L: usize, const J: usize>(
+    s: S,
     rows: &[f32],
     stride: usize,
     width: usize,
@@ -110,24 +116,24 @@ fn dot_block<A: Arith, const L: usize, const J: usize>(
 ) {
     // (J, width) rows, each sliced to exactly `width` so indexing is unchecked.
     let r: [&[f32]; J] = core::array::from_fn(|jj| &rows[jj * stride..][..width]);
-    let mut acc = [[0.0f32; L]; J];
-    for c in 0..width {
-        let v = &lanes[c];
+    let mut acc = [s.zero(); J];
+    for (c, lc) in lanes[..width].iter().enumerate() {
+        let v = s.load(lc);
         for jj in 0..J {
-            let k = r[jj][c];
-            for l in 0..L {
-                acc[jj][l] = A::fma(k, v[l], acc[jj][l]);
-            }
+            acc[jj] = s.fma(s.splat(r[jj][c]), v, acc[jj]);
         }
     }
-    out[..J].copy_from_slice(&acc);
+    for (o, a) in out[..J].iter_mut().zip(acc) {
+        s.store(a, o);
+    }
 }
 
 /// `acc[c] += sum_j p[j] * rows[j * stride + c]` for `c < acc.len() = width`.
 ///
 /// `p`: `(n, L)`; `rows`: `n` rows of `width`, `stride` apart; `acc`: `(width, L)`.
 #[inline(always)]
-pub(crate) fn lanes_times_rows<A: Arith, const L: usize>(
+pub(crate) fn lanes_times_rows<S: Simd, const L: usize>(
+    s: S,
     p: &[[f32; L]],
     rows: &[f32],
     stride: usize,
@@ -136,37 +142,39 @@ pub(crate) fn lanes_times_rows<A: Arith, const L: usize>(
     let width = acc.len();
     let mut c = 0;
     while c + 8 <= width {
-        axpy_block::<A, L, 8>(p, rows, stride, c, &mut acc[c..c + 8]);
+        axpy_block::<S, L, 8>(s, p, rows, stride, c, &mut acc[c..c + 8]);
         c += 8;
     }
     while c + 4 <= width {
-        axpy_block::<A, L, 4>(p, rows, stride, c, &mut acc[c..c + 4]);
+        axpy_block::<S, L, 4>(s, p, rows, stride, c, &mut acc[c..c + 4]);
         c += 4;
     }
     while c < width {
-        axpy_block::<A, L, 1>(p, rows, stride, c, &mut acc[c..c + 1]);
+        axpy_block::<S, L, 1>(s, p, rows, stride, c, &mut acc[c..c + 1]);
         c += 1;
     }
 }
 
 #[inline(always)]
-fn axpy_block<A: Arith, const L: usize, const C: usize>(
+fn axpy_block<S: Simd, const L: usize, const C: usize>(
+    s: S,
     p: &[[f32; L]],
     rows: &[f32],
     stride: usize,
     c0: usize,
     io: &mut [[f32; L]],
 ) {
-    let mut acc: [[f32; L]; C] = core::array::from_fn(|cc| io[cc]);
+    let mut acc: [S::V; C] = core::array::from_fn(|cc| s.load(&io[cc]));
     for (j, pj) in p.iter().enumerate() {
+        let pv = s.load(pj);
         let r = &rows[j * stride + c0..][..C];
         for cc in 0..C {
-            for l in 0..L {
-                acc[cc][l] = A::fma(r[cc], pj[l], acc[cc][l]);
-            }
+            acc[cc] = s.fma(s.splat(r[cc]), pv, acc[cc]);
         }
     }
-    io[..C].copy_from_slice(&acc);
+    for (o, a) in io[..C].iter_mut().zip(acc) {
+        s.store(a, o);
+    }
 }
 
 /// The sliding-window ("diagonal") product of interior tiles, where lane `l`'s
@@ -174,61 +182,48 @@ fn axpy_block<A: Arith, const L: usize, const C: usize>(
 /// for `o < out.len()`.
 ///
 /// `kt`: a transposed block (`width` channels, `ld` slots apart), offset to
-/// the tile's first window start; every row must extend `out.len() + L - 1`
-/// slots. Each term is one unaligned vector load and one FMA: no work is
-/// wasted on keys outside a lane's window.
+/// the tile's first window start. Offsets go in blocks of 8 (8 independent
+/// accumulators keep both FMA pipes busy), so rows are read up to
+/// `DIAG_PAD + L - 1` slots past the last offset: callers pad for that.
+/// Each term is one unaligned vector load and one FMA: no work is wasted on
+/// keys outside a lane's window.
 #[inline(always)]
-pub(crate) fn diag_dot<A: Arith, const L: usize>(
+pub(crate) fn diag_dot<S: Simd, const L: usize>(
+    s: S,
     kt: &[f32],
     ld: usize,
     width: usize,
     lanes: &[[f32; L]],
     out: &mut [[f32; L]],
 ) {
-    // Blocks of 8 offsets (8 independent accumulators keep both FMA pipes
-    // busy); the last block may compute up to 7 offsets past `out.len()`
-    // into `spill`, which callers size and pad for (see `DIAG_PAD`).
     let k = out.len();
     let lanes = &lanes[..width];
     let mut o = 0;
     while o < k {
-        let mut acc = [[0.0f32; L]; 8];
-        diag_dot_block::<A, L, 8>(&kt[o..], ld, width, lanes, &mut acc);
-        let n = (k - o).min(8);
-        out[o..o + n].copy_from_slice(&acc[..n]);
-        o += 8;
-    }
-}
-
-/// Slots past a tile's last window start that [`diag_dot`] may read: the
-/// overcomputed offsets of its last block plus the lanes of a partial tile.
-pub(crate) const DIAG_PAD: usize = 8;
-
-#[inline(always)]
-fn diag_dot_block<A: Arith, const L: usize, const J: usize>(
-    kt: &[f32],
-    ld: usize,
-    width: usize,
-    lanes: &[[f32; L]],
-    out: &mut [[f32; L]],
-) {
-    let mut acc = [[0.0f32; L]; J];
-    for (c, v) in lanes[..width].iter().enumerate() {
-        let row = &kt[c * ld..][..J + L - 1];
-        for jj in 0..J {
-            let kv = &row[jj..][..L];
-            for l in 0..L {
-                acc[jj][l] = A::fma(v[l], kv[l], acc[jj][l]);
+        let mut acc = [s.zero(); DIAG_PAD];
+        for (c, lc) in lanes.iter().enumerate() {
+            let v = s.load(lc);
+            let row = &kt[c * ld + o..][..DIAG_PAD + L - 1];
+            for (jj, a) in acc.iter_mut().enumerate() {
+                *a = s.fma(v, s.load(&row[jj..jj + L]), *a);
             }
         }
+        let n = (k - o).min(DIAG_PAD);
+        for (dst, a) in out[o..o + n].iter_mut().zip(acc) {
+            s.store(a, dst);
+        }
+        o += DIAG_PAD;
     }
-    out[..J].copy_from_slice(&acc);
 }
+
+/// Slots past a tile's last window start that [`diag_dot`] may compute.
+pub(crate) const DIAG_PAD: usize = 8;
 
 /// The sliding-window counterpart of [`lanes_times_rows`]:
 /// `acc[c][l] += sum_o p[o][l] * vt[c * ld + o + l]`.
 #[inline(always)]
-pub(crate) fn diag_axpy<A: Arith, const L: usize>(
+pub(crate) fn diag_axpy<S: Simd, const L: usize>(
+    s: S,
     p: &[[f32; L]],
     vt: &[f32],
     ld: usize,
@@ -237,21 +232,22 @@ pub(crate) fn diag_axpy<A: Arith, const L: usize>(
     let width = acc.len();
     let mut c = 0;
     while c + 8 <= width {
-        diag_axpy_block::<A, L, 8>(p, &vt[c * ld..], ld, &mut acc[c..c + 8]);
+        diag_axpy_block::<S, L, 8>(s, p, &vt[c * ld..], ld, &mut acc[c..c + 8]);
         c += 8;
     }
     while c + 4 <= width {
-        diag_axpy_block::<A, L, 4>(p, &vt[c * ld..], ld, &mut acc[c..c + 4]);
+        diag_axpy_block::<S, L, 4>(s, p, &vt[c * ld..], ld, &mut acc[c..c + 4]);
         c += 4;
     }
     while c < width {
-        diag_axpy_block::<A, L, 1>(p, &vt[c * ld..], ld, &mut acc[c..c + 1]);
+        diag_axpy_block::<S, L, 1>(s, p, &vt[c * ld..], ld, &mut acc[c..c + 1]);
         c += 1;
     }
 }
 
 #[inline(always)]
-fn diag_axpy_block<A: Arith, const L: usize, const C: usize>(
+fn diag_axpy_block<S: Simd, const L: usize, const C: usize>(
+    s: S,
     p: &[[f32; L]],
     vt: &[f32],
     ld: usize,
@@ -259,16 +255,16 @@ fn diag_axpy_block<A: Arith, const L: usize, const C: usize>(
 ) {
     let k = p.len();
     let rows: [&[f32]; C] = core::array::from_fn(|cc| &vt[cc * ld..][..k + L - 1]);
-    let mut acc: [[f32; L]; C] = core::array::from_fn(|cc| io[cc]);
+    let mut acc: [S::V; C] = core::array::from_fn(|cc| s.load(&io[cc]));
     for (o, po) in p.iter().enumerate() {
+        let pv = s.load(po);
         for cc in 0..C {
-            let v = &rows[cc][o..][..L];
-            for l in 0..L {
-                acc[cc][l] = A::fma(po[l], v[l], acc[cc][l]);
-            }
+            acc[cc] = s.fma(pv, s.load(&rows[cc][o..o + L]), acc[cc]);
         }
     }
-    io[..C].copy_from_slice(&acc);
+    for (o, a) in io[..C].iter_mut().zip(acc) {
+        s.store(a, o);
+    }
 }
 
 /// Inputs below this give `exp(x) = 0` (the smallest normal is `exp(-87.34)`).
@@ -310,6 +306,7 @@ pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::simd::Lanes8;
 
     #[test]
     fn exp_is_accurate_over_the_range_that_matters() {
@@ -329,14 +326,14 @@ mod tests {
 
     #[test]
     fn kernels_match_naive_loops() {
-        const L: usize = 4;
+        const L: usize = 8;
         let (n, w) = (11, 13);
         let rows: Vec<f32> = (0..n * w).map(|i| (i % 7) as f32 - 3.0).collect();
         let lanes: Vec<[f32; L]> = (0..w)
             .map(|c| core::array::from_fn(|l| (c * L + l) as f32 * 0.25))
             .collect();
         let mut out = vec![[0.0; L]; n];
-        rows_dot_lanes::<Plain, L>(&rows, w, w, &lanes, &mut out);
+        rows_dot_lanes::<Lanes8<Plain>, L>(Lanes8::new(), &rows, w, w, &lanes, &mut out);
         for j in 0..n {
             for l in 0..L {
                 let want: f32 = (0..w).map(|c| rows[j * w + c] * lanes[c][l]).sum();
@@ -349,7 +346,7 @@ mod tests {
             .map(|i| ((i * 7) % 11) as f32 - 5.0)
             .collect();
         let mut dd = vec![[0.0; L]; k];
-        diag_dot::<Plain, L>(&kt, ld, w, &lanes, &mut dd);
+        diag_dot::<Lanes8<Plain>, L>(Lanes8::new(), &kt, ld, w, &lanes, &mut dd);
         for o in 0..k {
             for l in 0..L {
                 let want: f32 = (0..w).map(|c| lanes[c][l] * kt[c * ld + o + l]).sum();
@@ -357,7 +354,7 @@ mod tests {
             }
         }
         let mut da = vec![[0.5; L]; w];
-        diag_axpy::<Plain, L>(&dd, &kt, ld, &mut da);
+        diag_axpy::<Lanes8<Plain>, L>(Lanes8::new(), &dd, &kt, ld, &mut da);
         for c in 0..w {
             for l in 0..L {
                 let want: f32 = 0.5 + (0..k).map(|o| dd[o][l] * kt[c * ld + o + l]).sum::<f32>();
@@ -365,7 +362,7 @@ mod tests {
             }
         }
         let mut acc = vec![[1.0; L]; w];
-        lanes_times_rows::<Plain, L>(&out, &rows, w, &mut acc);
+        lanes_times_rows::<Lanes8<Plain>, L>(Lanes8::new(), &out, &rows, w, &mut acc);
         for c in 0..w {
             for l in 0..L {
                 let want: f32 = 1.0 + (0..n).map(|j| out[j][l] * rows[j * w + c]).sum::<f32>();

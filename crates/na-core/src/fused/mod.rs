@@ -36,6 +36,7 @@
 //! at compile time from the target's enabled features.
 
 mod kernels;
+mod simd;
 mod tile;
 
 use crate::tensors::{check_backward, check_len, Grads, Inputs, Saved};

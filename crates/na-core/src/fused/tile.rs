@@ -12,9 +12,8 @@
 // SIMD lane, and writing it as an index is what lets them vectorise.
 #![allow(clippy::needless_range_loop)]
 
-use super::kernels::{
-    diag_axpy, diag_dot, exp, lanes_times_rows, rows_dot_lanes, Arith, Plain, DIAG_PAD,
-};
+use super::kernels::{diag_axpy, diag_dot, exp, lanes_times_rows, rows_dot_lanes, Arith, DIAG_PAD};
+use super::simd::{Generic, Simd};
 use super::Isa;
 use crate::problem::MAX_AXES;
 use crate::tensors::{Inputs, Saved};
@@ -339,14 +338,30 @@ pub(crate) fn transpose_kv_line<T: Element>(
 ) {
     let (t0, t1) = (line / g.ext[1], line % g.ext[1]);
     let d2 = g.axes[2].dilation();
+    const B: usize = 8;
+    let mut tmp = [[0.0f32; B]; 64];
     for (src, dst, width) in [(x.key, kt, g.dk), (x.value, vt, g.dv)] {
         for h in 0..g.heads {
-            for x2 in 0..g.ext[2] {
-                let (grp, ii) = (x2 % d2, x2 / d2);
-                let (lg, base) = (g.glen(grp), g.t_offset(width, 0, 0, h, grp) + ii);
-                let row = &src[g.row(b, t0, t1, x2, h) * width..][..width];
-                for (d, v) in dst[base..].iter_mut().step_by(lg).zip(row) {
-                    *d = v.to_f32();
+            for grp in 0..d2.min(g.ext[2]) {
+                let (lg, base) = (g.glen(grp), g.t_offset(width, 0, 0, h, grp));
+                // Blocks of B positions: gather B rows, then write each channel's
+                // B consecutive slots at once.
+                let mut ii0 = 0;
+                while ii0 < lg {
+                    let n = (lg - ii0).min(B);
+                    for c0 in (0..width).step_by(64) {
+                        let cw = (width - c0).min(64);
+                        for i in 0..n {
+                            let r = g.row(b, t0, t1, grp + d2 * (ii0 + i), h);
+                            for (t, v) in tmp[..cw].iter_mut().zip(&src[r * width + c0..][..cw]) {
+                                t[i] = v.to_f32();
+                            }
+                        }
+                        for (c, t) in tmp[..cw].iter().enumerate() {
+                            dst[base + (c0 + c) * lg + ii0..][..n].copy_from_slice(&t[..n]);
+                        }
+                    }
+                    ii0 += n;
                 }
             }
         }
@@ -394,7 +409,8 @@ fn softmax_step<A: Arith, const L: usize>(
 /// Forward for one chunk: `out` (`(len, heads, dv)`) and `lse` (`(len, heads)`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward<A: Arith, const L: usize, T: Element>(
+fn forward<S: Simd, const L: usize, T: Element>(
+    vx: S,
     g: &Geo,
     x: &Inputs<'_, T>,
     kvt: Option<(&[f32], &[f32])>,
@@ -450,7 +466,7 @@ fn forward<A: Arith, const L: usize, T: Element>(
                             let lg = g.glen(grp);
                             let sc = &mut sc[..k2];
                             let ko = g.t_offset(dk, t0, t1, h, grp) + st[0];
-                            diag_dot::<A, L>(&kt[ko..], lg, dk, qt, sc);
+                            diag_dot::<S, L>(vx, &kt[ko..], lg, dk, qt, sc);
                             if let Some(rpb) = x.rpb {
                                 // Slot o of every lane has bias index st0 + o - ii0 + k - 1.
                                 let brow = g.bias_row(rpb, h, r0, r1);
@@ -462,16 +478,16 @@ fn forward<A: Arith, const L: usize, T: Element>(
                                     }
                                 }
                             }
-                            softmax_step::<A, L>(sc, &mut m, &mut lsum, ot);
+                            softmax_step::<S::A, L>(sc, &mut m, &mut lsum, ot);
                             let vo = g.t_offset(dv, t0, t1, h, grp) + st[0];
-                            diag_axpy::<A, L>(sc, &vt[vo..], lg, ot);
+                            diag_axpy::<S, L>(vx, sc, &vt[vo..], lg, ot);
                             continue;
                         }
                         let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
                         let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
                         let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
                         let sc = &mut sc[..u];
-                        rows_dot_lanes::<A, L>(keys, ks, dk, qt, sc);
+                        rows_dot_lanes::<S, L>(vx, keys, ks, dk, qt, sc);
                         add_mask(sc, madd);
                         if let Some(rpb) = x.rpb {
                             let brow = g.bias_row(rpb, h, r0, r1);
@@ -483,8 +499,8 @@ fn forward<A: Arith, const L: usize, T: Element>(
                                 }
                             }
                         }
-                        softmax_step::<A, L>(sc, &mut m, &mut lsum, ot);
-                        lanes_times_rows::<A, L>(sc, vals, vs, ot);
+                        softmax_step::<S::A, L>(sc, &mut m, &mut lsum, ot);
+                        lanes_times_rows::<S, L>(vx, sc, vals, vs, ot);
                     }
                 }
                 for l in 0..n {
@@ -508,7 +524,8 @@ fn forward<A: Arith, const L: usize, T: Element>(
 /// `drpb` (the whole bias table) when given.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn backward_query<A: Arith, const L: usize, T: Element>(
+fn backward_query<S: Simd, const L: usize, T: Element>(
+    vx: S,
     g: &Geo,
     x: &Inputs<'_, T>,
     sv: &Saved<'_, T>,
@@ -569,7 +586,7 @@ fn backward_query<A: Arith, const L: usize, T: Element>(
                         let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
                         let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
                         let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
-                        rows_dot_lanes::<A, L>(keys, ks, dk, qt, sc);
+                        rows_dot_lanes::<S, L>(vx, keys, ks, dk, qt, sc);
                         add_mask(sc, madd);
                         let brow = x.rpb.map(|rpb| g.bias_row(rpb, h, r0, r1));
                         if let Some(brow) = brow {
@@ -583,16 +600,16 @@ fn backward_query<A: Arith, const L: usize, T: Element>(
                         }
                         for sj in sc.iter_mut() {
                             for l in 0..L {
-                                sj[l] = exp::<A>(sj[l] - lse[l]);
+                                sj[l] = exp::<S::A>(sj[l] - lse[l]);
                             }
                         }
-                        rows_dot_lanes::<A, L>(vals, vs, dv, dot, dp);
+                        rows_dot_lanes::<S, L>(vx, vals, vs, dv, dot, dp);
                         for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
                             for l in 0..L {
                                 pj[l] = sj[l] * (pj[l] - dlt[l]);
                             }
                         }
-                        lanes_times_rows::<A, L>(dp, keys, ks, dqt);
+                        lanes_times_rows::<S, L>(vx, dp, keys, ks, dqt);
                         if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
                             let off = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
                             for l in 0..n {
@@ -620,7 +637,8 @@ fn backward_query<A: Arith, const L: usize, T: Element>(
 /// (`(len, heads, dv)`), gathered over each key's inverse neighbourhood.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn backward_key<A: Arith, const L: usize, T: Element>(
+fn backward_key<S: Simd, const L: usize, T: Element>(
+    vx: S,
     g: &Geo,
     x: &Inputs<'_, T>,
     sv: &Saved<'_, T>,
@@ -685,7 +703,7 @@ fn backward_key<A: Arith, const L: usize, T: Element>(
                         let (qs, qst) = rows_of(x.query, r, d2 * hn, u, dk, qp);
                         let (dos, dost) = rows_of(sv.d_out, r, d2 * hn, u, dv, dop);
                         let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
-                        rows_dot_lanes::<A, L>(qs, qst, dk, kt, sc);
+                        rows_dot_lanes::<S, L>(vx, qs, qst, dk, kt, sc);
                         add_mask(sc, madd);
                         if let Some(rpb) = x.rpb {
                             let brow = g.bias_row(rpb, h, r0, r1);
@@ -699,17 +717,17 @@ fn backward_key<A: Arith, const L: usize, T: Element>(
                         }
                         for (i, si) in sc.iter_mut().enumerate() {
                             for l in 0..L {
-                                si[l] = exp::<A>(si[l] - lse_u[i]);
+                                si[l] = exp::<S::A>(si[l] - lse_u[i]);
                             }
                         }
-                        rows_dot_lanes::<A, L>(dos, dost, dv, vt, dp);
+                        rows_dot_lanes::<S, L>(vx, dos, dost, dv, vt, dp);
                         for (i, (pi, si)) in dp.iter_mut().zip(sc.iter()).enumerate() {
                             for l in 0..L {
                                 pi[l] = si[l] * (pi[l] - dlt_u[i]);
                             }
                         }
-                        lanes_times_rows::<A, L>(sc, dos, dost, dvt);
-                        lanes_times_rows::<A, L>(dp, qs, qst, dkt);
+                        lanes_times_rows::<S, L>(vx, sc, dos, dost, dvt);
+                        lanes_times_rows::<S, L>(vx, dp, qs, qst, dkt);
                     }
                 }
                 for l in 0..n {
@@ -734,13 +752,15 @@ macro_rules! dispatch {
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $name<T: Element>(isa: Isa, $($arg: $ty),*) {
             match isa {
-                Isa::Generic => $generic::<Plain, 8, T>($($arg),*),
+                Isa::Generic => $generic::<Generic, 8, T>(Generic::new(), $($arg),*),
                 #[cfg(all(feature = "std", target_arch = "x86_64"))]
                 Isa::Avx2 => {
                     #[target_feature(enable = "avx2,fma")]
                     #[allow(clippy::too_many_arguments)]
                     fn run<T: Element>($($arg: $ty),*) {
-                        $generic::<super::kernels::Fused, 8, T>($($arg),*)
+                        // SAFETY: this function only runs with AVX2 and FMA enabled.
+                        let vx = unsafe { super::simd::Avx2::new() };
+                        $generic::<super::simd::Avx2, 8, T>(vx, $($arg),*)
                     }
                     // SAFETY: every public entry point checks `isa.is_available()`
                     // (run-time detection of AVX2 and FMA) before dispatching here.
@@ -751,7 +771,9 @@ macro_rules! dispatch {
                     #[target_feature(enable = "avx512f,avx2,fma")]
                     #[allow(clippy::too_many_arguments)]
                     fn run<T: Element>($($arg: $ty),*) {
-                        $generic::<super::kernels::Fused, 16, T>($($arg),*)
+                        // SAFETY: this function only runs with AVX-512F enabled.
+                        let vx = unsafe { super::simd::Avx512::new() };
+                        $generic::<super::simd::Avx512, 16, T>(vx, $($arg),*)
                     }
                     // SAFETY: every public entry point checks `isa.is_available()`
                     // (run-time detection of AVX-512F, AVX2 and FMA) first.
@@ -762,7 +784,8 @@ macro_rules! dispatch {
                     #[target_feature(enable = "neon")]
                     #[allow(clippy::too_many_arguments)]
                     fn run<T: Element>($($arg: $ty),*) {
-                        $generic::<super::kernels::Fused, 8, T>($($arg),*)
+                        let vx = super::simd::Lanes8::<super::kernels::Fused>::new();
+                        $generic::<super::simd::Lanes8<super::kernels::Fused>, 8, T>(vx, $($arg),*)
                     }
                     // SAFETY: every public entry point checks `isa.is_available()`
                     // (run-time detection of NEON) first.
