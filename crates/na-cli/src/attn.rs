@@ -1,4 +1,5 @@
-//! `na attn`: the operator on `.npy` files.
+//! `na attn`: the operator on `.npy` files, computed by the fused kernels
+//! (`na_core::fused`) on the best instruction set of this CPU.
 //!
 //! Arrays are heads-last, `[batch, *spatial, heads, dim]`; the number of
 //! spatial axes is the array rank minus 3. Inputs may be `<f2`, `<f4` or
@@ -12,7 +13,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use na_core::npy::{self, NpyArray};
-use na_core::reference::{self, Grads, Inputs, Saved};
+use na_core::fused;
+use na_core::{Grads, Inputs, Saved};
 use na_core::{bf16, f16, Element, Par, Params, Problem};
 
 /// Storage type used for the computation.
@@ -212,7 +214,7 @@ fn compute<T: Element>(
     };
     let mut out = vec![T::default(); p.v_len()];
     let mut lse = vec![0.0f32; p.lse_len()];
-    reference::forward(p, x, &mut out, Some(&mut lse), par)?;
+    fused::forward(p, x, &mut out, Some(&mut lse), par)?;
     let grads = match d_out {
         None => None,
         Some(d) => {
@@ -229,7 +231,7 @@ fn compute<T: Element>(
                 d_value: &mut dv,
                 d_rpb: want_drpb.then_some(&mut drpb[..]),
             };
-            reference::backward(
+            fused::backward(
                 p,
                 x,
                 Saved {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use na_core::npy::{encode_npy_f32, read_npy, write_npy_f32, DEFAULT_MAX_ELEMENTS};
-use na_core::reference::{self, Grads, Inputs, Saved};
+use na_core::fused;
+use na_core::{Grads, Inputs, Saved};
 use na_core::{Par, Params, Problem};
 
 /// A fresh, empty directory under cargo's per-target temp dir.
@@ -191,7 +192,7 @@ fn forward_and_backward_match_the_library() {
         rpb: Some(&rpb),
     };
     let (mut out, mut lse) = (vec![0.0; p.v_len()], vec![0.0; p.lse_len()]);
-    reference::forward(&p, x, &mut out, Some(&mut lse), Par::Seq).unwrap();
+    fused::forward(&p, x, &mut out, Some(&mut lse), Par::Seq).unwrap();
     let (mut gq, mut gk, mut gv, mut gr) = (
         vec![0.0; p.qk_len()],
         vec![0.0; p.qk_len()],
@@ -204,7 +205,7 @@ fn forward_and_backward_match_the_library() {
         d_value: &mut gv,
         d_rpb: Some(&mut gr),
     };
-    reference::backward(
+    fused::backward(
         &p,
         x,
         Saved {
