@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use na_core::npy::{self, NpyArray};
 use na_core::fused;
-use na_core::{Grads, Inputs, Saved};
+use na_core::npy::{self, NpyArray};
 use na_core::{bf16, f16, Element, Par, Params, Problem};
+use na_core::{Grads, Inputs, Saved};
 
 /// Storage type used for the computation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

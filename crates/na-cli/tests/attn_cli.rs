@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use na_core::npy::{encode_npy_f32, read_npy, write_npy_f32, DEFAULT_MAX_ELEMENTS};
 use na_core::fused;
+use na_core::npy::{encode_npy_f32, read_npy, write_npy_f32, DEFAULT_MAX_ELEMENTS};
 use na_core::{Grads, Inputs, Saved};
 use na_core::{Par, Params, Problem};
 

@@ -152,7 +152,7 @@ fn transposed_len(g: &Geo) -> usize {
 
 /// Scratch (in `f32`) one sequential backward call needs, for any ISA.
 pub fn backward_scratch_len(p: &Problem) -> usize {
-    p.lse_len() + 2 * p.rpb_len() + tile::bwd_work_len(p, LMAX)
+    p.lse_len() + 2 * p.rpb_len() + tile::bwd_work_len(p, LMAX) + bwd_transposed_len(&Geo::new(p))
 }
 
 fn check_forward<T>(
@@ -258,6 +258,105 @@ fn split_transposed<'a>(
         t[n.saturating_sub(tile::T_PAD)..].fill(0.0);
     }
     (kt, vt, work)
+}
+
+/// Floats of the per-batch-element transposed tensors of the backward pass:
+/// keys, values, queries, `d_out`, `lse` and `delta`.
+fn bwd_transposed_len(g: &Geo) -> usize {
+    if g.transposed() {
+        2 * (g.kt_len(g.dk()) + g.kt_len(g.dv()) + g.kt_len(1))
+    } else {
+        0
+    }
+}
+
+/// The backward pass's transposed buffers, cut off the front of `scratch`
+/// (all empty unless [`Geo::transposed`]), padding zeroed.
+struct BwdT<'a> {
+    kt: &'a mut [f32],
+    vt: &'a mut [f32],
+    qt: &'a mut [f32],
+    dot: &'a mut [f32],
+    lse: &'a mut [f32],
+    delta: &'a mut [f32],
+}
+
+fn split_bwd_transposed<'a>(g: &Geo, scratch: &'a mut [f32]) -> (BwdT<'a>, &'a mut [f32]) {
+    let on = g.transposed();
+    let len = |w: usize| if on { g.kt_len(w) } else { 0 };
+    let mut rest = scratch;
+    let mut cut = |n: usize| {
+        let (a, b) = core::mem::take(&mut rest).split_at_mut(n);
+        rest = b;
+        let m = a.len();
+        a[m.saturating_sub(tile::T_PAD)..].fill(0.0);
+        a
+    };
+    let t = BwdT {
+        kt: cut(len(g.dk())),
+        vt: cut(len(g.dv())),
+        qt: cut(len(g.dk())),
+        dot: cut(len(g.dv())),
+        lse: cut(len(1)),
+        delta: cut(len(1)),
+    };
+    (t, rest)
+}
+
+impl BwdT<'_> {
+    /// Transposes keys and values of batch element `b` (pass 1's needs).
+    fn keys<T: Element>(&mut self, g: &Geo, x: &Inputs<'_, T>, b: usize) {
+        for line in 0..g.lines_per_batch() {
+            let (kl, vl) = (g.line_len(g.dk()), g.line_len(g.dv()));
+            tile::transpose_kv_line(
+                g,
+                x,
+                b,
+                line,
+                &mut self.kt[line * kl..][..kl],
+                &mut self.vt[line * vl..][..vl],
+            );
+        }
+    }
+
+    /// Transposes queries, `d_out`, `lse` and `delta` of batch element `b`
+    /// (pass 2's needs).
+    fn queries<T: Element>(
+        &mut self,
+        g: &Geo,
+        x: &Inputs<'_, T>,
+        s: &Saved<'_, T>,
+        delta: &[f32],
+        b: usize,
+    ) {
+        for line in 0..g.lines_per_batch() {
+            let (kl, vl, one) = (g.line_len(g.dk()), g.line_len(g.dv()), g.line_len(1));
+            tile::transpose_line(g, x.query, g.dk(), b, line, &mut self.qt[line * kl..][..kl]);
+            tile::transpose_line(
+                g,
+                s.d_out,
+                g.dv(),
+                b,
+                line,
+                &mut self.dot[line * vl..][..vl],
+            );
+            tile::transpose_line(g, s.lse, 1, b, line, &mut self.lse[line * one..][..one]);
+            tile::transpose_line(g, delta, 1, b, line, &mut self.delta[line * one..][..one]);
+        }
+    }
+
+    fn kv(&self, g: &Geo) -> Option<(&[f32], &[f32])> {
+        g.transposed().then_some((&self.kt[..], &self.vt[..]))
+    }
+
+    fn qd(&self, g: &Geo) -> Option<tile::QueriesT<'_>> {
+        g.transposed().then_some(tile::QueriesT {
+            q: self.qt,
+            d_out: self.dot,
+            lse: self.lse,
+            delta: self.delta,
+        })
+    }
 }
 
 /// Forward pass: writes `out` (`[batch, *spatial, heads, head_dim_v]`) and,
@@ -397,7 +496,8 @@ pub fn backward_with_scratch_on<T: Element>(
     let g = Geo::new(p);
     let (delta, rest) = scratch.split_at_mut(p.lse_len());
     let (total, rest) = rest.split_at_mut(p.rpb_len());
-    let (part, work) = rest.split_at_mut(p.rpb_len());
+    let (part, rest) = rest.split_at_mut(p.rpb_len());
+    let (mut tb, work) = split_bwd_transposed(&g, rest);
     let want_rpb = gr.d_rpb.is_some();
     total.fill(0.0);
     let (wk, wv, h) = (
@@ -405,33 +505,44 @@ pub fn backward_with_scratch_on<T: Element>(
         p.heads() * p.head_dim_v(),
         p.heads(),
     );
-    let (mut dq, mut dl) = (gr.d_query, &mut delta[..]);
-    for ci in 0..g.chunks() {
-        let n = g.chunk(ci).len;
-        let (a, b) = core::mem::take(&mut dq).split_at_mut(n * wk);
-        dq = b;
-        let (da, db) = core::mem::take(&mut dl).split_at_mut(n * h);
-        dl = db;
-        part.fill(0.0);
-        let pb = if want_rpb { Some(&mut *part) } else { None };
-        tile::backward_query_chunk(isa, &g, &x, &s, ci, a, da, pb, work);
-        for (t, v) in total.iter_mut().zip(part.iter()) {
-            *t += v;
+    let cpb = g.chunks_per_batch();
+    let (mut dq, mut dk, mut dv) = (gr.d_query, gr.d_key, gr.d_value);
+    let mut pos = 0;
+    for b in 0..p.batch() {
+        if g.transposed() {
+            tb.keys(&g, &x, b);
+        }
+        // Pass 1: d_query, delta and d_rpb over this batch element's chunks.
+        for ci in b * cpb..(b + 1) * cpb {
+            let n = g.chunk(ci).len;
+            let (a, rest) = core::mem::take(&mut dq).split_at_mut(n * wk);
+            dq = rest;
+            part.fill(0.0);
+            let pb = if want_rpb { Some(&mut *part) } else { None };
+            let dl = &mut delta[pos * h..][..n * h];
+            tile::backward_query_chunk(isa, &g, &x, &s, tb.kv(&g), ci, a, dl, pb, work);
+            for (t, v) in total.iter_mut().zip(part.iter()) {
+                *t += v;
+            }
+            pos += n;
+        }
+        // Pass 2: d_key and d_value, reading this element's queries.
+        if g.transposed() {
+            tb.queries(&g, &x, &s, delta, b);
+        }
+        for ci in b * cpb..(b + 1) * cpb {
+            let n = g.chunk(ci).len;
+            let (a, rest) = core::mem::take(&mut dk).split_at_mut(n * wk);
+            dk = rest;
+            let (c, rest) = core::mem::take(&mut dv).split_at_mut(n * wv);
+            dv = rest;
+            tile::backward_key_chunk(isa, &g, &x, &s, delta, tb.qd(&g), ci, a, c, work);
         }
     }
     if let Some(d) = gr.d_rpb {
         for (o, v) in d.iter_mut().zip(total.iter()) {
             *o = T::from_f32(*v);
         }
-    }
-    let (mut dk, mut dv) = (gr.d_key, gr.d_value);
-    for ci in 0..g.chunks() {
-        let n = g.chunk(ci).len;
-        let (a, b) = core::mem::take(&mut dk).split_at_mut(n * wk);
-        dk = b;
-        let (c, d) = core::mem::take(&mut dv).split_at_mut(n * wv);
-        dv = d;
-        tile::backward_key_chunk(isa, &g, &x, &s, delta, ci, a, c, work);
     }
     Ok(())
 }
@@ -491,22 +602,89 @@ fn backward_rayon<T: Element>(
     let want_rpb = gr.d_rpb.is_some();
     let work_len = tile::bwd_work_len(p, LMAX);
     let rpb_len = if want_rpb { p.rpb_len() } else { 0 };
-    let dqs = split_chunks(&g, gr.d_query, wk);
-    let deltas = split_chunks(&g, &mut delta, h);
-    let parts: alloc::vec::Vec<alloc::vec::Vec<f32>> = dqs
-        .into_par_iter()
-        .zip(deltas)
-        .enumerate()
-        .map_init(
+    let mut tbuf = alloc::vec![0.0f32; bwd_transposed_len(&g)];
+    let (tb, _) = split_bwd_transposed(&g, &mut tbuf);
+    let cpb = g.chunks_per_batch();
+    let per_b = p.tokens() * h;
+    let mut dqs = split_chunks(&g, gr.d_query, wk).into_iter();
+    let mut dks = split_chunks(&g, gr.d_key, wk).into_iter();
+    let mut dvs = split_chunks(&g, gr.d_value, wv).into_iter();
+    let mut parts: alloc::vec::Vec<alloc::vec::Vec<f32>> =
+        alloc::vec::Vec::with_capacity(g.chunks());
+    let (kl, vl, one, lines) = (
+        g.line_len(g.dk()),
+        g.line_len(g.dv()),
+        g.line_len(1),
+        g.lines_per_batch(),
+    );
+    for b in 0..p.batch() {
+        if g.transposed() {
+            tb.kt[..lines * kl]
+                .par_chunks_mut(kl)
+                .zip(tb.vt[..lines * vl].par_chunks_mut(vl))
+                .enumerate()
+                .for_each(|(line, (k, v))| tile::transpose_kv_line(&g, &x, b, line, k, v));
+        }
+        let kvt = g.transposed().then_some((&tb.kt[..], &tb.vt[..]));
+        let first = b * cpb;
+        // Pass 1 over this batch element's chunks.
+        let dq_b: alloc::vec::Vec<_> = dqs.by_ref().take(cpb).collect();
+        let mut delta_b = &mut delta[b * per_b..][..per_b];
+        let mut dl_b = alloc::vec::Vec::with_capacity(cpb);
+        for ci in first..first + cpb {
+            let (a, rest) = core::mem::take(&mut delta_b).split_at_mut(g.chunk(ci).len * h);
+            dl_b.push(a);
+            delta_b = rest;
+        }
+        let part_b: alloc::vec::Vec<alloc::vec::Vec<f32>> = dq_b
+            .into_par_iter()
+            .zip(dl_b)
+            .enumerate()
+            .map_init(
+                || alloc::vec![0.0f32; work_len],
+                |work, (i, (dq, dl))| {
+                    let mut part = alloc::vec![0.0f32; rpb_len];
+                    let pb = if want_rpb { Some(&mut part[..]) } else { None };
+                    tile::backward_query_chunk(isa, &g, &x, &s, kvt, first + i, dq, dl, pb, work);
+                    part
+                },
+            )
+            .collect();
+        parts.extend(part_b);
+        // Pass 2, reading this element's queries, d_out, lse and delta.
+        let delta_ro = &delta[..];
+        if g.transposed() {
+            tb.qt[..lines * kl]
+                .par_chunks_mut(kl)
+                .zip(tb.dot[..lines * vl].par_chunks_mut(vl))
+                .zip(
+                    tb.lse[..lines * one]
+                        .par_chunks_mut(one)
+                        .zip(tb.delta[..lines * one].par_chunks_mut(one)),
+                )
+                .enumerate()
+                .for_each(|(line, ((q, o), (l, d)))| {
+                    tile::transpose_line(&g, x.query, g.dk(), b, line, q);
+                    tile::transpose_line(&g, s.d_out, g.dv(), b, line, o);
+                    tile::transpose_line(&g, s.lse, 1, b, line, l);
+                    tile::transpose_line(&g, delta_ro, 1, b, line, d);
+                });
+        }
+        let qdt = g.transposed().then_some(tile::QueriesT {
+            q: tb.qt,
+            d_out: tb.dot,
+            lse: tb.lse,
+            delta: tb.delta,
+        });
+        let dk_b: alloc::vec::Vec<_> = dks.by_ref().take(cpb).collect();
+        let dv_b: alloc::vec::Vec<_> = dvs.by_ref().take(cpb).collect();
+        dk_b.into_par_iter().zip(dv_b).enumerate().for_each_init(
             || alloc::vec![0.0f32; work_len],
-            |work, (ci, (dq, dl))| {
-                let mut part = alloc::vec![0.0f32; rpb_len];
-                let pb = if want_rpb { Some(&mut part[..]) } else { None };
-                tile::backward_query_chunk(isa, &g, &x, &s, ci, dq, dl, pb, work);
-                part
+            |work, (i, (dk, dv))| {
+                tile::backward_key_chunk(isa, &g, &x, &s, delta_ro, qdt, first + i, dk, dv, work)
             },
-        )
-        .collect();
+        );
+    }
     if let Some(d) = gr.d_rpb {
         let mut total = alloc::vec![0.0f32; p.rpb_len()];
         for part in &parts {
@@ -518,13 +696,5 @@ fn backward_rayon<T: Element>(
             *o = T::from_f32(*v);
         }
     }
-    drop(parts);
-    let dks = split_chunks(&g, gr.d_key, wk);
-    let dvs = split_chunks(&g, gr.d_value, wv);
-    let delta = &delta[..];
-    dks.into_par_iter().zip(dvs).enumerate().for_each_init(
-        || alloc::vec![0.0f32; work_len],
-        |work, (ci, (dk, dv))| tile::backward_key_chunk(isa, &g, &x, &s, delta, ci, dk, dv, work),
-    );
     Ok(())
 }

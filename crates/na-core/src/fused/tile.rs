@@ -317,17 +317,64 @@ fn load_lanes<T: Element, const L: usize>(
         *v = [0.0; L];
     }
     for (l, &r) in rows.iter().enumerate() {
-        T::widen_slice(&src[r * width..][..width], &mut tmp[..width]);
-        for (c, v) in tmp[..width].iter().enumerate() {
-            dst[c][l] = v * mul;
+        let row: &[f32] = match T::as_f32(src) {
+            Some(s) => &s[r * width..][..width],
+            None => {
+                T::widen_slice(&src[r * width..][..width], &mut tmp[..width]);
+                &tmp[..width]
+            }
+        };
+        for (d, v) in dst.iter_mut().zip(row) {
+            d[l] = v * mul;
         }
     }
 }
 
-/// Transposes keys and values of line `line` (`t0 * ext[1] + t1`) of batch
-/// element `b` into `kt` and `vt` (that line's `heads * width * ext[2]`
+/// Transposes line `line` (`t0 * ext[1] + t1`) of batch element `b` of
+/// `src` (rows of `width`) into `dst` (that line's `heads * width * ext[2]`
 /// floats): per head and dilation group, channel-major with the group's
-/// positions adjacent, so that consecutive keys of a channel are one vector.
+/// positions adjacent, so that consecutive positions of a channel are one
+/// vector for the sliding-window kernels.
+pub(crate) fn transpose_line<T: Element>(
+    g: &Geo,
+    src: &[T],
+    width: usize,
+    b: usize,
+    line: usize,
+    dst: &mut [f32],
+) {
+    let (t0, t1) = (line / g.ext[1], line % g.ext[1]);
+    let d2 = g.axes[2].dilation();
+    const B: usize = 8;
+    let mut tmp = [[0.0f32; B]; 64];
+    for h in 0..g.heads {
+        for grp in 0..d2.min(g.ext[2]) {
+            let (lg, base) = (g.glen(grp), g.t_offset(width, 0, 0, h, grp));
+            // Blocks of B positions: gather B rows, then write each channel's
+            // B consecutive slots at once.
+            let mut ii0 = 0;
+            while ii0 < lg {
+                let n = (lg - ii0).min(B);
+                for c0 in (0..width).step_by(64) {
+                    let cw = (width - c0).min(64);
+                    for i in 0..n {
+                        let r = g.row(b, t0, t1, grp + d2 * (ii0 + i), h);
+                        for (t, v) in tmp[..cw].iter_mut().zip(&src[r * width + c0..][..cw]) {
+                            t[i] = v.to_f32();
+                        }
+                    }
+                    for (c, t) in tmp[..cw].iter().enumerate() {
+                        dst[base + (c0 + c) * lg + ii0..][..n].copy_from_slice(&t[..n]);
+                    }
+                }
+                ii0 += n;
+            }
+        }
+    }
+}
+
+/// Keys and values of line `line` of batch element `b`, transposed (see
+/// [`transpose_line`]).
 pub(crate) fn transpose_kv_line<T: Element>(
     g: &Geo,
     x: &Inputs<'_, T>,
@@ -336,36 +383,22 @@ pub(crate) fn transpose_kv_line<T: Element>(
     kt: &mut [f32],
     vt: &mut [f32],
 ) {
-    let (t0, t1) = (line / g.ext[1], line % g.ext[1]);
-    let d2 = g.axes[2].dilation();
-    const B: usize = 8;
-    let mut tmp = [[0.0f32; B]; 64];
-    for (src, dst, width) in [(x.key, kt, g.dk), (x.value, vt, g.dv)] {
-        for h in 0..g.heads {
-            for grp in 0..d2.min(g.ext[2]) {
-                let (lg, base) = (g.glen(grp), g.t_offset(width, 0, 0, h, grp));
-                // Blocks of B positions: gather B rows, then write each channel's
-                // B consecutive slots at once.
-                let mut ii0 = 0;
-                while ii0 < lg {
-                    let n = (lg - ii0).min(B);
-                    for c0 in (0..width).step_by(64) {
-                        let cw = (width - c0).min(64);
-                        for i in 0..n {
-                            let r = g.row(b, t0, t1, grp + d2 * (ii0 + i), h);
-                            for (t, v) in tmp[..cw].iter_mut().zip(&src[r * width + c0..][..cw]) {
-                                t[i] = v.to_f32();
-                            }
-                        }
-                        for (c, t) in tmp[..cw].iter().enumerate() {
-                            dst[base + (c0 + c) * lg + ii0..][..n].copy_from_slice(&t[..n]);
-                        }
-                    }
-                    ii0 += n;
-                }
-            }
-        }
-    }
+    transpose_line(g, x.key, g.dk, b, line, kt);
+    transpose_line(g, x.value, g.dv, b, line, vt);
+}
+
+/// What backward pass 2's sliding-window path reads, transposed per batch
+/// element like the keys (see [`transpose_line`]).
+#[derive(Clone, Copy)]
+pub(crate) struct QueriesT<'a> {
+    /// Queries, width `dk`.
+    pub(crate) q: &'a [f32],
+    /// `d_out`, width `dv`.
+    pub(crate) d_out: &'a [f32],
+    /// `lse`, width 1.
+    pub(crate) lse: &'a [f32],
+    /// `delta`, width 1.
+    pub(crate) delta: &'a [f32],
 }
 
 /// One online-softmax step over a line's logits `sc` (made probabilities in
@@ -529,6 +562,7 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
     g: &Geo,
     x: &Inputs<'_, T>,
     sv: &Saved<'_, T>,
+    kvt: Option<(&[f32], &[f32])>,
     ci: usize,
     dq: &mut [T],
     delta: &mut [f32],
@@ -572,6 +606,9 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
                 }
                 let t = Lanes::new(n, x2, st, en);
                 let u = t.u;
+                // Interior tiles: lane l's window is [st0 + l, st0 + l + k).
+                let diag =
+                    kvt.filter(|_| (0..n).all(|l| st[l] == st[0] + l && en[l] == st[l] + k2));
                 t.mask(madd);
                 load_lanes(qt, x.query, &rows[..n], dk, g.scale, kp);
                 load_lanes(dot, sv.d_out, &rows[..n], dv, 1.0, vp);
@@ -582,6 +619,42 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
                     let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
                     for t1 in w1.iter() {
                         let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
+                        if let Some((kt, vt)) = diag {
+                            let lg = g.glen(grp);
+                            let (sc, dp) = (&mut sc[..k2], &mut dp[..k2]);
+                            let ko = g.t_offset(dk, t0, t1, h, grp) + st[0];
+                            let vo = g.t_offset(dv, t0, t1, h, grp) + st[0];
+                            diag_dot::<S, L>(vx, &kt[ko..], lg, dk, qt, sc);
+                            let brow = x.rpb.map(|rpb| g.bias_row(rpb, h, r0, r1));
+                            let b0 = st[0] + k2 - 1 - ii0;
+                            if let Some(brow) = brow {
+                                for (sj, b) in sc.iter_mut().zip(&brow[b0..]) {
+                                    let b = b.to_f32();
+                                    for v in sj.iter_mut() {
+                                        *v += b;
+                                    }
+                                }
+                            }
+                            for sj in sc.iter_mut() {
+                                for l in 0..L {
+                                    sj[l] = exp::<S::A>(sj[l] - lse[l]);
+                                }
+                            }
+                            diag_dot::<S, L>(vx, &vt[vo..], lg, dv, dot, dp);
+                            for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
+                                for l in 0..L {
+                                    pj[l] = sj[l] * (pj[l] - dlt[l]);
+                                }
+                            }
+                            diag_axpy::<S, L>(vx, dp, &kt[ko..], lg, dqt);
+                            if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
+                                let off = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2] + b0;
+                                for (dr, pj) in d[off..].iter_mut().zip(dp.iter()) {
+                                    *dr += pj[..n].iter().sum::<f32>();
+                                }
+                            }
+                            continue;
+                        }
                         let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
                         let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
                         let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
@@ -643,6 +716,7 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
     x: &Inputs<'_, T>,
     sv: &Saved<'_, T>,
     delta: &[f32],
+    qdt: Option<QueriesT<'_>>,
     ci: usize,
     dk_out: &mut [T],
     dv_out: &mut [T],
@@ -685,6 +759,9 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
                 }
                 let t = Lanes::new(n, x2, st, en);
                 let u = t.u;
+                // Interior tiles: key l is attended by queries [st0 + l, st0 + l + k).
+                let diag =
+                    qdt.filter(|_| (0..n).all(|l| st[l] == st[0] + l && en[l] == st[l] + k2));
                 t.mask(madd);
                 load_lanes(kt, x.key, &rows[..n], dk, g.scale, qp);
                 load_lanes(vt, x.value, &rows[..n], dv, 1.0, dop);
@@ -695,6 +772,41 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
                     let r0 = a0.rpb_index_unchecked(q0, ch.x0);
                     for q1 in a1.inverse(ch.x1) {
                         let r1 = a1.rpb_index_unchecked(q1, ch.x1);
+                        if let Some(tq) = diag {
+                            let lg = g.glen(grp);
+                            let (sc, dp) = (&mut sc[..k2], &mut dp[..k2]);
+                            let qo = g.t_offset(dk, q0, q1, h, grp) + st[0];
+                            let oo = g.t_offset(dv, q0, q1, h, grp) + st[0];
+                            let so = g.t_offset(1, q0, q1, h, grp) + st[0];
+                            diag_dot::<S, L>(vx, &tq.q[qo..], lg, dk, kt, sc);
+                            if let Some(rpb) = x.rpb {
+                                // Slot o: key jj0 + l, query st0 + o + l: index b0 - o.
+                                let brow = g.bias_row(rpb, h, r0, r1);
+                                let b0 = jj0 + k2 - 1 - st[0];
+                                for (o, sj) in sc.iter_mut().enumerate() {
+                                    let b = brow[b0 - o].to_f32();
+                                    for v in sj.iter_mut() {
+                                        *v += b;
+                                    }
+                                }
+                            }
+                            for (o, sj) in sc.iter_mut().enumerate() {
+                                let lv = &tq.lse[so + o..][..L];
+                                for l in 0..L {
+                                    sj[l] = exp::<S::A>(sj[l] - lv[l]);
+                                }
+                            }
+                            diag_dot::<S, L>(vx, &tq.d_out[oo..], lg, dv, vt, dp);
+                            for (o, (pj, sj)) in dp.iter_mut().zip(sc.iter()).enumerate() {
+                                let dl = &tq.delta[so + o..][..L];
+                                for l in 0..L {
+                                    pj[l] = sj[l] * (pj[l] - dl[l]);
+                                }
+                            }
+                            diag_axpy::<S, L>(vx, sc, &tq.d_out[oo..], lg, dvt);
+                            diag_axpy::<S, L>(vx, dp, &tq.q[qo..], lg, dkt);
+                            continue;
+                        }
                         let r = g.row(ch.b, q0, q1, grp + d2 * t.lo, h);
                         for i in 0..u {
                             lse_u[i] = sv.lse[r + i * d2 * hn];
@@ -797,5 +909,5 @@ macro_rules! dispatch {
 }
 
 dispatch!(forward_chunk, forward, (g: &Geo, x: &Inputs<'_, T>, kvt: Option<(&[f32], &[f32])>, ci: usize, out: &mut [T], lse: Option<&mut [f32]>, scratch: &mut [f32]));
-dispatch!(backward_query_chunk, backward_query, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, ci: usize, dq: &mut [T], delta: &mut [f32], drpb: Option<&mut [f32]>, scratch: &mut [f32]));
-dispatch!(backward_key_chunk, backward_key, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, delta: &[f32], ci: usize, dk_out: &mut [T], dv_out: &mut [T], scratch: &mut [f32]));
+dispatch!(backward_query_chunk, backward_query, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, kvt: Option<(&[f32], &[f32])>, ci: usize, dq: &mut [T], delta: &mut [f32], drpb: Option<&mut [f32]>, scratch: &mut [f32]));
+dispatch!(backward_key_chunk, backward_key, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, delta: &[f32], qdt: Option<QueriesT<'_>>, ci: usize, dk_out: &mut [T], dv_out: &mut [T], scratch: &mut [f32]));
