@@ -6,6 +6,11 @@
 //! borders, with stride groups, dilation groups, per-axis causal masking and an
 //! optional relative positional bias (RPB).
 //!
+//! Two kernel families share one API: [`fused`] (tiled, SIMD with run-time
+//! ISA dispatch, multithreaded; the one to use) and [`reference`] (a direct
+//! reading of the contract, kept as the oracle the fused kernels are tested
+//! against).
+//!
 //! # Layout
 //!
 //! Tensors are row-major, contiguous and **heads-last**:
@@ -38,8 +43,8 @@
 //! - `std` (default): implies `alloc`; enables [`npy`] and the `rayon` feature's
 //!   prerequisites.
 //! - `rayon` (default): [`Par::Rayon`], multithreaded kernels.
-//! - `alloc`: the allocating entry points ([`reference::forward`],
-//!   [`reference::backward`]).
+//! - `alloc`: the allocating entry points ([`fused::forward`],
+//!   [`fused::backward`], [`reference::forward`], [`reference::backward`]).
 //!
 //! With `--no-default-features` the crate is `no_std` and allocation-free:
 //! use the `*_with_scratch` entry points with caller-provided buffers.
