@@ -206,17 +206,7 @@ pub fn forward_with_scratch_on<T: Element>(
     let (mut out, mut lse_rest) = (out, lse);
     for b in 0..p.batch() {
         let kvt = if g.transposed() {
-            for line in 0..g.lines_per_batch() {
-                let (kl, vl) = (g.line_len(g.dk()), g.line_len(g.dv()));
-                tile::transpose_kv_line(
-                    &g,
-                    &x,
-                    b,
-                    line,
-                    &mut kt[line * kl..][..kl],
-                    &mut vt[line * vl..][..vl],
-                );
-            }
+            transpose_kv(&g, &x, b, kt, vt);
             Some((&kt[..], &vt[..]))
         } else {
             None
@@ -258,6 +248,40 @@ fn split_transposed<'a>(
         t[n.saturating_sub(tile::T_PAD)..].fill(0.0);
     }
     (kt, vt, work)
+}
+
+/// Transposes keys and values of batch element `b` into `kt` and `vt` (one
+/// line after another; see [`tile::transpose_line`]).
+fn transpose_kv<T: Element>(g: &Geo, x: &Inputs<'_, T>, b: usize, kt: &mut [f32], vt: &mut [f32]) {
+    let (kl, vl) = (g.line_len(g.dk()), g.line_len(g.dv()));
+    for line in 0..g.lines_per_batch() {
+        tile::transpose_kv_line(
+            g,
+            x,
+            b,
+            line,
+            &mut kt[line * kl..][..kl],
+            &mut vt[line * vl..][..vl],
+        );
+    }
+}
+
+/// [`transpose_kv`] with one rayon task per line.
+#[cfg(feature = "rayon")]
+fn par_transpose_kv<T: Element>(
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    b: usize,
+    kt: &mut [f32],
+    vt: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let (kl, vl, lines) = (g.line_len(g.dk()), g.line_len(g.dv()), g.lines_per_batch());
+    kt[..lines * kl]
+        .par_chunks_mut(kl)
+        .zip(vt[..lines * vl].par_chunks_mut(vl))
+        .enumerate()
+        .for_each(|(line, (k, v))| tile::transpose_kv_line(g, x, b, line, k, v));
 }
 
 /// Floats of the per-batch-element transposed tensors of the backward pass:
@@ -306,17 +330,7 @@ fn split_bwd_transposed<'a>(g: &Geo, scratch: &'a mut [f32]) -> (BwdT<'a>, &'a m
 impl BwdT<'_> {
     /// Transposes keys and values of batch element `b` (pass 1's needs).
     fn keys<T: Element>(&mut self, g: &Geo, x: &Inputs<'_, T>, b: usize) {
-        for line in 0..g.lines_per_batch() {
-            let (kl, vl) = (g.line_len(g.dk()), g.line_len(g.dv()));
-            tile::transpose_kv_line(
-                g,
-                x,
-                b,
-                line,
-                &mut self.kt[line * kl..][..kl],
-                &mut self.vt[line * vl..][..vl],
-            );
-        }
+        transpose_kv(g, x, b, self.kt, self.vt);
     }
 
     /// Transposes queries, `d_out`, `lse` and `delta` of batch element `b`
@@ -430,13 +444,7 @@ fn forward_rayon<T: Element>(
     let init = || alloc::vec![0.0f32; len];
     for b in 0..p.batch() {
         if g.transposed() {
-            let (kl, vl) = (g.line_len(g.dk()), g.line_len(g.dv()));
-            let lines = g.lines_per_batch();
-            kt[..lines * kl]
-                .par_chunks_mut(kl)
-                .zip(vt[..lines * vl].par_chunks_mut(vl))
-                .enumerate()
-                .for_each(|(line, (k, v))| tile::transpose_kv_line(&g, &x, b, line, k, v));
+            par_transpose_kv(&g, &x, b, kt, vt);
         }
         let kvt = g.transposed().then_some((&kt[..], &vt[..]));
         let o: alloc::vec::Vec<_> = outs.by_ref().take(cpb).collect();
@@ -619,11 +627,7 @@ fn backward_rayon<T: Element>(
     );
     for b in 0..p.batch() {
         if g.transposed() {
-            tb.kt[..lines * kl]
-                .par_chunks_mut(kl)
-                .zip(tb.vt[..lines * vl].par_chunks_mut(vl))
-                .enumerate()
-                .for_each(|(line, (k, v))| tile::transpose_kv_line(&g, &x, b, line, k, v));
+            par_transpose_kv(&g, &x, b, tb.kt, tb.vt);
         }
         let kvt = g.transposed().then_some((&tb.kt[..], &tb.vt[..]));
         let first = b * cpb;

@@ -46,6 +46,7 @@ pub(crate) struct Geo {
     seg: usize,
     segs: usize,
     /// Number of lines: `batch * ext[0] * ext[1]`.
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     lines: usize,
 }
 
@@ -80,6 +81,7 @@ impl Geo {
         }
     }
 
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     pub(crate) fn chunks(&self) -> usize {
         self.lines * self.segs
     }
