@@ -17,7 +17,7 @@
 //! `*_scratch_len` function.
 
 use crate::problem::MAX_AXES;
-use crate::tensors::{check_backward, check_len};
+use crate::tensors::{check_backward, check_forward, check_scratch};
 pub use crate::tensors::{Grads, Inputs, Saved};
 use crate::window::Axis;
 #[cfg(feature = "alloc")]
@@ -211,18 +211,9 @@ pub fn forward_with_scratch<T: Element>(
     mut lse: Option<&mut [f32]>,
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    x.check(p)?;
-    check_len("out", out.len(), p.v_len())?;
-    if let Some(l) = lse.as_deref() {
-        check_len("lse", l.len(), p.lse_len())?;
-    }
+    check_forward(p, &x, out, lse.as_deref())?;
     let needed = forward_scratch_len(p);
-    if scratch.len() < needed {
-        return Err(Error::ScratchTooSmall {
-            needed,
-            got: scratch.len(),
-        });
-    }
+    check_scratch(scratch, needed)?;
     let c = Ctx::new(p, x);
     let row_v = p.heads() * p.head_dim_v();
     for (bi, ob) in out.chunks_mut(BLOCK * row_v).enumerate() {
@@ -263,11 +254,7 @@ fn forward_rayon<T: Element>(
     lse: Option<&mut [f32]>,
 ) -> Result<(), Error> {
     use rayon::prelude::*;
-    x.check(p)?;
-    check_len("out", out.len(), p.v_len())?;
-    if let Some(l) = lse.as_deref() {
-        check_len("lse", l.len(), p.lse_len())?;
-    }
+    check_forward(p, &x, out, lse.as_deref())?;
     let c = Ctx::new(p, x);
     let len = forward_scratch_len(p);
     let init = || alloc::vec![0.0f32; len];
@@ -409,12 +396,7 @@ pub fn backward_with_scratch<T: Element>(
 ) -> Result<(), Error> {
     check_backward(p, &x, &s, &g)?;
     let needed = backward_scratch_len(p);
-    if scratch.len() < needed {
-        return Err(Error::ScratchTooSmall {
-            needed,
-            got: scratch.len(),
-        });
-    }
+    check_scratch(scratch, needed)?;
     let c = Ctx::new(p, x);
     let (delta, rest) = scratch.split_at_mut(p.lse_len());
     let (total, rest) = rest.split_at_mut(p.rpb_len());

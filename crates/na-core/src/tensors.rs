@@ -84,3 +84,29 @@ pub(crate) fn check_backward<T>(
     }
     Ok(())
 }
+
+/// Checks the inputs, `out` and (if given) `lse` of a forward call.
+pub(crate) fn check_forward<T>(
+    p: &Problem,
+    x: &Inputs<'_, T>,
+    out: &[T],
+    lse: Option<&[f32]>,
+) -> Result<(), Error> {
+    x.check(p)?;
+    check_len("out", out.len(), p.v_len())?;
+    if let Some(l) = lse {
+        check_len("lse", l.len(), p.lse_len())?;
+    }
+    Ok(())
+}
+
+/// Checks that a caller-provided scratch buffer holds `needed` floats.
+pub(crate) fn check_scratch(scratch: &[f32], needed: usize) -> Result<(), Error> {
+    if scratch.len() < needed {
+        return Err(Error::ScratchTooSmall {
+            needed,
+            got: scratch.len(),
+        });
+    }
+    Ok(())
+}

@@ -39,7 +39,7 @@ mod kernels;
 mod simd;
 mod tile;
 
-use crate::tensors::{check_backward, check_len, Grads, Inputs, Saved};
+use crate::tensors::{check_backward, check_forward, check_scratch, Grads, Inputs, Saved};
 #[cfg(feature = "alloc")]
 use crate::Par;
 use crate::{Element, Error, Problem};
@@ -155,20 +155,6 @@ pub fn backward_scratch_len(p: &Problem) -> usize {
     p.lse_len() + 2 * p.rpb_len() + tile::bwd_work_len(p, LMAX) + bwd_transposed_len(&Geo::new(p))
 }
 
-fn check_forward<T>(
-    p: &Problem,
-    x: &Inputs<'_, T>,
-    out: &[T],
-    lse: Option<&[f32]>,
-) -> Result<(), Error> {
-    x.check(p)?;
-    check_len("out", out.len(), p.v_len())?;
-    if let Some(l) = lse {
-        check_len("lse", l.len(), p.lse_len())?;
-    }
-    Ok(())
-}
-
 /// Forward pass without allocation, on the calling thread: writes `out`
 /// (`[batch, *spatial, heads, head_dim_v]`) and, if given, `lse`
 /// (`[batch, *spatial, heads]`). `scratch` needs [`forward_scratch_len`].
@@ -194,12 +180,7 @@ pub fn forward_with_scratch_on<T: Element>(
     check_isa(isa)?;
     check_forward(p, &x, out, lse.as_deref())?;
     let needed = forward_scratch_len(p);
-    if scratch.len() < needed {
-        return Err(Error::ScratchTooSmall {
-            needed,
-            got: scratch.len(),
-        });
-    }
+    check_scratch(scratch, needed)?;
     let g = Geo::new(p);
     let (kt, vt, work) = split_transposed(&g, scratch);
     let (wv, h) = (p.heads() * p.head_dim_v(), p.heads());
@@ -495,12 +476,7 @@ pub fn backward_with_scratch_on<T: Element>(
     check_isa(isa)?;
     check_backward(p, &x, &s, &gr)?;
     let needed = backward_scratch_len(p);
-    if scratch.len() < needed {
-        return Err(Error::ScratchTooSmall {
-            needed,
-            got: scratch.len(),
-        });
-    }
+    check_scratch(scratch, needed)?;
     let g = Geo::new(p);
     let (delta, rest) = scratch.split_at_mut(p.lse_len());
     let (total, rest) = rest.split_at_mut(p.rpb_len());
