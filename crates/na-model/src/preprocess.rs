@@ -1,0 +1,1 @@
+//! ImageNet pre-processing (being written).

@@ -1,0 +1,1 @@
+//! PyTorch checkpoint reader (being written).
