@@ -6,6 +6,7 @@
 
 pub mod attn;
 pub mod bench;
+pub mod convert;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ pub enum Command {
     Attn(attn::AttnArgs),
     /// Time the operator (BENCHMARKS.md suite, one case, or a custom shape).
     Bench(bench::BenchArgs),
+    /// Convert a PyTorch checkpoint (.pth) to safetensors, keeping names, shapes and dtypes.
+    Convert(convert::ConvertArgs),
 }
 
 /// Runs a parsed command line.
@@ -32,5 +35,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Attn(args) => attn::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Convert(args) => convert::run(&args),
     }
 }
