@@ -6,3 +6,4 @@
 
 pub mod pth;
 pub mod preprocess;
+pub mod labels;
