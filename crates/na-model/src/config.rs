@@ -1,0 +1,308 @@
+//! Model configurations: a serde schema whose fields mirror the authors'
+//! constructor arguments, and the named presets of MODELS.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// The architecture family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// Hierarchical NAT with overlapping convolutions (`levels.{i}`); DiNAT is
+    /// this with per-block dilations.
+    Nat,
+    /// Alias of [`Arch::Nat`] (DiNAT is NAT with dilations).
+    Dinat,
+    /// Swin-like layout: 4×4 patch embedding, patch merging (`layers.{i}`).
+    DinatS,
+    /// One level at stride 16: 16×16 patch embedding, `layers.{i}` blocks.
+    Isotropic,
+}
+
+impl Arch {
+    /// Whether the model has the hierarchical NAT layout.
+    pub fn is_nat(self) -> bool {
+        matches!(self, Arch::Nat | Arch::Dinat)
+    }
+}
+
+/// A model configuration. JSON example:
+///
+/// ```json
+/// {"arch": "nat", "embed_dim": 64, "mlp_ratio": 3.0, "depths": [3, 4, 6, 5],
+///  "num_heads": [2, 4, 8, 16], "kernel_size": 7,
+///  "dilations": [[1, 8, 1], [1, 4, 1, 4], [1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1]],
+///  "layer_scale": null, "num_classes": 1000, "in_chans": 3}
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Architecture family.
+    pub arch: Arch,
+    /// Channels of the first level (`E`).
+    pub embed_dim: usize,
+    /// MLP hidden width as a multiple of the channels (hidden = `int(C * r)`).
+    pub mlp_ratio: f64,
+    /// Blocks per level (one entry for isotropic models).
+    pub depths: Vec<usize>,
+    /// Attention heads per level.
+    pub num_heads: Vec<usize>,
+    /// Neighborhood size (both axes).
+    pub kernel_size: usize,
+    /// Dilation of every block, per level (`None`: all 1).
+    #[serde(default)]
+    pub dilations: Option<Vec<Vec<usize>>>,
+    /// Layer-scale initial value; `Some` means the blocks have `gamma1` and
+    /// `gamma2` weights (their values come from the checkpoint).
+    #[serde(default)]
+    pub layer_scale: Option<f64>,
+    /// Classes of the head (0: no head, the pooled features are returned).
+    pub num_classes: usize,
+    /// Input channels.
+    #[serde(default = "three")]
+    pub in_chans: usize,
+}
+
+fn three() -> usize {
+    3
+}
+
+/// Shape facts of one level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LevelSpec {
+    /// Channels.
+    pub dim: usize,
+    /// Blocks.
+    pub depth: usize,
+    /// Attention heads.
+    pub heads: usize,
+}
+
+impl Config {
+    /// Parses a JSON configuration and validates it.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let c: Config =
+            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("JSON: {e}")))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Number of levels.
+    pub fn levels(&self) -> usize {
+        self.depths.len()
+    }
+
+    /// Channels of level `i`.
+    pub fn dim(&self, i: usize) -> usize {
+        match self.arch {
+            Arch::Isotropic => self.embed_dim,
+            _ => self.embed_dim << i,
+        }
+    }
+
+    /// Facts of level `i`.
+    pub fn level(&self, i: usize) -> LevelSpec {
+        LevelSpec {
+            dim: self.dim(i),
+            depth: self.depths[i],
+            heads: self.num_heads[i],
+        }
+    }
+
+    /// The dilation of block `j` of level `i`.
+    pub fn dilation(&self, i: usize, j: usize) -> usize {
+        self.dilations.as_ref().map_or(1, |d| d[i][j])
+    }
+
+    /// Channels of the final features (input of `norm` and `head`).
+    pub fn num_features(&self) -> usize {
+        self.dim(self.levels() - 1)
+    }
+
+    /// MLP hidden width of a level with `dim` channels: `int(dim * mlp_ratio)`.
+    pub fn mlp_hidden(&self, dim: usize) -> usize {
+        (dim as f64 * self.mlp_ratio) as usize
+    }
+
+    /// Checks every field; the error names the field and value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        let want_levels = if self.arch == Arch::Isotropic { 1 } else { 4 };
+        if self.depths.len() != want_levels {
+            return bad(format!(
+                "depths has {} levels, {:?} models have {want_levels}",
+                self.depths.len(),
+                self.arch
+            ));
+        }
+        if self.num_heads.len() != self.depths.len() {
+            return bad(format!(
+                "num_heads has {} entries for {} levels",
+                self.num_heads.len(),
+                self.depths.len()
+            ));
+        }
+        if self.embed_dim == 0 || self.in_chans == 0 {
+            return bad(format!(
+                "embed_dim ({}) and in_chans ({}) must be positive",
+                self.embed_dim, self.in_chans
+            ));
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.mlp_hidden(self.embed_dim) == 0 {
+            return bad(format!("mlp_ratio {} gives no hidden units", self.mlp_ratio));
+        }
+        if self.kernel_size < 2 {
+            return bad(format!("kernel_size {} is below 2", self.kernel_size));
+        }
+        if self.embed_dim.checked_shl(self.levels() as u32).is_none() || self.embed_dim > 1 << 20 {
+            return bad(format!("embed_dim {} is too large", self.embed_dim));
+        }
+        for i in 0..self.levels() {
+            let (dim, h) = (self.dim(i), self.num_heads[i]);
+            if h == 0 || dim % h != 0 {
+                return bad(format!(
+                    "level {i}: {dim} channels do not split into {h} heads"
+                ));
+            }
+            if self.depths[i] > 1024 {
+                return bad(format!("level {i}: depth {} is absurd", self.depths[i]));
+            }
+        }
+        if let Some(d) = &self.dilations {
+            if d.len() != self.levels() {
+                return bad(format!(
+                    "dilations has {} levels, depths has {}",
+                    d.len(),
+                    self.levels()
+                ));
+            }
+            for (i, (di, &n)) in d.iter().zip(&self.depths).enumerate() {
+                if di.len() != n {
+                    return bad(format!(
+                        "dilations[{i}] has {} entries for {n} blocks",
+                        di.len()
+                    ));
+                }
+                if let Some(j) = di.iter().position(|&x| x == 0 || x > 4096) {
+                    return bad(format!("dilations[{i}][{j}] = {} is out of range", di[j]));
+                }
+            }
+        }
+        if let Some(ls) = self.layer_scale {
+            if !ls.is_finite() {
+                return bad(format!("layer_scale {ls} is not finite"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parameter count of the model (with its head), from the shapes.
+    pub fn param_count(&self) -> usize {
+        crate::model::param_shapes(self, false)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// A named preset (MODELS.md): `nat_mini` … `nat_base`, `dinat_mini` …
+    /// `dinat_large`, `dinat_s_tiny` … `dinat_s_large`, `nat_isotropic_small`,
+    /// `nat_isotropic_base`, `dinat_isotropic_small`, `dinat_isotropic_base`.
+    /// All at 1000 classes with the 224-pixel dilations.
+    pub fn preset(name: &str) -> Result<Self> {
+        PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f())
+            .ok_or_else(|| ModelError::UnknownPreset {
+                name: name.to_string(),
+                known: preset_names().collect::<Vec<_>>().join(", "),
+            })
+    }
+}
+
+/// Names of every preset.
+pub fn preset_names() -> impl Iterator<Item = &'static str> {
+    PRESETS.iter().map(|(n, _)| *n)
+}
+
+type Preset = (&'static str, fn() -> Config);
+
+const PRESETS: &[Preset] = &[
+    ("nat_mini", || nat([3, 4, 6, 5], 64, 3.0, None, false)),
+    ("nat_tiny", || nat([3, 4, 18, 5], 64, 3.0, None, false)),
+    ("nat_small", || nat([3, 4, 18, 5], 96, 2.0, Some(1e-5), false)),
+    ("nat_base", || nat([3, 4, 18, 5], 128, 2.0, Some(1e-5), false)),
+    ("dinat_mini", || nat([3, 4, 6, 5], 64, 3.0, None, true)),
+    ("dinat_tiny", || nat([3, 4, 18, 5], 64, 3.0, None, true)),
+    ("dinat_small", || nat([3, 4, 18, 5], 96, 2.0, None, true)),
+    ("dinat_base", || nat([3, 4, 18, 5], 128, 2.0, Some(1e-5), true)),
+    ("dinat_large", || nat([3, 4, 18, 5], 192, 2.0, None, true)),
+    ("dinat_s_tiny", || dinat_s([2, 2, 6, 2], 96)),
+    ("dinat_s_small", || dinat_s([2, 2, 18, 2], 96)),
+    ("dinat_s_base", || dinat_s([2, 2, 18, 2], 128)),
+    ("dinat_s_large", || dinat_s([2, 2, 18, 2], 192)),
+    ("nat_isotropic_small", || isotropic(384, 12, 1)),
+    ("nat_isotropic_base", || isotropic(768, 24, 1)),
+    ("dinat_isotropic_small", || isotropic(384, 12, 2)),
+    ("dinat_isotropic_base", || isotropic(768, 24, 2)),
+];
+
+/// Heads per level: `E / 32` doubling (2,4,8,16 at E=64; 3,6,12,24 at 96 …).
+fn heads(e: usize) -> Vec<usize> {
+    (0..4).map(|i| (e / 32) << i).collect()
+}
+
+/// DiNAT's 224-pixel dilations: `[1,8,1…]`, `[1,4,1,4…]`, `[1,2…]`, all 1.
+fn dinat_dilations(depths: &[usize], last_level: [usize; 4]) -> Vec<Vec<usize>> {
+    depths
+        .iter()
+        .zip(last_level)
+        .map(|(&n, d)| (0..n).map(|j| if j % 2 == 1 { d } else { 1 }).collect())
+        .collect()
+}
+
+fn nat(depths: [usize; 4], e: usize, r: f64, ls: Option<f64>, dilated: bool) -> Config {
+    Config {
+        arch: if dilated { Arch::Dinat } else { Arch::Nat },
+        embed_dim: e,
+        mlp_ratio: r,
+        depths: depths.to_vec(),
+        num_heads: heads(e),
+        kernel_size: 7,
+        dilations: dilated.then(|| dinat_dilations(&depths, [8, 4, 2, 1])),
+        layer_scale: ls,
+        num_classes: 1000,
+        in_chans: 3,
+    }
+}
+
+fn dinat_s(depths: [usize; 4], e: usize) -> Config {
+    Config {
+        arch: Arch::DinatS,
+        embed_dim: e,
+        mlp_ratio: 4.0,
+        depths: depths.to_vec(),
+        num_heads: heads(e),
+        kernel_size: 7,
+        dilations: Some(dinat_dilations(&depths, [8, 4, 2, 1])),
+        layer_scale: None,
+        num_classes: 1000,
+        in_chans: 3,
+    }
+}
+
+fn isotropic(e: usize, h: usize, d: usize) -> Config {
+    Config {
+        arch: Arch::Isotropic,
+        embed_dim: e,
+        mlp_ratio: 4.0,
+        depths: vec![12],
+        num_heads: vec![h],
+        kernel_size: 7,
+        dilations: Some(vec![(0..12).map(|j| if j % 2 == 1 { d } else { 1 }).collect()]),
+        layer_scale: None,
+        num_classes: 1000,
+        in_chans: 3,
+    }
+}

@@ -1,0 +1,102 @@
+//! The error type of model construction, weight loading and inference.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong building or running a model.
+///
+/// Each variant carries the offending names and values, so the message alone
+/// says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The configuration is inconsistent (the message names the field and value).
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    /// A preset name that does not exist.
+    #[error("unknown model `{name}` (known: {known})")]
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+        /// The known preset names, comma separated.
+        known: String,
+    },
+    /// A configuration file that could not be read or parsed.
+    #[error("{path}: {reason}")]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The weights do not fit the model: every missing, unexpected and
+    /// mis-shaped tensor is listed.
+    #[error("{}", describe_mismatch(missing, unexpected, mis_shaped))]
+    WeightsMismatch {
+        /// Tensors the model needs that the file lacks.
+        missing: Vec<String>,
+        /// Tensors in the file that the model does not use.
+        unexpected: Vec<String>,
+        /// `(name, expected shape, shape in the file)`.
+        mis_shaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+    },
+    /// A weights file that cannot be read (I/O, bad format, unsupported dtype).
+    #[error("{path}: {reason}")]
+    WeightsFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An input tensor of the wrong shape.
+    #[error("input has shape {got:?}, expected {expected}")]
+    InputShape {
+        /// What the model expects, in words.
+        expected: String,
+        /// The shape that was given.
+        got: Vec<usize>,
+    },
+    /// The neighborhood-attention operator refused a problem.
+    #[error("neighborhood attention: {0}")]
+    Attention(#[from] na_core::Error),
+    /// A backend (device) failure.
+    #[error("backend `{backend}`: {reason}")]
+    Backend {
+        /// The backend's name.
+        backend: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+fn describe_mismatch(
+    missing: &[String],
+    unexpected: &[String],
+    mis_shaped: &[(String, Vec<usize>, Vec<usize>)],
+) -> String {
+    const SHOW: usize = 12;
+    let list = |v: &[String]| {
+        let mut s = v.iter().take(SHOW).cloned().collect::<Vec<_>>().join(", ");
+        if v.len() > SHOW {
+            s.push_str(&format!(", ... ({} more)", v.len() - SHOW));
+        }
+        s
+    };
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("{} missing tensor(s): {}", missing.len(), list(missing)));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("{} unexpected tensor(s): {}", unexpected.len(), list(unexpected)));
+    }
+    if !mis_shaped.is_empty() {
+        let v: Vec<String> = mis_shaped
+            .iter()
+            .map(|(n, want, got)| format!("{n} (expected {want:?}, file has {got:?})"))
+            .collect();
+        parts.push(format!("{} mis-shaped tensor(s): {}", v.len(), list(&v)));
+    }
+    format!("the weights do not match the model: {}", parts.join("; "))
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = ModelError> = core::result::Result<T, E>;
