@@ -105,6 +105,21 @@ pub struct BenchArgs {
     /// Write every result (with raw times) to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Time a whole model (a preset name) instead of the operator suite.
+    #[arg(long, conflicts_with_all = ["case", "shape", "model_config"])]
+    pub model: Option<String>,
+    /// Time a whole model from a JSON configuration.
+    #[arg(long = "config", value_name = "CFG.json", conflicts_with_all = ["case", "shape"])]
+    pub model_config: Option<PathBuf>,
+    /// Model weights [default: random weights of the right shapes].
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Model batch sizes (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    /// Model input size: `S` or `H,W`.
+    #[arg(long, value_delimiter = ',', default_value = "224")]
+    pub image_size: Vec<usize>,
 }
 
 /// One benchmark problem.
@@ -273,7 +288,7 @@ impl<T: Element> Buffers<T> {
 }
 
 /// Times `f` with warm-up; at least 3 timed runs, at most `iters`, within `budget`.
-fn time_runs(
+pub(crate) fn time_runs(
     warmup: usize,
     iters: usize,
     budget: Duration,
@@ -299,7 +314,7 @@ fn time_runs(
     Ok(times)
 }
 
-fn stats(times: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn stats(times: &[f64]) -> (f64, f64, f64) {
     let mut s = times.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
@@ -313,7 +328,7 @@ fn stats(times: &[f64]) -> (f64, f64, f64) {
 
 /// f32 GEMM peak of this machine with `threads` threads: the best of several
 /// 1024^3 products by the `gemm` crate (2.1 GFLOP each).
-fn gemm_peak(threads: usize) -> f64 {
+pub(crate) fn gemm_peak(threads: usize) -> f64 {
     let n = 1024;
     let a = normal(n * n, 7);
     let b = normal(n * n, 8);
@@ -468,6 +483,9 @@ fn bench_case<T: Element>(
 
 /// Runs `na bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.model.is_some() || args.model_config.is_some() {
+        return crate::model_bench::run(args);
+    }
     if args.list {
         println!(
             "{:<16} {:>5} {:<14} {:>9} {:<10} {:<10} {:<8}",

@@ -7,6 +7,8 @@
 pub mod attn;
 pub mod bench;
 pub mod convert;
+pub mod model_bench;
+pub mod model_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Convert a PyTorch checkpoint (.pth) to safetensors, keeping names, shapes and dtypes.
     Convert(convert::ConvertArgs),
+    /// Run a NAT/DiNAT model on a .npy batch of images: logits or backbone features.
+    Run(model_cmd::RunArgs),
+    /// Classify images with a NAT/DiNAT model (ImageNet pre-processing, top-k).
+    Classify(model_cmd::ClassifyArgs),
+    /// Parameters, multiply-adds and per-level shapes of a preset or configuration.
+    Info(model_cmd::InfoArgs),
 }
 
 /// Runs a parsed command line.
@@ -36,5 +44,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attn(args) => attn::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Run(args) => model_cmd::run(&args),
+        Command::Classify(args) => model_cmd::classify(&args),
+        Command::Info(args) => model_cmd::info(&args),
     }
 }

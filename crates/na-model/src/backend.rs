@@ -78,8 +78,12 @@ pub trait Backend: Send + Sync {
     ) -> Result<Tensor<Self>>;
 
     /// `y = x W^T + b` over the last axis: `x [.., in]`, `w [out, in]`, `b [out]`.
-    fn linear(&self, x: &Tensor<Self>, w: &Tensor<Self>, b: Option<&Tensor<Self>>)
-        -> Result<Tensor<Self>>;
+    fn linear(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: Option<&Tensor<Self>>,
+    ) -> Result<Tensor<Self>>;
 
     /// LayerNorm over the last axis with weight and bias `[C]`.
     fn layer_norm(
@@ -94,8 +98,12 @@ pub trait Backend: Send + Sync {
     fn gelu(&self, x: &mut Tensor<Self>) -> Result<()>;
 
     /// `x += gamma ⊙ y` (gamma `[C]` broadcast over the last axis; `None`: 1).
-    fn add_scaled(&self, x: &mut Tensor<Self>, y: &Tensor<Self>, gamma: Option<&Tensor<Self>>)
-        -> Result<()>;
+    fn add_scaled(
+        &self,
+        x: &mut Tensor<Self>,
+        y: &Tensor<Self>,
+        gamma: Option<&Tensor<Self>>,
+    ) -> Result<()>;
 
     /// Zero-pads `[B, H, W, C]` at the end of H and W to `(h, w)`.
     fn pad_hw(&self, x: &Tensor<Self>, h: usize, w: usize) -> Result<Tensor<Self>>;

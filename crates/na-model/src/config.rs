@@ -149,8 +149,13 @@ impl Config {
                 self.embed_dim, self.in_chans
             ));
         }
-        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.mlp_hidden(self.embed_dim) == 0 {
-            return bad(format!("mlp_ratio {} gives no hidden units", self.mlp_ratio));
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0)
+            || self.mlp_hidden(self.embed_dim) == 0
+        {
+            return bad(format!(
+                "mlp_ratio {} gives no hidden units",
+                self.mlp_ratio
+            ));
         }
         if self.kernel_size < 2 {
             return bad(format!("kernel_size {} is below 2", self.kernel_size));
@@ -231,12 +236,18 @@ type Preset = (&'static str, fn() -> Config);
 const PRESETS: &[Preset] = &[
     ("nat_mini", || nat([3, 4, 6, 5], 64, 3.0, None, false)),
     ("nat_tiny", || nat([3, 4, 18, 5], 64, 3.0, None, false)),
-    ("nat_small", || nat([3, 4, 18, 5], 96, 2.0, Some(1e-5), false)),
-    ("nat_base", || nat([3, 4, 18, 5], 128, 2.0, Some(1e-5), false)),
+    ("nat_small", || {
+        nat([3, 4, 18, 5], 96, 2.0, Some(1e-5), false)
+    }),
+    ("nat_base", || {
+        nat([3, 4, 18, 5], 128, 2.0, Some(1e-5), false)
+    }),
     ("dinat_mini", || nat([3, 4, 6, 5], 64, 3.0, None, true)),
     ("dinat_tiny", || nat([3, 4, 18, 5], 64, 3.0, None, true)),
     ("dinat_small", || nat([3, 4, 18, 5], 96, 2.0, None, true)),
-    ("dinat_base", || nat([3, 4, 18, 5], 128, 2.0, Some(1e-5), true)),
+    ("dinat_base", || {
+        nat([3, 4, 18, 5], 128, 2.0, Some(1e-5), true)
+    }),
     ("dinat_large", || nat([3, 4, 18, 5], 192, 2.0, None, true)),
     ("dinat_s_tiny", || dinat_s([2, 2, 6, 2], 96)),
     ("dinat_s_small", || dinat_s([2, 2, 18, 2], 96)),
@@ -300,7 +311,9 @@ fn isotropic(e: usize, h: usize, d: usize) -> Config {
         depths: vec![12],
         num_heads: vec![h],
         kernel_size: 7,
-        dilations: Some(vec![(0..12).map(|j| if j % 2 == 1 { d } else { 1 }).collect()]),
+        dilations: Some(vec![(0..12)
+            .map(|j| if j % 2 == 1 { d } else { 1 })
+            .collect()]),
         layer_scale: None,
         num_classes: 1000,
         in_chans: 3,

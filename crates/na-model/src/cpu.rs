@@ -55,7 +55,10 @@ impl Cpu {
         if rayon::current_num_threads() == self.threads {
             return f();
         }
-        match rayon::ThreadPoolBuilder::new().num_threads(self.threads).build() {
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads)
+            .build()
+        {
             Ok(pool) => pool.install(f),
             Err(_) => f(),
         }
@@ -77,7 +80,9 @@ impl Cpu {
             return;
         }
         if let Some(b) = bias {
-            out[..m * n].par_chunks_mut(n).for_each(|r| r.copy_from_slice(&b[..n]));
+            out[..m * n]
+                .par_chunks_mut(n)
+                .for_each(|r| r.copy_from_slice(&b[..n]));
         }
         if k == 0 {
             if bias.is_none() {
@@ -244,7 +249,15 @@ impl Backend for Cpu {
             });
         }
         let mut out = vec![0.0; rows * cout];
-        self.matmul_wt(rows, cout, kk, &cols, &w.buf, b.map(|b| &b.buf[..]), &mut out);
+        self.matmul_wt(
+            rows,
+            cout,
+            kk,
+            &cols,
+            &w.buf,
+            b.map(|b| &b.buf[..]),
+            &mut out,
+        );
         Ok(tensor(vec![bn, ho, wo, cout], out))
     }
 
@@ -336,18 +349,26 @@ impl Backend for Cpu {
         }
         let chunk = c * ROWS_PER_TASK;
         match gamma {
-            None => x.buf.par_chunks_mut(chunk).zip(y.buf.par_chunks(chunk)).for_each(|(a, b)| {
-                for (a, b) in a.iter_mut().zip(b) {
-                    *a += b;
-                }
-            }),
-            Some(g) => x.buf.par_chunks_mut(chunk).zip(y.buf.par_chunks(chunk)).for_each(|(a, b)| {
-                for (ar, br) in a.chunks_mut(c).zip(b.chunks(c)) {
-                    for ((a, b), g) in ar.iter_mut().zip(br).zip(&g.buf) {
-                        *a += g * b;
+            None => x
+                .buf
+                .par_chunks_mut(chunk)
+                .zip(y.buf.par_chunks(chunk))
+                .for_each(|(a, b)| {
+                    for (a, b) in a.iter_mut().zip(b) {
+                        *a += b;
                     }
-                }
-            }),
+                }),
+            Some(g) => x
+                .buf
+                .par_chunks_mut(chunk)
+                .zip(y.buf.par_chunks(chunk))
+                .for_each(|(a, b)| {
+                    for (ar, br) in a.chunks_mut(c).zip(b.chunks(c)) {
+                        for ((a, b), g) in ar.iter_mut().zip(br).zip(&g.buf) {
+                            *a += g * b;
+                        }
+                    }
+                }),
         }
         Ok(())
     }
@@ -418,7 +439,12 @@ impl Backend for Cpu {
             .zip(v.par_chunks_mut(c * rows))
             .zip(qkv.buf.par_chunks(c3 * rows))
             .for_each(|(((q, k), v), s)| {
-                for (((q, k), v), s) in q.chunks_mut(c).zip(k.chunks_mut(c)).zip(v.chunks_mut(c)).zip(s.chunks(c3)) {
+                for (((q, k), v), s) in q
+                    .chunks_mut(c)
+                    .zip(k.chunks_mut(c))
+                    .zip(v.chunks_mut(c))
+                    .zip(s.chunks(c3))
+                {
                     q.copy_from_slice(&s[..c]);
                     k.copy_from_slice(&s[c..2 * c]);
                     v.copy_from_slice(&s[2 * c..]);
@@ -447,7 +473,8 @@ impl Backend for Cpu {
                 for (qi, (dy, dx)) in Q.iter().enumerate() {
                     let (y, xx) = (2 * oy + dy, 2 * ox + dx);
                     if y < h && xx < w {
-                        o[qi * c..][..c].copy_from_slice(&x.buf[((bi * h + y) * w + xx) * c..][..c]);
+                        o[qi * c..][..c]
+                            .copy_from_slice(&x.buf[((bi * h + y) * w + xx) * c..][..c]);
                     }
                 }
             });

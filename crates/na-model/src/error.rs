@@ -83,10 +83,18 @@ fn describe_mismatch(
     };
     let mut parts = Vec::new();
     if !missing.is_empty() {
-        parts.push(format!("{} missing tensor(s): {}", missing.len(), list(missing)));
+        parts.push(format!(
+            "{} missing tensor(s): {}",
+            missing.len(),
+            list(missing)
+        ));
     }
     if !unexpected.is_empty() {
-        parts.push(format!("{} unexpected tensor(s): {}", unexpected.len(), list(unexpected)));
+        parts.push(format!(
+            "{} unexpected tensor(s): {}",
+            unexpected.len(),
+            list(unexpected)
+        ));
     }
     if !mis_shaped.is_empty() {
         let v: Vec<String> = mis_shaped

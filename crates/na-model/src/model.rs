@@ -40,14 +40,18 @@ pub fn param_shapes(cfg: &Config, backbone: bool) -> Vec<(String, Vec<usize>)> {
         }
     }
     norm(&mut push, "patch_embed.norm", e);
-    let group = if cfg.arch.is_nat() { "levels" } else { "layers" };
+    let group = if cfg.arch.is_nat() {
+        "levels"
+    } else {
+        "layers"
+    };
     let k = cfg.kernel_size;
     for i in 0..cfg.levels() {
         let l = cfg.level(i);
         let c = l.dim;
         let hid = cfg.mlp_hidden(c);
         for j in 0..l.depth {
-            let p = format!("{group}.{i}.blocks.{j}");
+            let p = block_prefix(cfg, i, j);
             norm(&mut push, &format!("{p}.norm1"), c);
             push(format!("{p}.attn.qkv.weight"), vec![3 * c, c]);
             push(format!("{p}.attn.qkv.bias"), vec![3 * c]);
@@ -92,6 +96,16 @@ pub fn param_shapes(cfg: &Config, backbone: bool) -> Vec<(String, Vec<usize>)> {
     v
 }
 
+/// Key prefix of block `j` of level `i`: `levels.{i}.blocks.{j}` (NAT,
+/// DiNAT), `layers.{i}.blocks.{j}` (DiNAT_s), `layers.{j}` (isotropic).
+fn block_prefix(cfg: &Config, i: usize, j: usize) -> String {
+    match cfg.arch {
+        Arch::Nat | Arch::Dinat => format!("levels.{i}.blocks.{j}"),
+        Arch::DinatS => format!("layers.{i}.blocks.{j}"),
+        Arch::Isotropic => format!("layers.{j}"),
+    }
+}
+
 struct Linear<B: Backend> {
     w: Tensor<B>,
     b: Option<Tensor<B>>,
@@ -132,9 +146,13 @@ struct Level<B: Backend> {
 enum Stem<B: Backend> {
     /// NAT: two 3×3 stride-2 convolutions (`proj.0`, `proj.1`).
     Conv2(Linear<B>, Linear<B>),
-    /// DiNAT_s and isotropic: one `p`×`p` stride-`p` convolution; DiNAT_s
-    /// zero-pads the input to a multiple of `p` first.
-    Patch { proj: Linear<B>, p: usize, pad: bool },
+    /// DiNAT_s and isotropic: one `p`×`p` stride-`p` convolution of the
+    /// input zero-padded (right, bottom) to a multiple of `p`.
+    Patch {
+        proj: Linear<B>,
+        p: usize,
+        pad: bool,
+    },
 }
 
 /// A loaded model on backend `B`.
@@ -156,18 +174,25 @@ struct Take<'a, B: Backend> {
 
 impl<B: Backend> Take<'_, B> {
     fn t(&mut self, name: &str) -> Result<Tensor<B>> {
-        let t = self.w.take(name).ok_or_else(|| ModelError::WeightsMismatch {
-            missing: vec![name.to_string()],
-            unexpected: vec![],
-            mis_shaped: vec![],
-        })?;
+        let t = self
+            .w
+            .take(name)
+            .ok_or_else(|| ModelError::WeightsMismatch {
+                missing: vec![name.to_string()],
+                unexpected: vec![],
+                mis_shaped: vec![],
+            })?;
         self.be.upload(&t.shape, &t.data)
     }
 
     fn linear(&mut self, p: &str, bias: bool) -> Result<Linear<B>> {
         Ok(Linear {
             w: self.t(&format!("{p}.weight"))?,
-            b: if bias { Some(self.t(&format!("{p}.bias"))?) } else { None },
+            b: if bias {
+                Some(self.t(&format!("{p}.bias"))?)
+            } else {
+                None
+            },
         })
     }
 
@@ -206,17 +231,21 @@ impl<B: Backend> Model<B> {
             Arch::Isotropic => Stem::Patch {
                 proj: tk.linear("patch_embed.proj", true)?,
                 p: 16,
-                pad: false,
+                pad: true,
             },
         };
         let stem_norm = tk.norm("patch_embed.norm")?;
-        let group = if cfg.arch.is_nat() { "levels" } else { "layers" };
+        let group = if cfg.arch.is_nat() {
+            "levels"
+        } else {
+            "layers"
+        };
         let mut levels = Vec::new();
         for i in 0..cfg.levels() {
             let l = cfg.level(i);
             let mut blocks = Vec::new();
             for j in 0..l.depth {
-                let p = format!("{group}.{i}.blocks.{j}");
+                let p = block_prefix(cfg, i, j);
                 let ls = cfg.layer_scale.is_some();
                 blocks.push(Block {
                     norm1: tk.norm(&format!("{p}.norm1"))?,
@@ -226,8 +255,16 @@ impl<B: Backend> Model<B> {
                     norm2: tk.norm(&format!("{p}.norm2"))?,
                     fc1: tk.linear(&format!("{p}.mlp.fc1"), true)?,
                     fc2: tk.linear(&format!("{p}.mlp.fc2"), true)?,
-                    gamma1: if ls { Some(tk.t(&format!("{p}.gamma1"))?) } else { None },
-                    gamma2: if ls { Some(tk.t(&format!("{p}.gamma2"))?) } else { None },
+                    gamma1: if ls {
+                        Some(tk.t(&format!("{p}.gamma1"))?)
+                    } else {
+                        None
+                    },
+                    gamma2: if ls {
+                        Some(tk.t(&format!("{p}.gamma2"))?)
+                    } else {
+                        None
+                    },
                     spec: NaSpec {
                         heads: l.heads,
                         kernel: cfg.kernel_size,
@@ -294,10 +331,7 @@ impl<B: Backend> Model<B> {
 
     /// Checks an input `[B, in_chans, H, W]`.
     fn check_input(&self, x: &Tensor<B>) -> Result<()> {
-        let min = match self.cfg.arch {
-            Arch::Isotropic => 16,
-            _ => 1,
-        };
+        let min = 1;
         let ok = match x.shape[..] {
             [b, c, h, w] => {
                 b > 0
@@ -470,10 +504,9 @@ pub struct ModelInfo {
 /// `height × width` input.
 pub fn analyze(cfg: &Config, height: usize, width: usize) -> Result<ModelInfo> {
     cfg.validate()?;
-    let min = if cfg.arch == Arch::Isotropic { 16 } else { 1 };
-    if height < min || width < min {
+    if height == 0 || width == 0 {
         return Err(ModelError::InputShape {
-            expected: format!("H, W >= {min}"),
+            expected: "H, W >= 1".into(),
             got: vec![height, width],
         });
     }
@@ -494,7 +527,7 @@ pub fn analyze(cfg: &Config, height: usize, width: usize) -> Result<ModelInfo> {
             (h1, w1)
         }
         Arch::Isotropic => {
-            let (h1, w1) = (height / 16, width / 16);
+            let (h1, w1) = (height.div_ceil(16), width.div_ceil(16));
             macs += (h1 * w1) as u64 * e * cin * 256;
             (h1, w1)
         }

@@ -49,7 +49,9 @@ impl WeightMap {
             .map_err(|e| file_err(format!("cannot read: {e}")))?
             .len();
         if len > MAX_FILE_BYTES {
-            return Err(file_err(format!("{len} bytes is larger than the {MAX_FILE_BYTES}-byte limit")));
+            return Err(file_err(format!(
+                "{len} bytes is larger than the {MAX_FILE_BYTES}-byte limit"
+            )));
         }
         let bytes = std::fs::read(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
         if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
@@ -60,8 +62,22 @@ impl WeightMap {
     }
 
     /// Parses a PyTorch checkpoint (zip archive) in memory.
-    pub fn from_pth(_bytes: &[u8]) -> core::result::Result<Self, String> {
-        Err("PTH_PENDING".to_string())
+    pub fn from_pth(bytes: &[u8]) -> core::result::Result<Self, String> {
+        let list = crate::pth::read_pth_bytes(bytes).map_err(|e| e.to_string())?;
+        let mut map = BTreeMap::new();
+        for t in list {
+            let data = t
+                .to_f32()
+                .map_err(|e| format!("tensor `{}`: {e}", t.name))?;
+            map.insert(
+                t.name,
+                HostTensor {
+                    shape: t.shape,
+                    data,
+                },
+            );
+        }
+        Ok(Self::from_map(map))
     }
 
     /// Parses safetensors bytes (float tensors of any width become `f32`).
@@ -97,7 +113,9 @@ impl WeightMap {
             };
             let shape = view.shape().to_vec();
             if shape.iter().product::<usize>() != data.len() {
-                return Err(format!("tensor `{name}`: shape {shape:?} does not match its data"));
+                return Err(format!(
+                    "tensor `{name}`: shape {shape:?} does not match its data"
+                ));
             }
             map.insert(name, HostTensor { shape, data });
         }
@@ -257,7 +275,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         reason: format!("cannot write: {e}"),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp: PathBuf = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, data).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(|e| {
@@ -275,7 +296,9 @@ fn is_hf_name(k: &str) -> bool {
 }
 
 fn strip_hf_prefix(k: &str) -> &str {
-    k.strip_prefix("nat.").or_else(|| k.strip_prefix("dinat.")).unwrap_or(k)
+    k.strip_prefix("nat.")
+        .or_else(|| k.strip_prefix("dinat."))
+        .unwrap_or(k)
 }
 
 /// Maps a HuggingFace name to the authors' name; `Err(name)` for q/k/v parts
@@ -333,12 +356,16 @@ fn hf_to_authors(map: BTreeMap<String, HostTensor>) -> BTreeMap<String, HostTens
         let s = strip_hf_prefix(&k);
         if let Some(pos) = s.find(".attention.self.") {
             let (block, tail) = (&s[..pos], &s[pos + ".attention.self.".len()..]);
-            let part = ["query.", "key.", "value."].iter().position(|p| tail.starts_with(p));
+            let part = ["query.", "key.", "value."]
+                .iter()
+                .position(|p| tail.starts_with(p));
             if let (Some(p), Some(block)) = (part, block.strip_prefix("encoder.levels.")) {
                 if let Some((i, rest)) = block.split_once('.') {
                     if let Some(j) = rest.strip_prefix("layers.") {
                         let which = tail.split_once('.').map_or("", |x| x.1).to_string();
-                        let slot = qkv.entry((format!("levels.{i}.blocks.{j}"), which)).or_default();
+                        let slot = qkv
+                            .entry((format!("levels.{i}.blocks.{j}"), which))
+                            .or_default();
                         slot[p] = Some((k.clone(), t));
                         continue;
                     }
@@ -365,13 +392,19 @@ fn hf_to_authors(map: BTreeMap<String, HostTensor>) -> BTreeMap<String, HostTens
     }
     for ((block, which), parts) in qkv {
         let complete = parts.iter().all(|p| p.is_some())
-            && parts.iter().flatten().all(|(_, t)| t.shape[1..] == parts[0].as_ref().expect("some").1.shape[1..]);
+            && parts
+                .iter()
+                .flatten()
+                .all(|(_, t)| t.shape[1..] == parts[0].as_ref().expect("some").1.shape[1..]);
         if complete {
             let ts: Vec<HostTensor> = parts.into_iter().map(|p| p.expect("complete").1).collect();
             let mut shape = ts[0].shape.clone();
             shape[0] = ts.iter().map(|t| t.shape[0]).sum();
             let data = ts.into_iter().flat_map(|t| t.data).collect();
-            out.insert(format!("{block}.attn.qkv.{which}"), HostTensor { shape, data });
+            out.insert(
+                format!("{block}.attn.qkv.{which}"),
+                HostTensor { shape, data },
+            );
         } else {
             for (name, t) in parts.into_iter().flatten() {
                 out.insert(name, t);

@@ -34,7 +34,9 @@ fn parameter_counts_match_models_md() {
         let n = cfg.param_count();
         let got = (n as f64 / 1e4).round() / 100.0;
         if (got - millions).abs() > 1e-9 {
-            bad.push(format!("{name}: {n} = {got} M, MODELS.md says {millions} M"));
+            bad.push(format!(
+                "{name}: {n} = {got} M, MODELS.md says {millions} M"
+            ));
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
@@ -45,8 +47,15 @@ fn nat_mini_is_2_7_gmacs_at_224() {
     let info = analyze(&Config::preset("nat_mini").unwrap(), 224, 224).unwrap();
     let g = info.macs as f64 / 1e9;
     assert!((g - 2.7).abs() < 0.05, "{g} GMACs");
-    let dims: Vec<_> = info.levels.iter().map(|l| (l.height, l.width, l.channels)).collect();
-    assert_eq!(dims, [(56, 56, 64), (28, 28, 128), (14, 14, 256), (7, 7, 512)]);
+    let dims: Vec<_> = info
+        .levels
+        .iter()
+        .map(|l| (l.height, l.width, l.channels))
+        .collect();
+    assert_eq!(
+        dims,
+        [(56, 56, 64), (28, 28, 128), (14, 14, 256), (7, 7, 512)]
+    );
 }
 
 #[test]

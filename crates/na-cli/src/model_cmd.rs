@@ -1,0 +1,208 @@
+//! `na run`, `na info` and `na classify`: the models of `na-model` from the
+//! command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use na_core::npy::{read_npy, stage_npy_f32, DEFAULT_MAX_ELEMENTS};
+use na_model::{analyze, config::preset_names, Backend, Config, Cpu, Model, WeightMap};
+
+/// Which model: a preset name or a JSON configuration.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A named preset (nat_mini … dinat_large, dinat_s_*, *_isotropic_*).
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    pub model: Option<String>,
+    /// A JSON configuration (fields of the authors' constructors; see na-model's `Config`).
+    #[arg(long, value_name = "CFG.json")]
+    pub config: Option<PathBuf>,
+    /// Threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl ModelArgs {
+    /// The configuration these arguments name.
+    pub fn config(&self) -> Result<Config> {
+        match (&self.model, &self.config) {
+            (Some(name), _) => Ok(Config::preset(name)?),
+            (None, Some(path)) => load_config_file(path),
+            (None, None) => bail!("give --model NAME or --config CFG.json"),
+        }
+    }
+}
+
+/// Reads and validates a JSON configuration file.
+pub fn load_config_file(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the configuration {}", path.display()))?;
+    Config::from_json(&text).with_context(|| format!("configuration {}", path.display()))
+}
+
+/// Loads weights and builds the model on the CPU.
+fn load_model(cpu: &Cpu, cfg: &Config, weights: &Path, backbone: bool) -> Result<Model<Cpu>> {
+    let w = WeightMap::load(weights)?;
+    Model::load(cpu, cfg, w, backbone).with_context(|| format!("loading {}", weights.display()))
+}
+
+/// Arguments of `na run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Weights: safetensors (authors' or HuggingFace names) or a PyTorch .pth checkpoint.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Input images `[B, in_chans, H, W]` (.npy, f32/f64/f16).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output: logits `[B, classes]` (.npy, f32); with --features the four
+    /// maps go to OUT with `.0.npy` … `.3.npy` in place of `.npy`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Backbone mode: the weights hold `norm0..norm3`; write the four
+    /// normalised feature maps `[B, C_i, H_i, W_i]`.
+    #[arg(long)]
+    pub features: bool,
+}
+
+/// Runs `na run`.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let cfg = args.model.config()?;
+    let cpu = Cpu::new(args.model.threads);
+    let x = read_npy(&args.input, DEFAULT_MAX_ELEMENTS)
+        .with_context(|| format!("reading {}", args.input.display()))?;
+    let model = load_model(&cpu, &cfg, &args.weights, args.features)?;
+    let xt = cpu.upload(&x.shape, &x.data)?;
+    let ctx = || format!("running the model on {}", args.input.display());
+    if args.features {
+        let feats = cpu
+            .install(|| model.features(&cpu, &xt))
+            .with_context(ctx)?;
+        let stem = args.out.with_extension("");
+        let mut staged = Vec::new();
+        for (i, f) in feats.iter().enumerate() {
+            let path = PathBuf::from(format!("{}.{i}.npy", stem.display()));
+            staged.push((stage_npy_f32(&path, &f.shape, &cpu.download(f)?)?, path));
+        }
+        for (s, path) in staged {
+            s.commit()?;
+            println!("wrote {}", path.display());
+        }
+    } else {
+        let y = cpu.install(|| model.forward(&cpu, &xt)).with_context(ctx)?;
+        stage_npy_f32(&args.out, &y.shape, &cpu.download(&y)?)?.commit()?;
+        println!("wrote {} {:?}", args.out.display(), y.shape);
+    }
+    Ok(())
+}
+
+/// Arguments of `na info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// A preset name or a JSON configuration file.
+    pub model: String,
+    /// Input size: `S` or `H,W`.
+    #[arg(long, value_delimiter = ',', default_value = "224")]
+    pub size: Vec<usize>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `na info`.
+pub fn info(args: &InfoArgs) -> Result<()> {
+    let cfg = if args.model.ends_with(".json") || Path::new(&args.model).is_file() {
+        load_config_file(Path::new(&args.model))?
+    } else {
+        Config::preset(&args.model)?
+    };
+    let (h, w) = match args.size[..] {
+        [s] => (s, s),
+        [h, w] => (h, w),
+        _ => bail!("--size takes S or H,W, got {} values", args.size.len()),
+    };
+    let info = analyze(&cfg, h, w)?;
+    if args.json {
+        let levels: Vec<_> = info
+            .levels
+            .iter()
+            .map(|l| {
+                serde_json::json!({"height": l.height, "width": l.width, "channels": l.channels,
+                    "heads": l.heads, "dilations": l.dilations, "padded_blocks": l.padded_blocks})
+            })
+            .collect();
+        let v = serde_json::json!({"model": args.model, "config": cfg, "input": [h, w],
+            "params": info.params, "macs": info.macs, "flops": 2 * info.macs, "levels": levels});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {:?}, {} classes",
+        args.model, cfg.arch, cfg.num_classes
+    );
+    println!(
+        "parameters: {} ({:.2} M)",
+        info.params,
+        info.params as f64 / 1e6
+    );
+    println!(
+        "at {h}x{w}: {:.3} G multiply-adds, {:.3} GFLOP",
+        info.macs as f64 / 1e9,
+        2.0 * info.macs as f64 / 1e9
+    );
+    println!("level  map        channels  heads  dilations");
+    for (i, l) in info.levels.iter().enumerate() {
+        let pad = if l.padded_blocks > 0 {
+            format!(
+                "  ({} block(s) padded to kernel x dilation)",
+                l.padded_blocks
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "{i:<6} {:<10} {:<9} {:<6} {:?}{pad}",
+            format!("{}x{}", l.height, l.width),
+            l.channels,
+            l.heads,
+            l.dilations
+        );
+    }
+    Ok(())
+}
+
+/// Arguments of `na classify`.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Images (PNG, JPEG, BMP, GIF, WebP, TIFF).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Weights: safetensors or a PyTorch .pth checkpoint.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Class names, one per line [default: ImageNet-1k for 1000-class models].
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+}
+
+/// Runs `na classify`.
+pub fn classify(_args: &ClassifyArgs) -> Result<()> {
+    bail!("CLASSIFY_PENDING")
+}
+
+/// The preset names, for help texts.
+pub fn presets() -> String {
+    preset_names().collect::<Vec<_>>().join(", ")
+}
