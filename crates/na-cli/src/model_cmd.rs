@@ -198,8 +198,65 @@ pub struct ClassifyArgs {
 }
 
 /// Runs `na classify`.
-pub fn classify(_args: &ClassifyArgs) -> Result<()> {
-    bail!("CLASSIFY_PENDING")
+pub fn classify(args: &ClassifyArgs) -> Result<()> {
+    use na_model::{labels, preprocess};
+    let cfg = args.model.config()?;
+    if cfg.in_chans != 3 || cfg.num_classes == 0 {
+        bail!(
+            "na classify needs an RGB classifier; this configuration has in_chans {} and num_classes {}",
+            cfg.in_chans,
+            cfg.num_classes
+        );
+    }
+    let names: Vec<String> = match &args.labels {
+        Some(p) => {
+            let l = labels::read_labels(p).with_context(|| format!("reading {}", p.display()))?;
+            if l.len() != cfg.num_classes {
+                bail!(
+                    "{} has {} names for a {}-class model",
+                    p.display(),
+                    l.len(),
+                    cfg.num_classes
+                );
+            }
+            l
+        }
+        None if cfg.num_classes == 1000 => labels::imagenet_classes()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        None => (0..cfg.num_classes).map(|i| format!("class {i}")).collect(),
+    };
+    let tf = preprocess::Transform::imagenet();
+    // Decode everything first: a bad image is reported before any work.
+    let mut inputs = Vec::with_capacity(args.images.len());
+    for p in &args.images {
+        let img = preprocess::load_rgb(p)?;
+        inputs.push(tf.apply(&img));
+    }
+    let cpu = Cpu::new(args.model.threads);
+    let model = load_model(&cpu, &cfg, &args.weights, false)?;
+    let per = inputs.first().map_or(0, Vec::len);
+    let side = tf.crop;
+    for (paths, batch) in args
+        .images
+        .chunks(args.batch.max(1))
+        .zip(inputs.chunks(args.batch.max(1)))
+    {
+        let data: Vec<f32> = batch.concat();
+        let x = cpu.upload(&[batch.len(), 3, side, side], &data)?;
+        debug_assert_eq!(data.len(), batch.len() * per);
+        let y = cpu.install(|| model.forward(&cpu, &x))?;
+        let logits = cpu.download(&y)?;
+        for (p, l) in paths.iter().zip(logits.chunks(cfg.num_classes)) {
+            let top: Vec<String> = labels::top_k(l, args.top_k)
+                .into_iter()
+                .map(|(i, prob)| format!("{} {:.1}%", names[i], 100.0 * prob))
+                .collect();
+            println!("{}: {}", p.display(), top.join(", "));
+        }
+    }
+    Ok(())
 }
 
 /// The preset names, for help texts.

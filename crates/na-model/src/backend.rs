@@ -58,6 +58,12 @@ pub trait Backend: Send + Sync {
     /// Copies a tensor back to the host.
     fn download(&self, x: &Tensor<Self>) -> Result<Vec<f32>>;
 
+    /// Hands a tensor that is no longer needed back for reuse (a device
+    /// may keep its buffer for later allocations). Dropping it is also fine.
+    fn recycle(&self, x: Tensor<Self>) {
+        drop(x);
+    }
+
     /// `[B, C, H, W]` → `[B, H, W, C]`.
     fn nchw_to_nhwc(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
 

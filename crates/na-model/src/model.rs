@@ -451,22 +451,35 @@ fn block<B: Backend>(be: &B, b: &Block<B>, mut x: Tensor<B>) -> Result<Tensor<B>
     let y = be.layer_norm(&x, &b.norm1.w, &b.norm1.b, LN_EPS)?;
     let padded = h < kd || w < kd;
     let y = if padded {
-        be.pad_hw(&y, h.max(kd), w.max(kd))?
+        let p = be.pad_hw(&y, h.max(kd), w.max(kd))?;
+        be.recycle(y);
+        p
     } else {
         y
     };
     let qkv = be.linear(&y, &b.qkv.w, b.qkv.b.as_ref())?;
-    drop(y);
+    be.recycle(y);
     let a = be.neighborhood_attention(&qkv, &b.rpb, b.spec)?;
-    drop(qkv);
-    let a = if padded { be.crop_hw(&a, h, w)? } else { a };
-    let a = be.linear(&a, &b.proj.w, b.proj.b.as_ref())?;
-    be.add_scaled(&mut x, &a, b.gamma1.as_ref())?;
+    be.recycle(qkv);
+    let a = if padded {
+        let c = be.crop_hw(&a, h, w)?;
+        be.recycle(a);
+        c
+    } else {
+        a
+    };
+    let p = be.linear(&a, &b.proj.w, b.proj.b.as_ref())?;
+    be.recycle(a);
+    be.add_scaled(&mut x, &p, b.gamma1.as_ref())?;
+    be.recycle(p);
     let y = be.layer_norm(&x, &b.norm2.w, &b.norm2.b, LN_EPS)?;
-    let mut y = be.linear(&y, &b.fc1.w, b.fc1.b.as_ref())?;
-    be.gelu(&mut y)?;
-    let y = be.linear(&y, &b.fc2.w, b.fc2.b.as_ref())?;
+    let mut hid = be.linear(&y, &b.fc1.w, b.fc1.b.as_ref())?;
+    be.recycle(y);
+    be.gelu(&mut hid)?;
+    let y = be.linear(&hid, &b.fc2.w, b.fc2.b.as_ref())?;
+    be.recycle(hid);
     be.add_scaled(&mut x, &y, b.gamma2.as_ref())?;
+    be.recycle(y);
     Ok(x)
 }
 

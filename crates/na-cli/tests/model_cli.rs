@@ -1,0 +1,338 @@
+//! `na run`, `na info` and `na bench --model` through the real binary, on
+//! the PyTorch parity fixtures of `na-model`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use na_core::npy::{read_npy, write_npy_f32, DEFAULT_MAX_ELEMENTS};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../na-model/tests/fixtures/models")
+}
+
+fn fixture(name: &str) -> String {
+    fixtures().join(name).display().to_string()
+}
+
+fn tmp(test: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("model_cli")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn na(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_na"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The manifest entry of a case, for its configuration.
+fn config_file(dir: &Path, case: &str) -> String {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap())
+            .unwrap();
+    let c = m["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == case)
+        .unwrap();
+    let p = dir.join(format!("{case}.json"));
+    std::fs::write(&p, serde_json::to_string(&c["config"]).unwrap()).unwrap();
+    p.display().to_string()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn run_writes_the_logits_pytorch_gives() {
+    let d = tmp("run_logits");
+    for (case, weights) in [
+        ("nat_k5_layerscale_b2", "nat_k5_layerscale_b2.safetensors"),
+        ("dinat_odd_hf", "dinat_odd_hf.safetensors"),
+        ("isotropic_nat", "isotropic_nat.pth"),
+    ] {
+        let cfg = config_file(&d, case);
+        let out = d.join(format!("{case}.logits.npy"));
+        let o = na(&[
+            "run",
+            "--config",
+            &cfg,
+            "--weights",
+            &fixture(weights),
+            "--input",
+            &fixture(&format!("{case}.input.npy")),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{case}: {}", stderr(&o));
+        let got = read_npy(&out, DEFAULT_MAX_ELEMENTS).unwrap();
+        let want = read_npy(
+            &fixtures().join(format!("{case}.logits.npy")),
+            DEFAULT_MAX_ELEMENTS,
+        )
+        .unwrap();
+        assert_eq!(got.shape, want.shape);
+        assert!(max_diff(&got.data, &want.data) < 1e-3, "{case}");
+    }
+}
+
+#[test]
+fn run_features_writes_four_maps() {
+    let d = tmp("run_features");
+    let cfg = config_file(&d, "dinat_backbone");
+    let out = d.join("feat.npy");
+    let o = na(&[
+        "run",
+        "--config",
+        &cfg,
+        "--weights",
+        &fixture("dinat_backbone.safetensors"),
+        "--input",
+        &fixture("dinat_backbone.input.npy"),
+        "--out",
+        out.to_str().unwrap(),
+        "--features",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..4 {
+        let got = read_npy(&d.join(format!("feat.{i}.npy")), DEFAULT_MAX_ELEMENTS).unwrap();
+        let want = read_npy(
+            &fixtures().join(format!("dinat_backbone.features{i}.npy")),
+            DEFAULT_MAX_ELEMENTS,
+        )
+        .unwrap();
+        assert_eq!(got.shape, want.shape);
+        assert!(max_diff(&got.data, &want.data) < 1e-3);
+    }
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_and_write_nothing() {
+    let d = tmp("bad_inputs");
+    let cfg = config_file(&d, "nat_k7");
+    let out = d.join("out.npy");
+    let outs = out.to_str().unwrap();
+    let wrong_shape = d.join("wrong.npy");
+    write_npy_f32(&wrong_shape, &[1, 4, 32, 32], &vec![0.0; 4 * 32 * 32]).unwrap();
+    let garbage = d.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
+    let input = fixture("nat_k7.input.npy");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        // Weights of another model: every difference is listed.
+        (
+            vec![
+                "--weights".into(),
+                fixture("dinat_dilated.safetensors"),
+                "--input".into(),
+                input.clone(),
+            ],
+            "unexpected tensor(s): levels.0.blocks.1",
+        ),
+        (
+            vec![
+                "--weights".into(),
+                garbage.display().to_string(),
+                "--input".into(),
+                input.clone(),
+            ],
+            "garbage.safetensors",
+        ),
+        (
+            vec![
+                "--weights".into(),
+                d.join("absent.pth").display().to_string(),
+                "--input".into(),
+                input.clone(),
+            ],
+            "absent.pth",
+        ),
+        (
+            vec![
+                "--weights".into(),
+                fixture("nat_k7.safetensors"),
+                "--input".into(),
+                wrong_shape.display().to_string(),
+            ],
+            "input has shape [1, 4, 32, 32]",
+        ),
+        (
+            vec![
+                "--weights".into(),
+                fixture("nat_k7.safetensors"),
+                "--input".into(),
+                fixture("nat_k7.safetensors"),
+            ],
+            "nat_k7.safetensors",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--config".into(),
+            cfg.clone(),
+            "--out".into(),
+            outs.into(),
+        ];
+        args.extend(extra);
+        let o = na(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains(needle), "`{needle}` not in: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+        assert!(!out.exists(), "no output after a failure");
+    }
+    let o = na(&[
+        "run",
+        "--model",
+        "nat_nonexistent",
+        "--weights",
+        "x",
+        "--input",
+        "y",
+        "--out",
+        outs,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nat_mini"), "lists the known presets");
+}
+
+#[test]
+fn info_prints_parameters_and_shapes() {
+    let o = na(&["info", "nat_mini"]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("19984174"), "{s}");
+    assert!(s.contains("5.390 GFLOP"), "{s}");
+    assert!(s.contains("56x56"), "{s}");
+    let o = na(&["info", "dinat_s_tiny", "--size", "300,200", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["params"], 28_288_354);
+    assert_eq!(v["levels"][0]["height"], 75);
+    assert_eq!(v["levels"][0]["width"], 50);
+}
+
+#[test]
+fn bench_model_writes_json() {
+    let d = tmp("bench");
+    let cfg = config_file(&d, "nat_k7");
+    let json = d.join("b.json");
+    let o = na(&[
+        "bench",
+        "--config",
+        &cfg,
+        "--batch",
+        "1,2",
+        "--image-size",
+        "64",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = v.as_array().unwrap();
+    assert_eq!(r.len(), 2);
+    for (e, b) in r.iter().zip([1, 2]) {
+        assert_eq!(e["batch"], b);
+        assert_eq!(e["image_size"], serde_json::json!([64, 64]));
+        assert!(e["median_s"].as_f64().unwrap() > 0.0);
+        for k in [
+            "model",
+            "gflops",
+            "gemm_peak_gflops",
+            "commit",
+            "cpu",
+            "threads",
+            "times_s",
+        ] {
+            assert!(!e[k].is_null(), "{k}");
+        }
+    }
+}
+
+#[test]
+fn classify_prints_top_k_with_names() {
+    use na_model::{labels, preprocess, Backend, Config, Cpu, Model, WeightMap};
+    let d = tmp("classify");
+    let cfg_path = config_file(&d, "nat_k7");
+    let names: Vec<String> = (0..10).map(|i| format!("thing{i}")).collect();
+    let labels_path = d.join("labels.txt");
+    std::fs::write(&labels_path, names.join("\n") + "\n").unwrap();
+    let img = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../na-model/tests/fixtures/preprocess/rgb_300x257.png");
+    let o = na(&[
+        "classify",
+        img.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--config",
+        &cfg_path,
+        "--weights",
+        &fixture("nat_k7.safetensors"),
+        "--top-k",
+        "3",
+        "--labels",
+        labels_path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per image: {out}");
+    // The same computation through the library.
+    let cfg = Config::from_json(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let cpu = Cpu::new(1);
+    let model = Model::load(
+        &cpu,
+        &cfg,
+        WeightMap::load(Path::new(&fixture("nat_k7.safetensors"))).unwrap(),
+        false,
+    )
+    .unwrap();
+    let tf = preprocess::Transform::imagenet();
+    let x = tf.apply(&preprocess::load_rgb(&img).unwrap());
+    let y = model
+        .forward(&cpu, &cpu.upload(&[1, 3, 224, 224], &x).unwrap())
+        .unwrap();
+    let top = labels::top_k(&cpu.download(&y).unwrap(), 3);
+    let want: Vec<String> = top
+        .iter()
+        .map(|(i, p)| format!("{} {:.1}%", names[*i], 100.0 * p))
+        .collect();
+    for l in lines {
+        assert_eq!(l, format!("{}: {}", img.display(), want.join(", ")));
+    }
+    // A broken image is named, and nothing is printed for the good one.
+    let bad = d.join("broken.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let o = na(&[
+        "classify",
+        img.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        "--config",
+        &cfg_path,
+        "--weights",
+        &fixture("nat_k7.safetensors"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+}
