@@ -97,6 +97,7 @@ impl Cpu {
     }
 
     /// `out[m, n] = a[m, k] · w[n, k]^T (+ bias[n])`, all row-major.
+    #[allow(clippy::too_many_arguments)]
     fn matmul_wt(
         &self,
         m: usize,

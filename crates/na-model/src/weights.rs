@@ -57,7 +57,7 @@ impl WeightMap {
         if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
             Self::from_pth(&bytes).map_err(file_err)
         } else {
-            Self::from_safetensors(&bytes).map_err(|reason| file_err(reason))
+            Self::from_safetensors(&bytes).map_err(file_err)
         }
     }
 
@@ -348,10 +348,13 @@ fn hf_name(k: &str) -> String {
 /// concatenated into `qkv`, `layer_scale_parameters [2, C]` split into
 /// `gamma1`/`gamma2`. Parts that cannot be combined keep their names (and
 /// are then reported as unexpected).
+/// The HuggingFace query, key and value tensors of one block (name, tensor).
+type QkvParts = [Option<(String, HostTensor)>; 3];
+
 fn hf_to_authors(map: BTreeMap<String, HostTensor>) -> BTreeMap<String, HostTensor> {
     let mut out = BTreeMap::new();
     // (block prefix, weight|bias) -> [q, k, v]
-    let mut qkv: BTreeMap<(String, String), [Option<(String, HostTensor)>; 3]> = BTreeMap::new();
+    let mut qkv: BTreeMap<(String, String), QkvParts> = BTreeMap::new();
     for (k, t) in map {
         let s = strip_hf_prefix(&k);
         if let Some(pos) = s.find(".attention.self.") {
