@@ -65,7 +65,9 @@ impl WeightMap {
     pub fn from_pth(bytes: &[u8]) -> core::result::Result<Self, String> {
         let list = crate::pth::read_pth_bytes(bytes).map_err(|e| e.to_string())?;
         let mut map = BTreeMap::new();
-        for t in list {
+        // Integer and bool buffers (e.g. `num_batches_tracked`) are never
+        // weights of these models: they are left out rather than refused.
+        for t in list.into_iter().filter(|t| t.dtype.is_float()) {
             let data = t
                 .to_f32()
                 .map_err(|e| format!("tensor `{}`: {e}", t.name))?;
