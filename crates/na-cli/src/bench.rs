@@ -105,9 +105,9 @@ pub struct BenchArgs {
     /// Write every result (with raw times) to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Time a whole model (a preset name) instead of the operator suite.
-    #[arg(long, conflicts_with_all = ["case", "shape", "model_config"])]
-    pub model: Option<String>,
+    /// Time whole models (preset names, comma separated) instead of the operator suite.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["case", "shape", "model_config"])]
+    pub model: Vec<String>,
     /// Time a whole model from a JSON configuration.
     #[arg(long = "config", value_name = "CFG.json", conflicts_with_all = ["case", "shape"])]
     pub model_config: Option<PathBuf>,
@@ -483,7 +483,7 @@ fn bench_case<T: Element>(
 
 /// Runs `na bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args.model.is_some() || args.model_config.is_some() {
+    if !args.model.is_empty() || args.model_config.is_some() {
         return crate::model_bench::run(args);
     }
     if args.list {

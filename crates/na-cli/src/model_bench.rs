@@ -20,13 +20,27 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Resets the peak resident memory (`VmHWM`) where Linux allows it.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Runs the model benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let (name, cfg) = match (&args.model, &args.model_config) {
-        (Some(n), _) => (n.clone(), Config::preset(n)?),
-        (None, Some(p)) => (p.display().to_string(), load_config_file(p)?),
-        (None, None) => bail!("--model or --config is required"),
+    let models: Vec<(String, Config)> = match &args.model_config {
+        Some(p) => vec![(p.display().to_string(), load_config_file(p)?)],
+        None => args
+            .model
+            .iter()
+            .map(|n| Ok((n.clone(), Config::preset(n)?)))
+            .collect::<Result<_>>()?,
     };
+    if models.is_empty() {
+        bail!("--model or --config is required");
+    }
+    if args.weights.is_some() && models.len() > 1 {
+        bail!("--weights goes with a single model");
+    }
     let (h, w) = match args.image_size[..] {
         [s] => (s, s),
         [h, w] => (h, w),
@@ -35,19 +49,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.batch.contains(&0) {
         bail!("--batch sizes must be positive");
     }
-    let info = analyze(&cfg, h, w)?;
     let cpu = Cpu::new(args.threads);
     let threads = cpu.threads();
-    let weights = match &args.weights {
-        Some(p) => WeightMap::load(p)?,
-        None => WeightMap::random(&cfg, false, 1),
-    };
-    let weight_bytes = 4 * weights.numel() as u64;
-    let rss_before = peak_rss();
-    let model = Model::load(&cpu, &cfg, weights, false)?;
     let (commit, cpu_desc) = (git_commit(), cpu_name());
     let command: Vec<String> = std::env::args().collect();
-    let bar = ProgressBar::new(args.batch.len() as u64 + 1);
+    let bar = ProgressBar::new((models.len() * args.batch.len()) as u64 + 1);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -56,37 +62,48 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let peak = cpu.install(|| gemm_peak(threads));
     bar.inc(1);
     let mut results = Vec::new();
-    for &b in &args.batch {
-        bar.set_message(format!("{name} batch {b}"));
-        let n = b * cfg.in_chans * h * w;
-        let data: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
-            .collect();
-        let x = cpu.upload(&[b, cfg.in_chans, h, w], &data)?;
-        let times = cpu.install(|| {
-            time_runs(
-                args.warmup,
-                args.iters,
-                Duration::from_secs_f64(args.max_seconds),
-                || {
-                    let y = model.forward(&cpu, &x)?;
-                    std::hint::black_box(&y);
-                    Ok(())
-                },
-            )
-        })?;
-        let (median, min, max) = stats(&times);
-        let gflop = 2.0 * info.macs as f64 * b as f64 / 1e9;
-        results.push(json!({
-            "case": format!("{name}-b{b}"), "impl": "na-model-cpu", "model": name, "batch": b,
-            "image_size": [h, w], "dtype": "f32", "pass": "forward", "threads": threads,
-            "median_s": median, "min_s": min, "max_s": max, "times_s": times,
-            "images_per_s": b as f64 / median, "gflop": gflop, "gflops": gflop / median,
-            "gemm_peak_gflops": peak, "params": info.params, "weight_bytes": weight_bytes,
-            "peak_rss_bytes": peak_rss(), "rss_before_load_bytes": rss_before,
-            "commit": commit, "cpu": cpu_desc, "command": command.join(" "),
-        }));
-        bar.inc(1);
+    for (name, cfg) in &models {
+        let info = analyze(cfg, h, w)?;
+        reset_peak_rss();
+        let weights = match &args.weights {
+            Some(p) => WeightMap::load(p)?,
+            None => WeightMap::random(cfg, false, 1),
+        };
+        let weight_bytes = 4 * weights.numel() as u64;
+        let model = Model::load(&cpu, cfg, weights, false)?;
+        for &b in &args.batch {
+            bar.set_message(format!("{name} batch {b}"));
+            if b != args.batch[0] {
+                reset_peak_rss();
+            }
+            let n = b * cfg.in_chans * h * w;
+            let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect();
+            let x = cpu.upload(&[b, cfg.in_chans, h, w], &data)?;
+            let times = cpu.install(|| {
+                time_runs(
+                    args.warmup,
+                    args.iters,
+                    Duration::from_secs_f64(args.max_seconds),
+                    || {
+                        let y = model.forward(&cpu, &x)?;
+                        std::hint::black_box(&y);
+                        Ok(())
+                    },
+                )
+            })?;
+            let (median, min, max) = stats(&times);
+            let gflop = 2.0 * info.macs as f64 * b as f64 / 1e9;
+            results.push(json!({
+                "case": format!("{name}-b{b}"), "impl": "na-model-cpu", "model": name, "batch": b,
+                "image_size": [h, w], "dtype": "f32", "pass": "forward", "threads": threads,
+                "median_s": median, "min_s": min, "max_s": max, "times_s": times,
+                "images_per_s": b as f64 / median, "gflop": gflop, "gflops": gflop / median,
+                "gemm_peak_gflops": peak, "params": info.params, "weight_bytes": weight_bytes,
+                "peak_rss_bytes": peak_rss(), "commit": commit, "cpu": cpu_desc,
+                "command": command.join(" "),
+            }));
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
     println!("{cpu_desc}; {threads} thread(s); commit {commit}; f32 GEMM peak {peak:.1} GFLOP/s");
@@ -98,7 +115,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
             "{:<24} {:>6} {:>11.2} {:>11.2} {:>11.2} {:>10.1} {:>9.1} {:>7.1}%",
-            name,
+            r["model"].as_str().unwrap_or(""),
             r["batch"],
             f("median_s") * 1e3,
             f("min_s") * 1e3,
@@ -108,12 +125,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             100.0 * f("gflops") / peak
         );
     }
-    if let Some(rss) = peak_rss() {
-        println!(
-            "peak resident memory {:.1} MiB; f32 weights {:.1} MiB",
-            rss as f64 / (1 << 20) as f64,
-            weight_bytes as f64 / (1 << 20) as f64
-        );
+    for r in &results {
+        if let (Some(rss), Some(wb)) = (r["peak_rss_bytes"].as_f64(), r["weight_bytes"].as_f64()) {
+            println!(
+                "{} batch {}: peak resident memory {:.1} MiB ({:.2}x the f32 weights, {:.1} MiB)",
+                r["model"].as_str().unwrap_or(""),
+                r["batch"],
+                rss / (1 << 20) as f64,
+                rss / wb,
+                wb / (1 << 20) as f64
+            );
+        }
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&Value::Array(results))?;

@@ -13,7 +13,7 @@ use crate::error::{ModelError, Result};
 const ROWS_PER_TASK: usize = 64;
 
 /// Buffers kept for reuse at most.
-const POOL_MAX: usize = 24;
+const POOL_MAX: usize = 48;
 
 /// The CPU backend. Tensors live in `Vec<f32>`.
 ///
@@ -49,6 +49,15 @@ impl Cpu {
     /// A zeroed buffer of `n` values, reusing a recycled one when one is
     /// large enough (the smallest such).
     fn alloc(&self, n: usize) -> Vec<f32> {
+        let mut v = self.alloc_dirty(n);
+        v.fill(0.0);
+        v
+    }
+
+    /// A buffer of `n` values for an output that is written in full: a
+    /// recycled buffer keeps its old (initialised) values, only a grown
+    /// tail is zeroed.
+    fn alloc_dirty(&self, n: usize) -> Vec<f32> {
         let reused = self.pool.lock().ok().and_then(|mut pool| {
             let i = (0..pool.len())
                 .filter(|&i| pool[i].capacity() >= n)
@@ -57,7 +66,7 @@ impl Cpu {
         });
         match reused {
             Some(mut v) => {
-                v.clear();
+                v.truncate(n);
                 v.resize(n, 0.0);
                 v
             }
@@ -210,7 +219,7 @@ impl Backend for Cpu {
 
     fn nchw_to_nhwc(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
         let [b, c, h, w] = self.shape4(x, "nchw_to_nhwc")?;
-        let mut out = self.alloc(x.numel());
+        let mut out = self.alloc_dirty(x.numel());
         let hw = h * w;
         if hw > 0 && c > 0 {
             out.par_chunks_mut(hw * c).enumerate().for_each(|(bi, o)| {
@@ -227,7 +236,7 @@ impl Backend for Cpu {
 
     fn nhwc_to_nchw(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
         let [b, h, w, c] = self.shape4(x, "nhwc_to_nchw")?;
-        let mut out = self.alloc(x.numel());
+        let mut out = self.alloc_dirty(x.numel());
         let hw = h * w;
         if hw > 0 && c > 0 {
             out.par_chunks_mut(hw * c).enumerate().for_each(|(bi, o)| {
@@ -297,7 +306,7 @@ impl Backend for Cpu {
                 }
             });
         }
-        let mut out = self.alloc(rows * cout);
+        let mut out = self.alloc_dirty(rows * cout);
         self.matmul_wt(
             rows,
             cout,
@@ -333,7 +342,7 @@ impl Backend for Cpu {
             }
         }
         let m = x.numel() / k.max(1);
-        let mut out = self.alloc(m * n);
+        let mut out = self.alloc_dirty(m * n);
         self.matmul_wt(m, n, k, &x.buf, &w.buf, b.map(|b| &b.buf[..]), &mut out);
         let mut shape = x.shape.clone();
         *shape.last_mut().expect("non-empty") = n;
@@ -354,7 +363,7 @@ impl Backend for Cpu {
                 x.shape, w.shape, b.shape
             )));
         }
-        let mut out = self.alloc(x.numel());
+        let mut out = self.alloc_dirty(x.numel());
         let (ws, bs) = (&w.buf[..], &b.buf[..]);
         out.par_chunks_mut(c * ROWS_PER_TASK)
             .zip(x.buf.par_chunks(c * ROWS_PER_TASK))
@@ -442,7 +451,7 @@ impl Backend for Cpu {
         if hc > h || wc > w {
             return Err(self.err(format!("crop_hw: {h}x{w} cannot be cropped to {hc}x{wc}")));
         }
-        let mut out = self.alloc(b * hc * wc * c);
+        let mut out = self.alloc_dirty(b * hc * wc * c);
         for bi in 0..b {
             for y in 0..hc {
                 let src = &x.buf[((bi * h + y) * w) * c..][..wc * c];
@@ -481,7 +490,7 @@ impl Backend for Cpu {
             )));
         }
         let n = b * h * w;
-        let (mut q, mut k, mut v) = (self.alloc(n * c), self.alloc(n * c), self.alloc(n * c));
+        let (mut q, mut k, mut v) = (self.alloc_dirty(n * c), self.alloc_dirty(n * c), self.alloc_dirty(n * c));
         let rows = ROWS_PER_TASK;
         q.par_chunks_mut(c * rows)
             .zip(k.par_chunks_mut(c * rows))
@@ -499,7 +508,7 @@ impl Backend for Cpu {
                     v.copy_from_slice(&s[2 * c..]);
                 }
             });
-        let mut out = self.alloc(n * c);
+        let mut out = self.alloc_dirty(n * c);
         let x = Inputs {
             query: &q,
             key: &k,
