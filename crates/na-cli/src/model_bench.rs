@@ -77,7 +77,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 reset_peak_rss();
             }
             let n = b * cfg.in_chans * h * w;
-            let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect();
+            let data: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
+                .collect();
             let x = cpu.upload(&[b, cfg.in_chans, h, w], &data)?;
             let times = cpu.install(|| {
                 time_runs(

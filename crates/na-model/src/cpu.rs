@@ -490,7 +490,11 @@ impl Backend for Cpu {
             )));
         }
         let n = b * h * w;
-        let (mut q, mut k, mut v) = (self.alloc_dirty(n * c), self.alloc_dirty(n * c), self.alloc_dirty(n * c));
+        let (mut q, mut k, mut v) = (
+            self.alloc_dirty(n * c),
+            self.alloc_dirty(n * c),
+            self.alloc_dirty(n * c),
+        );
         let rows = ROWS_PER_TASK;
         q.par_chunks_mut(c * rows)
             .zip(k.par_chunks_mut(c * rows))
@@ -584,7 +588,7 @@ fn erf(x: f32) -> f32 {
     ];
     // 2/sqrt(pi) * (-1)^n / (n! (2n+1)), n = 0..7.
     const S: [f32; 8] = [
-        1.128_379_2,
+        core::f32::consts::FRAC_2_SQRT_PI,
         -0.376_126_4,
         0.112_837_92,
         -0.026_866_17,
