@@ -286,9 +286,9 @@ impl CudaContext {
         let r = unsafe { sys::cuDriverGetVersion(&mut driver_version) };
         r.result()
             .map_err(|e| CudaError::driver("cuDriverGetVersion", e))?;
-        let stream = ctx
-            .new_stream()
-            .map_err(|e| CudaError::driver("cuStreamCreate", e))?;
+        // The context's default stream: one stream, so cudarc needs no
+        // cross-stream event tracking per launch.
+        let stream = ctx.default_stream();
         Ok(CudaContext {
             ctx,
             stream,
