@@ -53,6 +53,7 @@
 //! None. CUDA is always loaded at run time; there is nothing to turn off.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cache;
 mod context;
 mod error;
