@@ -35,6 +35,7 @@ pub mod labels;
 pub mod model;
 pub mod preprocess;
 pub mod pth;
+pub mod train;
 pub mod weights;
 
 pub use backend::{Backend, NaSpec, Tensor};
