@@ -37,6 +37,21 @@ typedef long long na_i64;
 typedef float elem_t;
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float from_f32(float x) { return x; }
+#elif NA_DTYPE == 1 && defined(NA_EMULATION)
+// IEEE binary16 on the host emulation (tests/emulate.rs): the compiler's
+// _Float16, which rounds to nearest even like the PTX conversion below.
+typedef unsigned short elem_t;
+inline float to_f32(unsigned short h) {
+    _Float16 x;
+    memcpy(&x, &h, 2);
+    return (float)x;
+}
+inline unsigned short from_f32(float f) {
+    _Float16 x = (_Float16)f;
+    unsigned short h;
+    memcpy(&h, &x, 2);
+    return h;
+}
 #elif NA_DTYPE == 1
 // IEEE binary16, stored as its bits.
 typedef unsigned short elem_t;
