@@ -28,9 +28,11 @@
 //!
 //! # Status
 //!
-//! The kernels compile with NVRTC for sm_80 and sm_90 (checked in CI), but
-//! **have not yet run on a GPU**: the GPU tests (`tests/gpu.rs`) are written
-//! and skip without a device.
+//! The kernels compile with NVRTC for sm_80 and sm_90 (checked in CI), and
+//! their exact source runs on the CPU under a host emulation of the CUDA
+//! built-ins (with AddressSanitizer) and matches na-core's reference
+//! (`tests/emulate.rs`), but they **have not yet run on a GPU**: the GPU
+//! tests (`tests/gpu.rs`) are written and skip without a device.
 //!
 //! # Example
 //!

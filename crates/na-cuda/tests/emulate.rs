@@ -30,12 +30,29 @@ const HARNESS: &str = include_str!("emulation/harness.cpp");
 
 fn compiler() -> Option<String> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-    match Command::new(&cxx).arg("--version").output() {
-        Ok(o) if o.status.success() => Some(cxx),
-        _ => {
-            eprintln!("skipped: no C++ compiler ({cxx}) to build the kernel emulation");
-            None
-        }
+    // The emulation needs C++20's <barrier> and AddressSanitizer's runtime.
+    let dir = std::env::temp_dir().join(format!("na-cuda-cxx-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let src = dir.join("probe.cpp");
+    std::fs::write(
+        &src,
+        "#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); }\n",
+    )
+    .ok()?;
+    let ok = Command::new(&cxx)
+        .args(["-std=c++20", "-pthread", "-fsanitize=address", "-o"])
+        .arg(dir.join("probe"))
+        .arg(&src)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+    if ok {
+        Some(cxx)
+    } else {
+        eprintln!(
+            "skipped: no C++20 compiler with AddressSanitizer ({cxx}) to build the kernel emulation"
+        );
+        None
     }
 }
 

@@ -259,9 +259,20 @@ pub fn sweep() -> Vec<Case> {
     ]
 }
 
-/// The directory of na-core's golden fixtures.
+/// The directory of na-core's golden fixtures: `$NA_CORE_FIXTURES`, else
+/// the build-time path, else `crates/na-core/tests/fixtures` under the
+/// current directory (test binaries carried to another machine and run from
+/// the repository root).
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../na-core/tests/fixtures")
+    if let Some(d) = std::env::var_os("NA_CORE_FIXTURES") {
+        return PathBuf::from(d);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../na-core/tests/fixtures");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("crates/na-core/tests/fixtures")
+    }
 }
 
 fn usizes(v: &Value) -> Vec<usize> {
