@@ -49,7 +49,7 @@ impl NeighborhoodAttention {
     /// The `na-core` problem for a `[B, H, W]` map of `c` channels (q, k and
     /// v each).
     pub fn problem(&self, [b, h, w]: Bhw, c: usize) -> Result<Problem> {
-        if self.heads == 0 || c % self.heads != 0 {
+        if self.heads == 0 || !c.is_multiple_of(self.heads) {
             return Err(shape_err(format!(
                 "neighborhood_attention: {c} channels do not split into {} heads",
                 self.heads
@@ -65,7 +65,7 @@ impl NeighborhoodAttention {
     /// `lse`. The output is [`NaSaved::out`].
     pub fn forward(&self, qkv: &[f32], dims: Bhw, rpb: &[f32]) -> Result<NaSaved> {
         let n = dims[0] * dims[1] * dims[2];
-        if n == 0 || qkv.len() % (3 * n) != 0 {
+        if n == 0 || !qkv.len().is_multiple_of(3 * n) {
             return Err(shape_err(format!(
                 "neighborhood_attention: qkv of {} values is not [{dims:?}, 3C]",
                 qkv.len()

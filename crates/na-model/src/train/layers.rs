@@ -78,7 +78,7 @@ pub struct Linear {
 impl Linear {
     fn rows(&self, x: &[f32], w: &[f32], b: Option<usize>) -> Result<usize> {
         let what = "linear";
-        if self.din == 0 || x.len() % self.din != 0 {
+        if self.din == 0 || !x.len().is_multiple_of(self.din) {
             return Err(shape_err(format!(
                 "{what}: input of {} values is not rows of {}",
                 x.len(),
@@ -349,7 +349,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     fn rows(&self, x: &[f32], g: &[f32], b: &[f32]) -> Result<usize> {
-        if self.c == 0 || x.len() % self.c != 0 {
+        if self.c == 0 || !x.len().is_multiple_of(self.c) {
             return Err(shape_err(format!(
                 "layer_norm: input of {} values is not rows of {}",
                 x.len(),
@@ -533,7 +533,7 @@ fn erf(x: f32) -> f32 {
 /// [`crate::Backend::add_scaled`].
 pub fn add_scaled(x: &mut [f32], y: &[f32], gamma: Option<&[f32]>, c: usize) -> Result<()> {
     check_len("add_scaled", "y", y.len(), x.len())?;
-    if c == 0 || x.len() % c != 0 || gamma.is_some_and(|g| g.len() != c) {
+    if c == 0 || !x.len().is_multiple_of(c) || gamma.is_some_and(|g| g.len() != c) {
         return Err(shape_err(format!(
             "add_scaled: {} values, {c} channels, γ of {:?}",
             x.len(),
@@ -567,7 +567,7 @@ pub fn add_scaled_backward(
     c: usize,
 ) -> Result<Vec<f32>> {
     check_len("add_scaled", "dout", dout.len(), y.len())?;
-    if c == 0 || y.len() % c != 0 {
+    if c == 0 || !y.len().is_multiple_of(c) {
         return Err(shape_err(format!(
             "add_scaled: {} values are not rows of {c}",
             y.len()
@@ -743,7 +743,7 @@ pub fn mean_tokens_backward(dy: &[f32], b: usize, t: usize, c: usize) -> Result<
 
 fn tokens(layer: &str, len: usize, b: usize, c: usize) -> Result<usize> {
     let bc = numel(layer, &[b, c])?;
-    if bc == 0 || len % bc != 0 {
+    if bc == 0 || !len.is_multiple_of(bc) {
         return Err(shape_err(format!(
             "{layer}: {len} values are not [{b}, T, {c}]"
         )));
