@@ -613,3 +613,78 @@ fn cross_entropy_with_label_smoothing() {
     assert!(ce.forward_backward(&z, &[0, 1, 5, 2]).is_err(), "label 5");
     assert!(ce.forward_backward(&z[..19], &labels).is_err());
 }
+
+/// Backward results do not depend on the number of threads (a fixed seed
+/// must reproduce a training run on any machine).
+#[test]
+fn backwards_are_identical_for_every_thread_count() {
+    let run = || {
+        let mut rng = Rng(16);
+        let conv = Conv2d {
+            cin: 16,
+            cout: 32,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            pad: 1,
+        };
+        // Large enough for gemm to split its work across threads.
+        let dims = [8, 28, 28];
+        let x = rng.vec(8 * 28 * 28 * 16, 1.0);
+        let w = rng.vec(32 * 16 * 9, 0.3);
+        let (y, _) = conv.forward(&x, dims, &w, None).unwrap();
+        let mut dw = vec![0.0; w.len()];
+        let dx = conv
+            .backward(
+                &x,
+                dims,
+                &w,
+                &y,
+                ParamGrads {
+                    w: &mut dw,
+                    b: None,
+                },
+                true,
+            )
+            .unwrap()
+            .unwrap();
+        let ln = LayerNorm { c: 16, eps: 1e-5 };
+        let g = rng.vec(16, 1.0);
+        let (z, st) = ln.forward(&x, &g, &g).unwrap();
+        let (mut dg, mut db) = (vec![0.0; 16], vec![0.0; 16]);
+        let dxl = ln
+            .backward(
+                &x,
+                &g,
+                &st,
+                &z,
+                ParamGrads {
+                    w: &mut dg,
+                    b: Some(&mut db),
+                },
+            )
+            .unwrap();
+        let na = NeighborhoodAttention {
+            heads: 2,
+            kernel: 3,
+            dilation: 2,
+        };
+        let qkv = rng.vec(3 * 13 * 11 * 24, 1.0);
+        let rpb = rng.vec(2 * 25, 0.5);
+        let s = na.forward(&qkv, [3, 13, 11], &rpb).unwrap();
+        let mut drpb = vec![0.0; rpb.len()];
+        let dqkv = na.backward(&s, &rpb, &s.out, &mut drpb).unwrap();
+        [dx, dw, dxl, dg, db, dqkv, drpb]
+    };
+    let on = |n: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(run)
+    };
+    let one = on(1);
+    for n in [2, 3] {
+        assert!(one == on(n), "{n} threads differ from 1");
+    }
+}
