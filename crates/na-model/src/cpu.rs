@@ -577,7 +577,7 @@ impl Backend for Cpu {
 /// 7.1.28, `1 - (1 + a1 x + … + a6 x^6)^-16` (3e-7), whose f32 cancellation
 /// near 0 the series avoids. Odd symmetry.
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     const A: [f32; 6] = [
         0.070_523_08,
         0.042_282_01,

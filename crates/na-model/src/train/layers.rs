@@ -21,6 +21,7 @@
 //!   results do not depend on its size (reductions run over fixed blocks and
 //!   are added in order).
 
+use crate::cpu::erf;
 use rayon::prelude::*;
 
 use super::mat::{add_col_sums, matmul, Mat};
@@ -487,45 +488,6 @@ pub fn gelu_backward(x: &[f32], grad: &mut [f32]) -> Result<()> {
             }
         });
     Ok(())
-}
-
-/// `erf(x)` within 5e-7 absolute: a copy of `cpu.rs`'s private `erf` (same
-/// constants, same operations) so that [`gelu`] gives the inference path's
-/// values bit for bit.
-#[inline(always)]
-fn erf(x: f32) -> f32 {
-    const A: [f32; 6] = [
-        0.070_523_08,
-        0.042_282_01,
-        0.009_270_527,
-        0.000_152_014_3,
-        0.000_276_567_2,
-        0.000_043_063_8,
-    ];
-    const S: [f32; 8] = [
-        core::f32::consts::FRAC_2_SQRT_PI,
-        -0.376_126_4,
-        0.112_837_92,
-        -0.026_866_17,
-        0.005_223_977,
-        -0.000_854_832_1,
-        0.000_120_553_7,
-        -0.000_014_925_07,
-    ];
-    let z = if x.abs() > 6.0 { 6.0 } else { x.abs() };
-    let z2 = z * z;
-    let mut s = S[7];
-    for c in S[..7].iter().rev() {
-        s = s * z2 + c;
-    }
-    let small = z * s;
-    let p = 1.0 + z * (A[0] + z * (A[1] + z * (A[2] + z * (A[3] + z * (A[4] + z * A[5])))));
-    let p2 = p * p;
-    let p4 = p2 * p2;
-    let p8 = p4 * p4;
-    let large = 1.0 - 1.0 / (p8 * p8);
-    let r = if z < 0.75 { small } else { large };
-    r.copysign(x)
 }
 
 /// Residual add with optional layer scale, in place: `x += γ ⊙ y` over the
