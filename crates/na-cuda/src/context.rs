@@ -688,6 +688,14 @@ mod tests {
     }
 
     #[test]
+    fn contexts_and_errors_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<CudaContext>();
+        send_sync::<DeviceTensor>();
+        send_sync::<CudaError>();
+    }
+
+    #[test]
     fn driver_versions_print_as_major_minor() {
         let i = DeviceInfo {
             ordinal: 0,

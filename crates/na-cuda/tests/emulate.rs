@@ -1,7 +1,7 @@
 //! The CUDA kernels, run on the CPU: the exact kernel source (all four entry
 //! points) compiled by the host C++ compiler against a small emulation of
 //! the CUDA built-ins (`tests/emulation/prelude.h`: one OS thread per CUDA
-//! thread, barriers for `__syncthreads` and warp shuffles) under
+//! thread, sleeping barriers for `__syncthreads` and warp shuffles) under
 //! AddressSanitizer, and compared with na-core's reference.
 //!
 //! This checks everything but the hardware: window math, tiling over
@@ -30,7 +30,7 @@ const HARNESS: &str = include_str!("emulation/harness.cpp");
 
 fn compiler() -> Option<String> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-    // The emulation needs C++20's <barrier> and AddressSanitizer's runtime.
+    // The emulation needs C++20 and AddressSanitizer's runtime.
     let dir = std::env::temp_dir().join(format!("na-cuda-cxx-probe-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
     let src = dir.join("probe.cpp");

@@ -3,8 +3,9 @@
 // __syncthreads and warp shuffles are barriers. Slow, but it runs the exact
 // kernel source (index math, tiling, chunking, masking, reductions) on the
 // CPU, under AddressSanitizer.
-#include <barrier>
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -30,8 +31,32 @@ struct EmuDim {
 thread_local EmuDim threadIdx, blockIdx;
 static EmuDim blockDim, gridDim;
 
-static std::barrier<>* emu_block_barrier;
-static std::barrier<>* emu_warp_barrier[64];
+// A sleeping barrier (mutex + condition variable): with 128 OS threads on a
+// few cores, spinning barriers (std::barrier) starve everything else.
+class EmuBarrier {
+  public:
+    explicit EmuBarrier(unsigned n) : n_(n) {}
+    void arrive_and_wait() {
+        std::unique_lock<std::mutex> lock(m_);
+        const unsigned long gen = gen_;
+        if (++count_ == n_) {
+            count_ = 0;
+            ++gen_;
+            cv_.notify_all();
+        } else {
+            cv_.wait(lock, [&] { return gen_ != gen; });
+        }
+    }
+
+  private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    unsigned n_, count_ = 0;
+    unsigned long gen_ = 0;
+};
+
+static EmuBarrier* emu_block_barrier;
+static EmuBarrier* emu_warp_barrier[64];
 static float emu_exchange[64][32];
 
 inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
@@ -65,11 +90,11 @@ inline float __int_as_float(int i) {
 // Runs `body` as `blocks` blocks of `threads` threads.
 template <class F>
 void emu_launch(unsigned blocks, unsigned threads, F body) {
-    std::barrier<> block_barrier(threads);
+    EmuBarrier block_barrier(threads);
     emu_block_barrier = &block_barrier;
-    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    std::vector<std::unique_ptr<EmuBarrier>> warps;
     for (unsigned w = 0; w < threads / 32; ++w) {
-        warps.emplace_back(new std::barrier<>(32));
+        warps.emplace_back(new EmuBarrier(32));
         emu_warp_barrier[w] = warps.back().get();
     }
     blockDim = {threads, 1, 1};
