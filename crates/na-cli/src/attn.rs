@@ -39,6 +39,40 @@ impl DTypeArg {
     }
 }
 
+/// Where the operator runs: `cpu`, `cuda` (device 0) or `cuda:N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// The fused CPU kernels.
+    Cpu,
+    /// The CUDA kernels of `na-cuda` on device `N`.
+    Cuda(usize),
+}
+
+impl DeviceArg {
+    /// Opens the CUDA context for `Cuda(n)` (a clear error without a driver or device).
+    pub fn cuda_context(self) -> Result<Option<na_cuda::CudaContext>> {
+        match self {
+            DeviceArg::Cpu => Ok(None),
+            DeviceArg::Cuda(n) => Ok(Some(
+                na_cuda::CudaContext::new(n).with_context(|| format!("--device cuda:{n}"))?,
+            )),
+        }
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> std::result::Result<DeviceArg, String> {
+    match s {
+        "cpu" => Ok(DeviceArg::Cpu),
+        "cuda" => Ok(DeviceArg::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceArg::Cuda)
+            .ok_or_else(|| format!("expected cpu, cuda or cuda:N, got `{s}`")),
+    }
+}
+
 /// Arguments of `na attn`.
 #[derive(Debug, Args)]
 pub struct AttnArgs {
@@ -75,6 +109,9 @@ pub struct AttnArgs {
     /// Threads (0: one per core).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
+    /// Where to run: cpu, cuda or cuda:N (the CUDA driver and NVRTC are loaded at run time).
+    #[arg(long, value_name = "DEV", default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceArg,
     /// Output, `[batch, *spatial, heads, head_dim_v]`, written as <f4.
     #[arg(long, value_name = "OUT.npy")]
     pub out: PathBuf,
@@ -196,6 +233,7 @@ fn widen<T: Element>(x: &[T]) -> Vec<f32> {
     x.iter().map(|v| v.to_f32()).collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compute<T: Element>(
     p: &Problem,
     arrays: [&NpyArray; 3],
@@ -203,6 +241,7 @@ fn compute<T: Element>(
     d_out: Option<&NpyArray>,
     want_drpb: bool,
     par: Par,
+    cuda: Option<&na_cuda::CudaContext>,
 ) -> Result<Outputs> {
     let [q, k, v] = arrays.map(|a| convert::<T>(&a.data));
     let rpb = rpb.map(|r| convert::<T>(&r.data));
@@ -214,7 +253,10 @@ fn compute<T: Element>(
     };
     let mut out = vec![T::default(); p.v_len()];
     let mut lse = vec![0.0f32; p.lse_len()];
-    fused::forward(p, x, &mut out, Some(&mut lse), par)?;
+    match cuda {
+        None => fused::forward(p, x, &mut out, Some(&mut lse), par)?,
+        Some(ctx) => na_cuda::forward_host(ctx, p, x, &mut out, Some(&mut lse))?,
+    }
     let grads = match d_out {
         None => None,
         Some(d) => {
@@ -231,17 +273,15 @@ fn compute<T: Element>(
                 d_value: &mut dv,
                 d_rpb: want_drpb.then_some(&mut drpb[..]),
             };
-            fused::backward(
-                p,
-                x,
-                Saved {
-                    out: &out,
-                    lse: &lse,
-                    d_out: &d_out,
-                },
-                g,
-                par,
-            )?;
+            let s = Saved {
+                out: &out,
+                lse: &lse,
+                d_out: &d_out,
+            };
+            match cuda {
+                None => fused::backward(p, x, s, g, par)?,
+                Some(ctx) => na_cuda::backward_host(ctx, p, x, s, g)?,
+            }
             Some(GradOutputs {
                 dq: widen(&dq),
                 dk: widen(&dk),
@@ -333,10 +373,13 @@ pub fn run(args: &AttnArgs) -> Result<()> {
     let start = Instant::now();
     let arrays = [&q, &k, &v];
     let want_drpb = args.grad_rpb.is_some();
+    let cuda = args.device.cuda_context()?;
+    let cuda = cuda.as_ref();
+    let (rpb, d_out) = (rpb.as_ref(), d_out.as_ref());
     let res = pool.install(|| match args.dtype {
-        DTypeArg::F32 => compute::<f32>(&p, arrays, rpb.as_ref(), d_out.as_ref(), want_drpb, par),
-        DTypeArg::F16 => compute::<f16>(&p, arrays, rpb.as_ref(), d_out.as_ref(), want_drpb, par),
-        DTypeArg::Bf16 => compute::<bf16>(&p, arrays, rpb.as_ref(), d_out.as_ref(), want_drpb, par),
+        DTypeArg::F32 => compute::<f32>(&p, arrays, rpb, d_out, want_drpb, par, cuda),
+        DTypeArg::F16 => compute::<f16>(&p, arrays, rpb, d_out, want_drpb, par, cuda),
+        DTypeArg::Bf16 => compute::<bf16>(&p, arrays, rpb, d_out, want_drpb, par, cuda),
     })?;
     let elapsed = start.elapsed();
 
@@ -375,7 +418,7 @@ pub fn run(args: &AttnArgs) -> Result<()> {
         committed.push(target);
     }
     println!(
-        "na attn: {}D, shape {}, kernel {:?}, dtype {}, {} in {:.3} ms on {} thread(s)",
+        "na attn: {}D, shape {}, kernel {:?}, dtype {}, {} in {:.3} ms on {}",
         p.rank(),
         shape_str(&q.shape),
         p.params().kernel_size(),
@@ -386,7 +429,10 @@ pub fn run(args: &AttnArgs) -> Result<()> {
             "forward"
         },
         elapsed.as_secs_f64() * 1e3,
-        par.threads()
+        match cuda {
+            Some(ctx) => format!("{} (cuda:{})", ctx.info().name, ctx.info().ordinal),
+            None => format!("{} CPU thread(s)", par.threads()),
+        }
     );
     Ok(())
 }

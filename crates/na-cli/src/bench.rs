@@ -17,7 +17,7 @@ use na_core::fused::{self, Isa};
 use na_core::{bf16, f16, reference, Element, Grads, Inputs, Par, Params, Problem, Saved};
 use serde_json::{json, Value};
 
-use crate::attn::{parse_bool, DTypeArg};
+use crate::attn::{parse_bool, parse_device, DTypeArg, DeviceArg};
 
 /// An implementation `na bench` can time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -90,6 +90,9 @@ pub struct BenchArgs {
     /// Threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where to run the operator: cpu, cuda or cuda:N (timed with CUDA events).
+    #[arg(long, value_name = "DEV", default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceArg,
     /// Fused kernels' instruction set: generic, avx2, avx512, neon [default: best available].
     #[arg(long)]
     pub isa: Option<String>,
@@ -510,6 +513,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .iter()
         .map(|c| c.problem().with_context(|| format!("case {}", c.id)))
         .collect::<Result<_>>()?;
+    if let DeviceArg::Cuda(_) = args.device {
+        return run_cuda(args, &cases, &problems);
+    }
     let isa = choose_isa(args.isa.as_deref())?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
@@ -578,6 +584,70 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             100.0 * f("gflops") / peak
         );
     }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&Value::Array(results))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `na bench --device cuda`: the same cases on a GPU through `na-cuda`, timed
+/// with CUDA events; the JSON adds `"gpu"` and `"driver"`.
+fn run_cuda(args: &BenchArgs, cases: &[Case], problems: &[Problem]) -> Result<()> {
+    let ctx = args.device.cuda_context()?.context("no CUDA context")?;
+    let info = ctx.info().clone();
+    let dtype = match args.dtype {
+        DTypeArg::F32 => na_core::DType::F32,
+        DTypeArg::F16 => na_core::DType::F16,
+        DTypeArg::Bf16 => na_core::DType::BF16,
+    };
+    let (commit, cpu) = (git_commit(), cpu_name());
+    let command: Vec<String> = std::env::args().collect();
+    let pass = if args.backward {
+        "forward+backward"
+    } else {
+        "forward"
+    };
+    let mut results: Vec<Value> = vec![];
+    for (c, p) in cases.iter().zip(problems) {
+        let cfg = na_cuda::bench::BenchConfig {
+            warmup: args.warmup,
+            iters: args.iters.max(1),
+            backward: args.backward,
+            rpb: c.rpb,
+        };
+        let times = na_cuda::bench::time_problem(&ctx, p, dtype, &cfg)
+            .with_context(|| format!("case {}", c.id))?;
+        let (median, min, max) = stats(&times);
+        let gflop = p.forward_flops() / 1e9 * if args.backward { 3.5 } else { 1.0 };
+        results.push(json!({
+            "case": c.id, "impl": "na-cuda", "isa": format!("sm_{}", info.arch),
+            "dims": c.spatial.len(), "batch": c.batch, "shape": c.spatial, "heads": c.heads, "head_dim": c.head_dim,
+            "head_dim_v": c.head_dim_v, "kernel_size": p.params().kernel_size(), "dilation": p.params().dilation(),
+            "stride": p.params().stride(), "causal": p.params().causal(), "rpb": c.rpb, "dtype": args.dtype.name(),
+            "pass": pass, "threads": Value::Null, "median_s": median, "min_s": min, "max_s": max, "times_s": times,
+            "gflop": gflop, "gflops": gflop / median, "gemm_peak_gflops": Value::Null, "commit": commit, "cpu": cpu,
+            "gpu": info.name, "driver": info.driver(), "command": command.join(" "),
+        }));
+        println!(
+            "{:<16} na-cuda {:<16} median {:>9.3} ms  min {:>9.3}  max {:>9.3}  {:>9.1} GFLOP/s",
+            c.id,
+            pass,
+            median * 1e3,
+            min * 1e3,
+            max * 1e3,
+            gflop / median
+        );
+    }
+    println!(
+        "{} (sm_{}), driver {}; commit {commit}",
+        info.name,
+        info.arch,
+        info.driver()
+    );
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&Value::Array(results))?;
         let tmp = path.with_extension("json.tmp");
