@@ -584,13 +584,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             100.0 * f("gflops") / peak
         );
     }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&Value::Array(results))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
+    write_results(args.json.as_deref(), results)
+}
+
+/// Writes `results` as a JSON list to `path` (if given), through a
+/// temporary file and a rename.
+pub(crate) fn write_results(path: Option<&std::path::Path>, results: Vec<Value>) -> Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let text = serde_json::to_string_pretty(&Value::Array(results))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 
@@ -648,12 +655,5 @@ fn run_cuda(args: &BenchArgs, cases: &[Case], problems: &[Problem]) -> Result<()
         info.arch,
         info.driver()
     );
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&Value::Array(results))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    write_results(args.json.as_deref(), results)
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use na_model::{analyze, Backend, Config, Cpu, Model, WeightMap};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::bench::{cpu_name, gemm_peak, git_commit, stats, time_runs, BenchArgs};
+use crate::bench::{cpu_name, gemm_peak, git_commit, stats, time_runs, write_results, BenchArgs};
 use crate::model_cmd::load_config_file;
 
 /// Peak resident memory of this process (`VmHWM`), in bytes, where Linux tells it.
@@ -139,12 +139,5 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             );
         }
     }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&Value::Array(results))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text + "\n")?;
-        std::fs::rename(&tmp, path)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    write_results(args.json.as_deref(), results)
 }

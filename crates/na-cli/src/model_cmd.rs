@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use na_core::npy::{read_npy, stage_npy_f32, DEFAULT_MAX_ELEMENTS};
-use na_model::{analyze, config::preset_names, Backend, Config, Cpu, Model, WeightMap};
+use na_model::{analyze, Backend, Config, Cpu, Model, WeightMap};
 
 /// Which model: a preset name or a JSON configuration.
 #[derive(Debug, Args)]
@@ -257,9 +257,4 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The preset names, for help texts.
-pub fn presets() -> String {
-    preset_names().collect::<Vec<_>>().join(", ")
 }

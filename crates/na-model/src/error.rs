@@ -20,14 +20,6 @@ pub enum ModelError {
         /// The known preset names, comma separated.
         known: String,
     },
-    /// A configuration file that could not be read or parsed.
-    #[error("{path}: {reason}")]
-    ConfigFile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
     /// The weights do not fit the model: every missing, unexpected and
     /// mis-shaped tensor is listed.
     #[error("{}", describe_mismatch(missing, unexpected, mis_shaped))]
