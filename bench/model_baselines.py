@@ -66,6 +66,11 @@ import subprocess
 import sys
 import time
 
+# Shared with the operator baselines (same protocol and record fields).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baselines import (  # noqa: E402
+    cpu_name, emit, git_commit, mem_available_gb, split_list, stats, write_json)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PARITY = os.path.join(REPO, "tools", "model_parity")
@@ -89,11 +94,6 @@ IMAGE_SIZE = [224, 224]
 # Helpers
 # --------------------------------------------------------------------------
 
-def emit(*parts):
-    sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
-    sys.stdout.flush()
-
-
 def proc_status_bytes(key, pid="self"):
     """A `kB` line of /proc/<pid>/status (VmRSS, VmHWM) in bytes, or None."""
     try:
@@ -113,69 +113,11 @@ def load_average():
         return None
 
 
-def mem_available_gb():
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 2 ** 20
-    except OSError:
-        pass
-    return None
-
-
-def git_commit(cwd):
-    def git(*args):
-        try:
-            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-        except OSError:
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    c = git("rev-parse", "--short", "HEAD")
-    if not c:
-        return "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return f"{c}-dirty" if dirty else c
-
-
-def cpu_name():
-    cores = os.cpu_count() or 1
-    model = None
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    if not model:
-        import platform
-
-        model = platform.machine()
-    return f"{model} ({cores} logical cores)"
-
-
 def default_threads():
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def stats(times):
-    s = sorted(times)
-    n = len(s)
-    med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-    return med, s[0], s[-1]
-
-
-def split_list(values):
-    out = []
-    for v in values or []:
-        out += [x for x in v.split(",") if x]
-    return out
 
 
 def int_list(values, what):
@@ -205,17 +147,6 @@ def versions():
     except ImportError:
         pass
     return v
-
-
-def write_json(path, results):
-    d = os.path.dirname(path)
-    if d:
-        os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(results, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------
