@@ -11,12 +11,13 @@
 //! hostile or damaged file gives a [`DataError`] naming the file and the
 //! problem, never a panic or a huge allocation.
 //!
-//! Gzip-compressed files (`*.gz`, or any file starting with the gzip magic
-//! `1f 8b`) are recognised and refused with [`DataError::Compressed`]: this
-//! crate does not depend on a decompressor (yet).
+//! Gzip-compressed files (any file starting with the gzip magic `1f 8b`, as
+//! the Debian package ships them) are decompressed on the fly with `flate2`;
+//! their body is bounded by [`MAX_GZ_BODY`] and a damaged stream is a
+//! [`DataError::Gzip`]. [`find_fashion_mnist`] takes either form of each file.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// The folder where Debian's `dataset-fashion-mnist` package installs the
@@ -38,6 +39,11 @@ pub const FILE_NAMES: [&str; 4] = [
     "t10k-labels-idx1-ubyte",
 ];
 
+/// The largest decompressed body accepted from a gzip file (1 GiB): a
+/// compressed file's length says nothing about its content, so this bounds
+/// what a hostile header can make us allocate.
+pub const MAX_GZ_BODY: u64 = 1 << 30;
+
 /// The IDX type code of unsigned bytes.
 const TYPE_U8: u8 = 0x08;
 
@@ -56,16 +62,14 @@ pub enum DataError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The file is gzip-compressed; only the uncompressed IDX form is read.
-    #[error(
-        "{}: the file is gzip-compressed, and this build reads only uncompressed IDX files; \
-         decompress the four files (`gunzip -k *.gz` in a folder of your own) and pass that \
-         folder with `--data DIR`",
-        path.display()
-    )]
-    Compressed {
+    /// A gzip file whose stream is damaged (bad header, bad data, bad
+    /// checksum).
+    #[error("{}: damaged gzip stream: {reason}", path.display())]
+    Gzip {
         /// The file.
         path: PathBuf,
+        /// What the decompressor reported.
+        reason: String,
     },
     /// The file is shorter than its header (or its header says).
     #[error("{}: truncated: {expected} bytes expected, the file has {got}", path.display())]
@@ -229,9 +233,9 @@ impl Dataset {
     }
 }
 
-/// Reads an IDX file of unsigned bytes with `rank` dimensions: the elements
-/// and the sizes. Every size must be at least 1, and the file's length must
-/// be exactly header plus elements.
+/// Reads an IDX file of unsigned bytes with `rank` dimensions, plain or
+/// gzip-compressed: the elements and the sizes. Every size must be at least
+/// 1, and the (decompressed) content must be exactly header plus elements.
 pub fn read_idx(path: &Path, rank: u8) -> Result<(Vec<u8>, Vec<usize>)> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
@@ -239,21 +243,55 @@ pub fn read_idx(path: &Path, rank: u8) -> Result<(Vec<u8>, Vec<usize>)> {
     };
     let mut f = File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
-    let header_len = 4 + 4 * u64::from(rank);
-    let mut magic = [0u8; 4];
+    let mut magic = [0u8; 2];
     let got = read_up_to(&mut f, &mut magic).map_err(io)?;
-    if got >= 2 && magic[..2] == GZIP_MAGIC {
-        return Err(DataError::Compressed {
-            path: path.to_path_buf(),
-        });
+    f.seek(SeekFrom::Start(0)).map_err(io)?;
+    if got == 2 && magic == GZIP_MAGIC {
+        let mut z = flate2::read::GzDecoder::new(std::io::BufReader::new(f));
+        parse_idx(&mut z, None, path, rank)
+    } else {
+        parse_idx(&mut f, Some(file_len), path, rank)
     }
-    if (got as u64) < 4 || file_len < 4 {
+}
+
+/// Parses an IDX stream. `len` is the content's length when known (a plain
+/// file): sizes are then checked against it before the body is allocated;
+/// otherwise (gzip) the body is bounded by [`MAX_GZ_BODY`] and the stream
+/// must end right after it.
+fn parse_idx(
+    r: &mut dyn Read,
+    len: Option<u64>,
+    path: &Path,
+    rank: u8,
+) -> Result<(Vec<u8>, Vec<usize>)> {
+    let header_len = 4 + 4 * u64::from(rank);
+    let err = |e: std::io::Error, expected: u64| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => DataError::Truncated {
+            path: path.to_path_buf(),
+            expected,
+            got: len.unwrap_or(0),
+        },
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData if len.is_none() => {
+            DataError::Gzip {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        }
+        _ => DataError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    };
+    let mut header = vec![0u8; header_len as usize];
+    let got = read_up_to(r, &mut header).map_err(|e| err(e, header_len))?;
+    if got < 4 {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
             expected: header_len,
-            got: file_len,
+            got: len.unwrap_or(got as u64),
         });
     }
+    let magic = [header[0], header[1], header[2], header[3]];
     if magic != [0, 0, TYPE_U8, rank] {
         return Err(DataError::BadMagic {
             path: path.to_path_buf(),
@@ -261,16 +299,14 @@ pub fn read_idx(path: &Path, rank: u8) -> Result<(Vec<u8>, Vec<usize>)> {
             rank,
         });
     }
-    if file_len < header_len {
+    if (got as u64) < header_len {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
             expected: header_len,
-            got: file_len,
+            got: len.unwrap_or(got as u64),
         });
     }
-    let mut raw = vec![0u8; 4 * usize::from(rank)];
-    f.read_exact(&mut raw).map_err(io)?;
-    let dims: Vec<u32> = raw
+    let dims: Vec<u32> = header[4..]
         .chunks_exact(4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
@@ -289,38 +325,60 @@ pub fn read_idx(path: &Path, rank: u8) -> Result<(Vec<u8>, Vec<usize>)> {
     let expected = header_len
         .checked_add(body)
         .ok_or_else(|| bad("their product overflows"))?;
-    if file_len < expected {
-        return Err(DataError::Truncated {
-            path: path.to_path_buf(),
-            expected,
-            got: file_len,
-        });
+    match len {
+        Some(file_len) if file_len < expected => {
+            return Err(DataError::Truncated {
+                path: path.to_path_buf(),
+                expected,
+                got: file_len,
+            })
+        }
+        Some(file_len) if file_len > expected => {
+            return Err(DataError::TrailingBytes {
+                path: path.to_path_buf(),
+                expected,
+                extra: file_len - expected,
+            })
+        }
+        None if body > MAX_GZ_BODY => {
+            return Err(bad(&format!(
+                "{body} bytes of elements exceed the {MAX_GZ_BODY}-byte bound for gzip files"
+            )))
+        }
+        _ => {}
     }
-    if file_len > expected {
-        return Err(DataError::TrailingBytes {
-            path: path.to_path_buf(),
-            expected,
-            extra: file_len - expected,
-        });
-    }
-    // `body` is at most the file's length now, so this allocation is bounded
-    // by what is on disk.
+    // `body` is at most the file's length (plain) or MAX_GZ_BODY (gzip) now,
+    // so this allocation is bounded.
     let n = usize::try_from(body).map_err(|_| bad("too large for this machine"))?;
     let mut data = vec![0u8; n];
-    f.read_exact(&mut data).map_err(|e| match e.kind() {
-        // The file shrank under us.
-        std::io::ErrorKind::UnexpectedEof => DataError::Truncated {
-            path: path.to_path_buf(),
-            expected,
-            got: file_len,
-        },
-        _ => io(e),
-    })?;
+    r.read_exact(&mut data).map_err(|e| err(e, expected))?;
+    if len.is_none() {
+        let mut extra = [0u8; 1];
+        let more = read_up_to(r, &mut extra).map_err(|e| err(e, expected))?;
+        if more > 0 {
+            let mut rest = 0u64;
+            let mut buf = [0u8; 8192];
+            loop {
+                match read_up_to(r, &mut buf).map_err(|e| err(e, expected))? {
+                    0 => break,
+                    k => rest += k as u64,
+                }
+                if rest > MAX_GZ_BODY {
+                    break;
+                }
+            }
+            return Err(DataError::TrailingBytes {
+                path: path.to_path_buf(),
+                expected,
+                extra: rest + 1,
+            });
+        }
+    }
     Ok((data, dims.iter().map(|&d| d as usize).collect()))
 }
 
 /// Reads until `buf` is full or the end of the file; returns the bytes read.
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to(f: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match f.read(&mut buf[got..]) {
@@ -337,9 +395,9 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 ///
 /// With `dir`, only that folder is searched; otherwise the Debian package's
 /// folder [`DEBIAN_FASHION_MNIST_DIR`]. A folder holds the data set when it
-/// has the four [`FILE_NAMES`]; if it has only their `.gz` forms, the error
-/// is [`DataError::Compressed`]; if it has neither, [`DataError::NotFound`]
-/// (whose message says `apt-get install dataset-fashion-mnist`).
+/// has each of the four [`FILE_NAMES`], plain or with a `.gz` suffix (the
+/// package's form); otherwise the error is [`DataError::NotFound`] (whose
+/// message says `apt-get install dataset-fashion-mnist`).
 pub fn find_fashion_mnist(dir: Option<&Path>) -> Result<(Dataset, Dataset)> {
     let folder = dir.map_or_else(
         || PathBuf::from(DEBIAN_FASHION_MNIST_DIR),
@@ -348,17 +406,16 @@ pub fn find_fashion_mnist(dir: Option<&Path>) -> Result<(Dataset, Dataset)> {
     let mut paths = Vec::with_capacity(4);
     for name in FILE_NAMES {
         let plain = folder.join(name);
+        let gz = folder.join(format!("{name}.gz"));
         if plain.is_file() {
             paths.push(plain);
-            continue;
+        } else if gz.is_file() {
+            paths.push(gz);
+        } else {
+            return Err(DataError::NotFound {
+                searched: vec![folder],
+            });
         }
-        let gz = folder.join(format!("{name}.gz"));
-        if gz.is_file() {
-            return Err(DataError::Compressed { path: gz });
-        }
-        return Err(DataError::NotFound {
-            searched: vec![folder],
-        });
     }
     let train = Dataset::load(&paths[0], &paths[1])?;
     let test = Dataset::load(&paths[2], &paths[3])?;
