@@ -62,6 +62,11 @@ pub struct Config {
     /// Input channels.
     #[serde(default = "three")]
     pub in_chans: usize,
+    /// NAT/DiNAT only: strides of the two 3×3 stem convolutions (`None`:
+    /// the authors' `[2, 2]`, a stride-4 stem). Small inputs such as 28×28
+    /// use `[1, 2]`. Omitted from JSON when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stem_strides: Option<[usize; 2]>,
 }
 
 fn three() -> usize {
@@ -91,6 +96,11 @@ impl Config {
     /// Number of levels.
     pub fn levels(&self) -> usize {
         self.depths.len()
+    }
+
+    /// Strides of the two stem convolutions of a NAT/DiNAT model.
+    pub fn stem_strides(&self) -> [usize; 2] {
+        self.stem_strides.unwrap_or([2, 2])
     }
 
     /// Channels of level `i`.
@@ -128,13 +138,32 @@ impl Config {
     /// Checks every field; the error names the field and value.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
-        let want_levels = if self.arch == Arch::Isotropic { 1 } else { 4 };
-        if self.depths.len() != want_levels {
+        let levels_ok = match self.arch {
+            Arch::Isotropic => self.depths.len() == 1,
+            _ => (1..=4).contains(&self.depths.len()),
+        };
+        if !levels_ok {
+            let want = if self.arch == Arch::Isotropic {
+                "1"
+            } else {
+                "1 to 4"
+            };
             return bad(format!(
-                "depths has {} levels, {:?} models have {want_levels}",
+                "depths has {} levels, {:?} models have {want}",
                 self.depths.len(),
                 self.arch
             ));
+        }
+        if let Some(s) = self.stem_strides {
+            if !self.arch.is_nat() {
+                return bad(format!(
+                    "stem_strides {s:?} is given, but only NAT/DiNAT models have a \
+                     convolutional stem"
+                ));
+            }
+            if let Some(&x) = s.iter().find(|&&x| !(1..=4).contains(&x)) {
+                return bad(format!("stem_strides {s:?}: stride {x} is not in 1..=4"));
+            }
         }
         if self.num_heads.len() != self.depths.len() {
             return bad(format!(
@@ -285,6 +314,7 @@ fn nat(depths: [usize; 4], e: usize, r: f64, ls: Option<f64>, dilated: bool) -> 
         layer_scale: ls,
         num_classes: 1000,
         in_chans: 3,
+        stem_strides: None,
     }
 }
 
@@ -300,6 +330,7 @@ fn dinat_s(depths: [usize; 4], e: usize) -> Config {
         layer_scale: None,
         num_classes: 1000,
         in_chans: 3,
+        stem_strides: None,
     }
 }
 
@@ -317,5 +348,6 @@ fn isotropic(e: usize, h: usize, d: usize) -> Config {
         layer_scale: None,
         num_classes: 1000,
         in_chans: 3,
+        stem_strides: None,
     }
 }

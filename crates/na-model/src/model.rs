@@ -398,8 +398,9 @@ impl<B: Backend> Model<B> {
         let mut x = be.nchw_to_nhwc(x)?;
         match &self.stem {
             Stem::Conv2(a, b) => {
-                x = be.conv2d(&x, &a.w, a.b.as_ref(), 2, 1)?;
-                x = be.conv2d(&x, &b.w, b.b.as_ref(), 2, 1)?;
+                let [s0, s1] = self.cfg.stem_strides();
+                x = be.conv2d(&x, &a.w, a.b.as_ref(), s0, 1)?;
+                x = be.conv2d(&x, &b.w, b.b.as_ref(), s1, 1)?;
             }
             Stem::Patch { proj, p, pad } => {
                 let (h, w) = (x.shape[1], x.shape[2]);
@@ -528,9 +529,10 @@ pub fn analyze(cfg: &Config, height: usize, width: usize) -> Result<ModelInfo> {
     let mut macs: u64 = 0;
     let (mut h, mut w) = match cfg.arch {
         Arch::Nat | Arch::Dinat => {
-            let (h0, w0) = (conv_out(height, 3, 2, 1), conv_out(width, 3, 2, 1));
+            let [s0, s1] = cfg.stem_strides();
+            let (h0, w0) = (conv_out(height, 3, s0, 1), conv_out(width, 3, s0, 1));
             macs += (h0 * w0) as u64 * (e / 2) * cin * 9;
-            let (h1, w1) = (conv_out(h0, 3, 2, 1), conv_out(w0, 3, 2, 1));
+            let (h1, w1) = (conv_out(h0, 3, s1, 1), conv_out(w0, 3, s1, 1));
             macs += (h1 * w1) as u64 * e * (e / 2) * 9;
             (h1, w1)
         }

@@ -173,10 +173,7 @@ fn reads_gzip_and_refuses_damaged_streams() {
     assert_eq!((data, dims), (px.clone(), vec![3, 2, 3]));
     // Truncated content inside a valid stream.
     let p = write(&d, "short.gz", &gzip(&good[..good.len() - 1]));
-    assert!(matches!(
-        read_idx(&p, 3),
-        Err(DataError::Truncated { .. })
-    ));
+    assert!(matches!(read_idx(&p, 3), Err(DataError::Truncated { .. })));
     // Trailing content.
     let mut long = good.clone();
     long.extend_from_slice(&[1, 2, 3]);
@@ -207,12 +204,27 @@ fn reads_gzip_and_refuses_damaged_streams() {
 fn finds_gzip_files_and_reports_a_missing_data_set() {
     let d = scratch_dir("findgz");
     let px: Vec<u8> = (0..2 * 28 * 28).map(|i| (i % 251) as u8).collect();
-    write(&d, &format!("{}.gz", FILE_NAMES[0]), &gzip(&idx_bytes(&[2, 28, 28], &px)));
-    write(&d, &format!("{}.gz", FILE_NAMES[1]), &gzip(&idx_bytes(&[2], &[3, 4])));
+    write(
+        &d,
+        &format!("{}.gz", FILE_NAMES[0]),
+        &gzip(&idx_bytes(&[2, 28, 28], &px)),
+    );
+    write(
+        &d,
+        &format!("{}.gz", FILE_NAMES[1]),
+        &gzip(&idx_bytes(&[2], &[3, 4])),
+    );
     write(&d, FILE_NAMES[2], &idx_bytes(&[1, 28, 28], &px[..784]));
-    write(&d, &format!("{}.gz", FILE_NAMES[3]), &gzip(&idx_bytes(&[1], &[5])));
+    write(
+        &d,
+        &format!("{}.gz", FILE_NAMES[3]),
+        &gzip(&idx_bytes(&[1], &[5])),
+    );
     let (train, test) = find_fashion_mnist(Some(&d)).unwrap();
-    assert_eq!((train.len(), test.len(), train.labels.clone()), (2, 1, vec![3, 4]));
+    assert_eq!(
+        (train.len(), test.len(), train.labels.clone()),
+        (2, 1, vec![3, 4])
+    );
     assert_eq!(train.images, px);
     // An empty folder.
     let e = find_fashion_mnist(Some(&scratch_dir("empty"))).unwrap_err();
@@ -265,7 +277,10 @@ fn loads_the_debian_package_when_installed() {
         let out = match Command::new("gzip").arg("-dc").arg(g).output() {
             Ok(o) if o.status.success() => o.stdout,
             _ => {
-                eprintln!("no working `gzip` to compare with; {} unchecked", g.display());
+                eprintln!(
+                    "no working `gzip` to compare with; {} unchecked",
+                    g.display()
+                );
                 return;
             }
         };

@@ -59,6 +59,8 @@ pub mod attention;
 pub mod idx;
 pub mod layers;
 pub mod loss;
+pub mod net;
+pub mod rng;
 
 pub use attention::{NaSaved, NeighborhoodAttention};
 pub use idx::{find_fashion_mnist, DataError, Dataset};
@@ -68,3 +70,5 @@ pub use layers::{
     Linear, NormStats, ParamGrads,
 };
 pub use loss::{CrossEntropy, LossOutput};
+pub use net::{ParamEntry, ParamSet, Tape, TrainNet};
+pub use rng::Rng;
