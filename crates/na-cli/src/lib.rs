@@ -9,6 +9,8 @@ pub mod bench;
 pub mod convert;
 pub mod model_bench;
 pub mod model_cmd;
+pub mod shipped;
+pub mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +38,10 @@ pub enum Command {
     Classify(model_cmd::ClassifyArgs),
     /// Parameters, multiply-adds and per-level shapes of a preset or configuration.
     Info(model_cmd::InfoArgs),
+    /// Train a model on Fashion-MNIST (AdamW, warm-up + cosine, augmentation, checkpoints).
+    Train(train_cmd::TrainArgs),
+    /// Accuracy, per-class accuracy and confusion matrix on the Fashion-MNIST test set.
+    Eval(train_cmd::EvalArgs),
 }
 
 /// Runs a parsed command line.
@@ -47,5 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => model_cmd::run(&args),
         Command::Classify(args) => model_cmd::classify(&args),
         Command::Info(args) => model_cmd::info(&args),
+        Command::Train(args) => train_cmd::run_train(&args),
+        Command::Eval(args) => train_cmd::run_eval(&args),
     }
 }

@@ -286,6 +286,8 @@ const PRESETS: &[Preset] = &[
     ("nat_isotropic_base", || isotropic(768, 24, 1)),
     ("dinat_isotropic_small", || isotropic(384, 12, 2)),
     ("dinat_isotropic_base", || isotropic(768, 24, 2)),
+    ("fashion_dinat", || fashion(true)),
+    ("fashion_nat", || fashion(false)),
 ];
 
 /// Heads per level: `E / 32` doubling (2,4,8,16 at E=64; 3,6,12,24 at 96 …).
@@ -331,6 +333,35 @@ fn dinat_s(depths: [usize; 4], e: usize) -> Config {
         num_classes: 1000,
         in_chans: 3,
         stem_strides: None,
+    }
+}
+
+/// The 28×28 grey, 10-class model trained on Fashion-MNIST (issue 7): a
+/// stride-2 stem (`[1, 2]`) to 14×14 tokens, three levels (14×14, 7×7,
+/// 4×4), kernel 5; the DiNAT version alternates dilation 2 on the first
+/// level (the largest that fits 14 tokens: `5·2 <= 14`), the NAT version
+/// has dilation 1 everywhere (same FLOPs).
+fn fashion(dilated: bool) -> Config {
+    let depths = vec![2, 2, 4];
+    let dil = dilated.then(|| {
+        depths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| if i == 0 && j % 2 == 1 { 2 } else { 1 }).collect())
+            .collect()
+    });
+    Config {
+        arch: if dilated { Arch::Dinat } else { Arch::Nat },
+        embed_dim: 32,
+        mlp_ratio: 3.0,
+        depths,
+        num_heads: vec![1, 2, 4],
+        kernel_size: 5,
+        dilations: dil,
+        layer_scale: None,
+        num_classes: 10,
+        in_chans: 1,
+        stem_strides: Some([1, 2]),
     }
 }
 

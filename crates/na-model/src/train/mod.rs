@@ -60,6 +60,8 @@ pub mod idx;
 pub mod layers;
 pub mod loss;
 pub mod net;
+pub mod optim;
+pub mod run;
 pub mod rng;
 
 pub use attention::{NaSaved, NeighborhoodAttention};
@@ -71,4 +73,9 @@ pub use layers::{
 };
 pub use loss::{CrossEntropy, LossOutput};
 pub use net::{ParamEntry, ParamSet, Tape, TrainNet};
+pub use optim::{AdamW, Schedule};
 pub use rng::Rng;
+pub use run::{
+    evaluate, train, EvalReport, Event, RunPaths, TrainOptions, TrainResult, TrainState,
+    FASHION_CLASSES,
+};

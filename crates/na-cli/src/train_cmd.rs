@@ -1,0 +1,345 @@
+//! `na train` and `na eval`: training a model on Fashion-MNIST in Rust and
+//! measuring it on the test set.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use na_model::train::idx::find_fashion_mnist;
+use na_model::train::run::{WEIGHTS_FILE, STATE_FILE};
+use na_model::train::{evaluate, train, Event, RunPaths, TrainOptions, FASHION_CLASSES};
+use na_model::{Config, Cpu, Model, WeightMap};
+
+use crate::model_cmd::load_config_file;
+
+/// The data sets `na train` and `na eval` know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatasetName {
+    /// Fashion-MNIST (28×28 grey, 10 classes): Debian's `dataset-fashion-mnist`.
+    FashionMnist,
+}
+
+/// Where the data set is.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// The data set.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    pub dataset: DatasetName,
+    /// A folder with the four IDX files (plain or .gz) [default: the Debian package's folder].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+/// Arguments of `na train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The data set.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// A preset [default: fashion_dinat, the shipped model's configuration].
+    #[arg(long, conflicts_with = "config")]
+    pub model: Option<String>,
+    /// A JSON configuration (in_chans 1, num_classes 10).
+    #[arg(long, value_name = "CFG.json")]
+    pub config: Option<PathBuf>,
+    /// Output folder: model.safetensors, optimizer.safetensors, checkpoint.json (after every epoch).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run whose checkpoint is in --out (same configuration and options).
+    #[arg(long)]
+    pub resume: bool,
+    /// Epochs.
+    #[arg(long, default_value_t = TrainOptions::default().epochs)]
+    pub epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = TrainOptions::default().batch_size)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = TrainOptions::default().lr)]
+    pub lr: f32,
+    /// Final learning rate of the cosine decay.
+    #[arg(long, default_value_t = TrainOptions::default().min_lr)]
+    pub min_lr: f32,
+    /// Weight decay (not on norms, biases, rpb).
+    #[arg(long, default_value_t = TrainOptions::default().weight_decay)]
+    pub weight_decay: f32,
+    /// Linear warm-up, in epochs.
+    #[arg(long, default_value_t = TrainOptions::default().warmup_epochs)]
+    pub warmup_epochs: f32,
+    /// Label smoothing.
+    #[arg(long, default_value_t = TrainOptions::default().label_smoothing)]
+    pub label_smoothing: f32,
+    /// Random shift (zero-padded crop) of up to this many pixels; 0 disables it.
+    #[arg(long, default_value_t = TrainOptions::default().shift)]
+    pub shift: usize,
+    /// Disable random horizontal flips.
+    #[arg(long)]
+    pub no_flip: bool,
+    /// Seed (initialisation, shuffles, augmentation).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this many steps (the schedule stays that of --epochs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Evaluate on the test set every N epochs (and after the last).
+    #[arg(long, default_value_t = 1)]
+    pub eval_every: usize,
+    /// Threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Also write the per-step losses of this invocation as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub losses_json: Option<PathBuf>,
+}
+
+/// The configuration named by `--model`/`--config`, or the default preset.
+fn model_config(model: &Option<String>, config: &Option<PathBuf>) -> Result<Config> {
+    let cfg = match (model, config) {
+        (Some(name), _) => Config::preset(name)?,
+        (None, Some(p)) => load_config_file(p)?,
+        (None, None) => Config::preset("fashion_dinat")?,
+    };
+    if cfg.in_chans != 1 || cfg.num_classes != FASHION_CLASSES.len() {
+        bail!(
+            "Fashion-MNIST needs in_chans 1 and num_classes 10; the configuration has {} and {}",
+            cfg.in_chans,
+            cfg.num_classes
+        );
+    }
+    Ok(cfg)
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("starting the thread pool")?;
+    Ok(pool.install(f))
+}
+
+/// Runs `na train`.
+pub fn run_train(args: &TrainArgs) -> Result<()> {
+    let cfg = model_config(&args.model, &args.config)?;
+    let opts = TrainOptions {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        min_lr: args.min_lr,
+        weight_decay: args.weight_decay,
+        warmup_epochs: args.warmup_epochs,
+        label_smoothing: args.label_smoothing,
+        shift: args.shift,
+        hflip: !args.no_flip,
+        seed: args.seed,
+        max_steps: args.max_steps,
+        eval_every: args.eval_every,
+    };
+    let (train_set, test_set) = find_fashion_mnist(args.data.data.as_deref())?;
+    if !args.resume && args.out.join(STATE_FILE).exists() {
+        bail!(
+            "{} holds a checkpoint already; pass --resume to continue it or choose another --out",
+            args.out.display()
+        );
+    }
+    let paths = RunPaths {
+        out: args.out.clone(),
+        resume: args.resume,
+    };
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(4));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps (eta {eta}) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let t0 = Instant::now();
+    let mut on = |e: &Event| match e {
+        Event::Start {
+            step,
+            total_steps,
+            params,
+        } => {
+            bar.set_length(*total_steps);
+            bar.set_position(*step);
+            bar.println(format!(
+                "training {params} parameters, {total_steps} steps of {} images",
+                opts.batch_size
+            ));
+        }
+        Event::Step {
+            epoch,
+            step,
+            epoch_loss,
+            epoch_accuracy,
+            images_per_s,
+            lr,
+            ..
+        } => {
+            bar.set_position(*step);
+            bar.set_message(format!(
+                "epoch {epoch} loss {epoch_loss:.4} acc {:.2}% {images_per_s:.0} img/s lr {lr:.2e}",
+                100.0 * epoch_accuracy
+            ));
+        }
+        Event::Evaluating => bar.set_message("evaluating on the test set"),
+        Event::Epoch(r) => {
+            let test = r
+                .test_accuracy
+                .map_or(String::new(), |a| format!(", test accuracy {:.2}%", 100.0 * a));
+            bar.println(format!(
+                "epoch {}: loss {:.4}, train accuracy {:.2}%{test} ({:.0} s)",
+                r.epoch,
+                r.train_loss,
+                100.0 * r.train_accuracy,
+                r.seconds
+            ));
+        }
+    };
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.threads
+    };
+    let res = in_pool(threads, || {
+        train(&cfg, &opts, &train_set, &test_set, &paths, &mut on)
+    })?
+    .with_context(|| format!("training into {}", args.out.display()))?;
+    bar.finish_and_clear();
+    if let Some(p) = &args.losses_json {
+        let v = serde_json::json!({"losses": res.losses, "options": opts});
+        std::fs::write(p, serde_json::to_vec(&v)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    let last = res.state.history.last();
+    println!(
+        "done in {:.1} min: {} steps; test accuracy {}; weights in {}",
+        t0.elapsed().as_secs_f64() / 60.0,
+        res.state.step,
+        last.and_then(|r| r.test_accuracy)
+            .map_or("not measured".into(), |a| format!("{:.2}%", 100.0 * a)),
+        args.out.join(WEIGHTS_FILE).display()
+    );
+    Ok(())
+}
+
+/// Arguments of `na eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The data set.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Weights (safetensors or .pth) [default: the model built into `na`].
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// A preset [default: the checkpoint.json beside --weights, else fashion_dinat].
+    #[arg(long, conflicts_with = "config")]
+    pub model: Option<String>,
+    /// A JSON configuration.
+    #[arg(long, value_name = "CFG.json")]
+    pub config: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Write the report as JSON to FILE (`-`: standard output, instead of the text).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// The configuration of a training output folder's checkpoint.json.
+fn config_beside(weights: &Path) -> Option<Result<Config>> {
+    let p = weights.with_file_name(STATE_FILE);
+    if !p.is_file() {
+        return None;
+    }
+    Some((|| {
+        let text = std::fs::read_to_string(&p)?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let cfg: Config = serde_json::from_value(v["config"].clone())?;
+        cfg.validate()?;
+        Ok::<Config, anyhow::Error>(cfg)
+    })()
+    .with_context(|| format!("reading the configuration in {}", p.display())))
+}
+
+/// Runs `na eval`.
+pub fn run_eval(args: &EvalArgs) -> Result<()> {
+    let (cfg, weights) = match &args.weights {
+        Some(w) => {
+            let cfg = match (&args.model, &args.config, config_beside(w)) {
+                (None, None, Some(c)) => c?,
+                (m, c, _) => model_config(m, c)?,
+            };
+            let map = WeightMap::load(w)?;
+            (cfg, map)
+        }
+        None => {
+            if args.model.is_some() || args.config.is_some() {
+                bail!("--model/--config need --weights (the built-in model has its own)");
+            }
+            crate::shipped::model()?
+        }
+    };
+    let (_, test) = find_fashion_mnist(args.data.data.as_deref())?;
+    let cpu = Cpu::new(args.threads);
+    let model = Model::load(&cpu, &cfg, weights, false).context("loading the model")?;
+    let rep = cpu.install(|| evaluate(&cpu, &model, &test, args.batch.max(1)))?;
+    let json = serde_json::json!({
+        "dataset": "fashion-mnist",
+        "split": "test",
+        "weights": args.weights.as_ref().map_or("built-in".into(), |p| p.display().to_string()),
+        "images": rep.images,
+        "correct": rep.correct,
+        "accuracy": rep.accuracy,
+        "per_class": FASHION_CLASSES.iter().zip(&rep.per_class)
+            .map(|(n, a)| serde_json::json!({"class": n, "accuracy": a})).collect::<Vec<_>>(),
+        "confusion": rep.confusion,
+        "classes": FASHION_CLASSES,
+        "seconds": rep.seconds,
+        "images_per_s": rep.images as f64 / rep.seconds.max(1e-9),
+        "threads": cpu.threads(),
+    });
+    match &args.json {
+        Some(p) if p.as_os_str() == "-" => {
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            return Ok(());
+        }
+        Some(p) => {
+            na_model::weights::write_atomic(p, serde_json::to_string_pretty(&json)?.as_bytes())
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        None => {}
+    }
+    println!(
+        "accuracy {:.2}% ({} of {} test images) in {:.2} s ({:.0} images/s, {} threads)",
+        100.0 * rep.accuracy,
+        rep.correct,
+        rep.images,
+        rep.seconds,
+        rep.images as f64 / rep.seconds.max(1e-9),
+        cpu.threads()
+    );
+    println!("per class:");
+    for (n, a) in FASHION_CLASSES.iter().zip(&rep.per_class) {
+        println!("  {n:<12} {:6.2}%", 100.0 * a);
+    }
+    println!("confusion (rows: true class, columns: predicted):");
+    print!("{:>12}", "");
+    for i in 0..FASHION_CLASSES.len() {
+        print!(" {i:>5}");
+    }
+    println!();
+    for (i, row) in rep.confusion.iter().enumerate() {
+        print!("{:>9} {i:>2}", FASHION_CLASSES[i].chars().take(9).collect::<String>());
+        for v in row {
+            print!(" {v:>5}");
+        }
+        println!();
+    }
+    Ok(())
+}

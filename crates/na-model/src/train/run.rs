@@ -1,0 +1,647 @@
+//! The training loop on a labelled grey-image data set (Fashion-MNIST):
+//! shuffling, augmentation, AdamW with warm-up and cosine decay,
+//! evaluation, checkpoints and resuming.
+//!
+//! A run is a pure function of its [`TrainOptions`] (seed included) and the
+//! data: the shuffles and augmentations come from one [`Rng`] whose state is
+//! saved at every epoch boundary, so a resumed run continues exactly where
+//! the interrupted one would have gone.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::idx::Dataset;
+use super::layers::shape_err;
+use super::loss::CrossEntropy;
+use super::net::{ParamSet, TrainNet};
+use super::optim::{AdamW, Schedule};
+use super::rng::Rng;
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::cpu::Cpu;
+use crate::error::{ModelError, Result};
+use crate::model::Model;
+use crate::weights::{write_atomic, WeightMap};
+
+/// Fashion-MNIST's pixel mean (of `pixel / 255` over the training set).
+pub const FASHION_MEAN: f32 = 0.2860;
+/// Fashion-MNIST's pixel standard deviation.
+pub const FASHION_STD: f32 = 0.3530;
+
+/// The ten Fashion-MNIST classes, by label.
+pub const FASHION_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// File names inside a training output folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The optimiser's moments (`m.<name>`, `v.<name>`).
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Configuration, options, progress and history (JSON).
+pub const STATE_FILE: &str = "checkpoint.json";
+
+/// The model's input from grey pixels: `(p / 255 - mean) / std`.
+pub fn normalize(px: u8) -> f32 {
+    (f32::from(px) / 255.0 - FASHION_MEAN) / FASHION_STD
+}
+
+/// Hyper-parameters of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOptions {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Final learning rate of the cosine.
+    pub min_lr: f32,
+    /// AdamW weight decay (matrices and kernels only).
+    pub weight_decay: f32,
+    /// Warm-up length in epochs (fractions allowed).
+    pub warmup_epochs: f32,
+    /// Label smoothing of the cross-entropy.
+    pub label_smoothing: f32,
+    /// Random shift of up to this many pixels each way (zero-padded random
+    /// crop); 0 disables it.
+    pub shift: usize,
+    /// Random horizontal flips (probability 1/2).
+    pub hflip: bool,
+    /// Seed of the initialisation, shuffles and augmentations.
+    pub seed: u64,
+    /// Stop after this many steps in all (for short checks); the schedule is
+    /// still that of `epochs`, and a partial epoch is not evaluated.
+    pub max_steps: Option<u64>,
+    /// Evaluate on the test set every this many epochs (and after the last).
+    pub eval_every: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 10,
+            batch_size: 128,
+            lr: 2e-3,
+            min_lr: 1e-5,
+            weight_decay: 0.05,
+            warmup_epochs: 1.0,
+            label_smoothing: 0.1,
+            shift: 2,
+            hflip: true,
+            seed: 0,
+            max_steps: None,
+            eval_every: 1,
+        }
+    }
+}
+
+impl TrainOptions {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.epochs == 0 || self.batch_size == 0 || self.eval_every == 0 {
+            return bad(format!(
+                "epochs ({}), batch_size ({}) and eval_every ({}) must be positive",
+                self.epochs, self.batch_size, self.eval_every
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr)
+        {
+            return bad(format!(
+                "learning rates {} (peak) and {} (final) are not 0 <= final <= peak",
+                self.lr, self.min_lr
+            ));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay < 1.0) {
+            return bad(format!("weight_decay {} is not in [0, 1)", self.weight_decay));
+        }
+        if !(self.warmup_epochs >= 0.0 && self.warmup_epochs.is_finite()) {
+            return bad(format!("warmup_epochs {} is negative", self.warmup_epochs));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad(format!(
+                "label_smoothing {} is not in [0, 1)",
+                self.label_smoothing
+            ));
+        }
+        if self.shift > 8 {
+            return bad(format!("shift {} is above 8 pixels", self.shift));
+        }
+        Ok(())
+    }
+}
+
+/// One finished epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number (from 1).
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (on augmented images, during the epoch).
+    pub train_accuracy: f64,
+    /// Test accuracy, when evaluated after this epoch.
+    pub test_accuracy: Option<f64>,
+    /// Wall time of the epoch's training steps, seconds.
+    pub seconds: f64,
+}
+
+/// The JSON part of a checkpoint: enough, with the two safetensors files,
+/// to resume exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    /// The model.
+    pub config: Config,
+    /// The run's options.
+    pub options: TrainOptions,
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// The generator's state after the last completed epoch.
+    pub rng_state: u64,
+    /// Training images (checks that a resume uses the same data).
+    pub train_images: usize,
+    /// One record per completed epoch.
+    pub history: Vec<EpochRecord>,
+}
+
+/// What the loop reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A run starts (or resumes) at `step` of `total_steps`.
+    Start {
+        /// Steps already taken (non-zero on resume).
+        step: u64,
+        /// Steps of the whole run.
+        total_steps: u64,
+        /// Parameters of the model.
+        params: usize,
+    },
+    /// One optimiser step finished.
+    Step {
+        /// Epoch (from 1).
+        epoch: usize,
+        /// Steps taken so far in all.
+        step: u64,
+        /// This batch's mean loss.
+        loss: f64,
+        /// This batch's accuracy.
+        accuracy: f64,
+        /// Running mean loss of the epoch.
+        epoch_loss: f64,
+        /// Running accuracy of the epoch.
+        epoch_accuracy: f64,
+        /// Images per second over the epoch so far.
+        images_per_s: f64,
+        /// The learning rate used.
+        lr: f32,
+    },
+    /// The test set is being evaluated.
+    Evaluating,
+    /// An epoch finished (and its checkpoint is written).
+    Epoch(EpochRecord),
+}
+
+/// The result of a run.
+#[derive(Clone, Debug)]
+pub struct TrainResult {
+    /// The trained parameters.
+    pub params: ParamSet,
+    /// The final state (as saved).
+    pub state: TrainState,
+    /// Per-step losses of this invocation (not of resumed earlier parts).
+    pub losses: Vec<f64>,
+}
+
+/// Copies image `i` of `set` into `dst` (`rows·cols` values), shifted by
+/// `(dy, dx)` with background filling, mirrored when `flip`, normalised.
+fn augment(set: &Dataset, i: usize, dy: isize, dx: isize, flip: bool, dst: &mut [f32]) {
+    let (h, w) = (set.rows as isize, set.cols as isize);
+    let src = set.image(i);
+    let bg = normalize(0);
+    for y in 0..h {
+        for x in 0..w {
+            let sy = y + dy;
+            let sx0 = x + dx;
+            let sx = if flip { w - 1 - sx0 } else { sx0 };
+            let v = if (0..h).contains(&sy) && (0..w).contains(&sx0) {
+                normalize(src[(sy * w + sx) as usize])
+            } else {
+                bg
+            };
+            dst[(y * w + x) as usize] = v;
+        }
+    }
+}
+
+/// A batch of test images `[n, rows, cols]`, normalised, no augmentation.
+pub fn batch_of(set: &Dataset, idx: &[usize]) -> Vec<f32> {
+    let n = set.rows * set.cols;
+    let mut out = vec![0.0; idx.len() * n];
+    for (&i, dst) in idx.iter().zip(out.chunks_mut(n)) {
+        for (d, &p) in dst.iter_mut().zip(set.image(i)) {
+            *d = normalize(p);
+        }
+    }
+    out
+}
+
+/// Accuracy, per-class accuracy and confusion matrix of a model on a set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Images evaluated.
+    pub images: usize,
+    /// Correctly classified images.
+    pub correct: usize,
+    /// `correct / images`.
+    pub accuracy: f64,
+    /// Accuracy of each class (by true label).
+    pub per_class: Vec<f64>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+    /// Wall time of the forward passes, seconds.
+    pub seconds: f64,
+}
+
+/// Evaluates `model` on every image of `set` in batches of `batch`.
+pub fn evaluate(cpu: &Cpu, model: &Model<Cpu>, set: &Dataset, batch: usize) -> Result<EvalReport> {
+    let k = model.config().num_classes;
+    if set.is_empty() || batch == 0 || k == 0 || model.config().in_chans != 1 {
+        return Err(ModelError::Config(format!(
+            "cannot evaluate: {} images, batch {batch}, {k} classes, {} input channels \
+             (grey images need 1)",
+            set.len(),
+            model.config().in_chans
+        )));
+    }
+    let mut confusion = vec![vec![0usize; k]; k];
+    let t0 = Instant::now();
+    let all: Vec<usize> = (0..set.len()).collect();
+    for chunk in all.chunks(batch) {
+        let x = batch_of(set, chunk);
+        let xt = cpu.upload(&[chunk.len(), 1, set.rows, set.cols], &x)?;
+        let logits = cpu.download(&model.forward(cpu, &xt)?)?;
+        for (&i, z) in chunk.iter().zip(logits.chunks(k)) {
+            let pred = argmax(z);
+            let truth = usize::from(set.labels[i]);
+            if truth < k {
+                confusion[truth][pred] += 1;
+            }
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
+    let per_class = confusion
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let n: usize = row.iter().sum();
+            if n == 0 {
+                0.0
+            } else {
+                row[i] as f64 / n as f64
+            }
+        })
+        .collect();
+    Ok(EvalReport {
+        images: set.len(),
+        correct,
+        accuracy: correct as f64 / set.len() as f64,
+        per_class,
+        confusion,
+        seconds,
+    })
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(z: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, &v) in z.iter().enumerate() {
+        if v > z[best] {
+            best = j;
+        }
+    }
+    best
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::WeightsFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Writes a checkpoint into `dir`: weights, optimiser moments, state.
+pub fn save_checkpoint(dir: &Path, params: &ParamSet, opt: &AdamW, state: &TrainState) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    params.to_weight_map().save_safetensors(&dir.join(WEIGHTS_FILE))?;
+    let mut moments = WeightMap::default();
+    for (prefix, buf) in [("m", &opt.m), ("v", &opt.v)] {
+        let map = params.map_of(buf);
+        for name in map.names().map(str::to_string).collect::<Vec<_>>() {
+            let t = map.get(&name).expect("listed").clone();
+            moments.insert(format!("{prefix}.{name}"), t);
+        }
+    }
+    moments.save_safetensors(&dir.join(OPTIMIZER_FILE))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| io_err(dir, e))?;
+    write_atomic(&dir.join(STATE_FILE), &json)
+}
+
+/// Reads a checkpoint written by [`save_checkpoint`].
+pub fn load_checkpoint(dir: &Path, weight_decay: f32) -> Result<(ParamSet, AdamW, TrainState)> {
+    let sp = dir.join(STATE_FILE);
+    let text = std::fs::read(&sp).map_err(|e| io_err(&sp, e))?;
+    let state: TrainState = serde_json::from_slice(&text).map_err(|e| io_err(&sp, e))?;
+    state.config.validate()?;
+    let params = ParamSet::from_weights(&state.config, &WeightMap::load(&dir.join(WEIGHTS_FILE))?)?;
+    let op = dir.join(OPTIMIZER_FILE);
+    let moments = WeightMap::load(&op)?;
+    let mut opt = AdamW::new(params.len(), weight_decay);
+    opt.step = state.step;
+    for (prefix, buf) in [("m", &mut opt.m), ("v", &mut opt.v)] {
+        for e in &params.entries {
+            let name = format!("{prefix}.{}", e.name);
+            let t = moments
+                .get(&name)
+                .filter(|t| t.shape == e.shape)
+                .ok_or_else(|| io_err(&op, format!("{name} is missing or mis-shaped")))?;
+            buf[e.range.clone()].copy_from_slice(&t.data);
+        }
+    }
+    Ok((params, opt, state))
+}
+
+/// Images per micro-batch: a batch is cut into micro-batches of this size
+/// (the last one smaller), each run forward and backward on one core, and
+/// their gradients added in micro-batch order. The cut does not depend on the
+/// number of threads, so neither do the results.
+pub const MICRO_BATCH: usize = 16;
+
+/// The mean loss and the gradient (into `grad`, overwritten) of one batch
+/// `x [B, rows, cols]`, cut into [`MICRO_BATCH`]es spread over `pools`.
+/// Returns the mean loss and the number of correct predictions.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_gradient(
+    net: &TrainNet,
+    params: &ParamSet,
+    ce: &CrossEntropy,
+    x: &[f32],
+    labels: &[usize],
+    [rows, cols]: [usize; 2],
+    pools: &[rayon::ThreadPool],
+    grad: &mut [f32],
+) -> Result<(f64, usize)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let b = labels.len();
+    let npx = rows * cols * params.cfg.in_chans;
+    if b == 0 || x.len() != b * npx || grad.len() != params.len() {
+        return Err(shape_err(format!(
+            "batch_gradient: {} values for {b} images of {npx}, gradient of {} for {}",
+            x.len(),
+            grad.len(),
+            params.len()
+        )));
+    }
+    let n_micro = b.div_ceil(MICRO_BATCH);
+    type Part = Result<(Vec<f32>, f64, usize)>;
+    let parts: Vec<Mutex<Option<Part>>> = (0..n_micro).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let work = |i: usize| -> Part {
+        let lo = i * MICRO_BATCH;
+        let hi = (lo + MICRO_BATCH).min(b);
+        let tape = net.forward(params, &x[lo * npx..hi * npx], [hi - lo, rows, cols])?;
+        let mut out = ce.forward_backward(&tape.logits, &labels[lo..hi])?;
+        // The loss is the mean over the whole batch.
+        let share = (hi - lo) as f32 / b as f32;
+        out.dlogits.iter_mut().for_each(|d| *d *= share);
+        let mut g = vec![0.0f32; params.len()];
+        net.backward(params, &tape, &out.dlogits, &mut g)?;
+        Ok((g, out.loss * f64::from(share), out.correct))
+    };
+    std::thread::scope(|s| {
+        for pool in pools.iter().take(n_micro) {
+            s.spawn(|| {
+                pool.install(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n_micro {
+                        break;
+                    }
+                    let r = work(i);
+                    *parts[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                })
+            });
+        }
+    });
+    grad.fill(0.0);
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    for p in parts {
+        let (g, l, c) = p
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or_else(|| shape_err("batch_gradient: a micro-batch was not run".into()))??;
+        grad.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+        loss += l;
+        correct += c;
+    }
+    Ok((loss, correct))
+}
+
+/// Where a run writes.
+#[derive(Clone, Debug)]
+pub struct RunPaths {
+    /// Output folder (checkpoints).
+    pub out: PathBuf,
+    /// Resume from the checkpoint in `out`.
+    pub resume: bool,
+}
+
+/// Trains `cfg` on `train`, evaluating on `test`, writing checkpoints to
+/// `paths.out` after every epoch; `on` receives progress events.
+pub fn train(
+    cfg: &Config,
+    opts: &TrainOptions,
+    train: &Dataset,
+    test: &Dataset,
+    paths: &RunPaths,
+    on: &mut dyn FnMut(&Event),
+) -> Result<TrainResult> {
+    opts.validate()?;
+    if train.is_empty() || train.rows != test.rows || train.cols != test.cols {
+        return Err(ModelError::Config(format!(
+            "training set of {} images of {}x{}, test set of {}x{}",
+            train.len(),
+            train.rows,
+            train.cols,
+            test.rows,
+            test.cols
+        )));
+    }
+    if cfg.in_chans != 1 {
+        return Err(ModelError::Config(format!(
+            "grey images need in_chans 1, the configuration has {}",
+            cfg.in_chans
+        )));
+    }
+    let steps_per_epoch = train.len().div_ceil(opts.batch_size) as u64;
+    let total = steps_per_epoch * opts.epochs as u64;
+    let (mut params, mut opt, mut state, mut rng) = if paths.resume {
+        let (p, o, s) = load_checkpoint(&paths.out, opts.weight_decay)?;
+        if s.config != *cfg || s.options != *opts || s.train_images != train.len() {
+            return Err(ModelError::Config(format!(
+                "{} was written by another run (configuration, options or data differ); \
+                 resume with the same ones or choose another --out",
+                paths.out.join(STATE_FILE).display()
+            )));
+        }
+        if s.step != s.epochs_done as u64 * steps_per_epoch {
+            return Err(ModelError::Config(format!(
+                "{} was written in the middle of an epoch (a --max-steps run) and cannot be \
+                 resumed exactly; start a new run",
+                paths.out.join(STATE_FILE).display()
+            )));
+        }
+        let rng = Rng::new(s.rng_state);
+        (p, o, s, rng)
+    } else {
+        let mut rng = Rng::new(opts.seed);
+        let p = ParamSet::init(cfg, rng.next_u64())?;
+        let o = AdamW::new(p.len(), opts.weight_decay);
+        let s = TrainState {
+            config: cfg.clone(),
+            options: opts.clone(),
+            epochs_done: 0,
+            step: 0,
+            rng_state: rng.state(),
+            train_images: train.len(),
+            history: Vec::new(),
+        };
+        (p, o, s, rng)
+    };
+    let net = TrainNet::new(&params)?;
+    let sched = Schedule {
+        base: opts.lr,
+        min: opts.min_lr,
+        warmup: (opts.warmup_epochs as f64 * steps_per_epoch as f64).round() as u64,
+        total,
+    };
+    let ce = CrossEntropy {
+        classes: cfg.num_classes,
+        smoothing: opts.label_smoothing,
+    };
+    on(&Event::Start {
+        step: state.step,
+        total_steps: total,
+        params: params.len(),
+    });
+    let cpu = Cpu::new(0);
+    // One single-threaded pool per worker: each micro-batch runs on one
+    // core without any synchronisation inside the layers.
+    let pools = (0..rayon::current_num_threads().max(1))
+        .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+        .collect::<core::result::Result<Vec<_>, _>>()
+        .map_err(|e| shape_err(format!("cannot start the training threads: {e}")))?;
+    let (rows, cols) = (train.rows, train.cols);
+    let npx = rows * cols;
+    let mut grad = vec![0.0f32; params.len()];
+    let mut losses = Vec::new();
+    let stop = opts.max_steps.unwrap_or(u64::MAX);
+    for epoch in state.epochs_done + 1..=opts.epochs {
+        if state.step >= stop {
+            break;
+        }
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        rng.shuffle(&mut order);
+        let t0 = Instant::now();
+        let (mut sum_loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for chunk in order.chunks(opts.batch_size) {
+            if state.step >= stop {
+                break;
+            }
+            let mut x = vec![0.0f32; chunk.len() * npx];
+            let mut labels = Vec::with_capacity(chunk.len());
+            for (&i, dst) in chunk.iter().zip(x.chunks_mut(npx)) {
+                let s = opts.shift as isize;
+                let (dy, dx) = if s > 0 {
+                    (
+                        rng.below(2 * opts.shift + 1) as isize - s,
+                        rng.below(2 * opts.shift + 1) as isize - s,
+                    )
+                } else {
+                    (0, 0)
+                };
+                let flip = opts.hflip && rng.below(2) == 1;
+                augment(train, i, dy, dx, flip, dst);
+                labels.push(usize::from(train.labels[i]));
+            }
+            let (loss, batch_correct) =
+                batch_gradient(&net, &params, &ce, &x, &labels, [rows, cols], &pools, &mut grad)?;
+            if !loss.is_finite() {
+                return Err(shape_err(format!(
+                    "the loss diverged ({loss}) at step {}; lower --lr",
+                    state.step
+                )));
+            }
+            let lr = sched.lr(state.step);
+            opt.update(&mut params, &grad, lr)?;
+            state.step += 1;
+            losses.push(loss);
+            sum_loss += loss * chunk.len() as f64;
+            correct += batch_correct;
+            seen += chunk.len();
+            on(&Event::Step {
+                epoch,
+                step: state.step,
+                loss,
+                accuracy: batch_correct as f64 / chunk.len() as f64,
+                epoch_loss: sum_loss / seen as f64,
+                epoch_accuracy: correct as f64 / seen as f64,
+                images_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                lr,
+            });
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let finished = seen == train.len();
+        // A partial epoch (stopped by max_steps) is not evaluated.
+        let test_accuracy = if finished && (epoch.is_multiple_of(opts.eval_every) || epoch == opts.epochs) {
+            on(&Event::Evaluating);
+            let model = Model::load(&cpu, cfg, params.to_weight_map(), false)?;
+            Some(evaluate(&cpu, &model, test, 500)?.accuracy)
+        } else {
+            None
+        };
+        let rec = EpochRecord {
+            epoch,
+            train_loss: sum_loss / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            test_accuracy,
+            seconds,
+        };
+        if finished {
+            state.epochs_done = epoch;
+            state.rng_state = rng.state();
+        }
+        state.history.push(rec.clone());
+        save_checkpoint(&paths.out, &params, &opt, &state)?;
+        on(&Event::Epoch(rec));
+    }
+    Ok(TrainResult {
+        params,
+        state,
+        losses,
+    })
+}
