@@ -791,3 +791,124 @@ mod tests {
         assert!(out.iter().all(|v| v.is_finite()));
     }
 }
+
+/// Whether [`to_fashion_mnist`] inverts the grey image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Polarity {
+    /// Invert when the image's border is light (mean above 127): a dark
+    /// object on a light background, as product photos are. No image of the
+    /// Fashion-MNIST test set has a border mean above 93.
+    #[default]
+    Auto,
+    /// Always invert.
+    Invert,
+    /// Never invert.
+    Keep,
+}
+
+/// Side of Fashion-MNIST images.
+pub const FASHION_SIDE: usize = 28;
+
+/// Converts an image to a 28×28 grey Fashion-MNIST-like image (row-major
+/// bytes, light object on a dark background), following the data set's
+/// own recipe where it applies:
+///
+/// 1. grey from RGB with ITU-R 601 luma, `(299 R + 587 G + 114 B) / 1000`
+///    rounded (Pillow's `convert("L")`), so grey images are unchanged;
+/// 2. an image that is already 28×28 is only grey-converted (and inverted
+///    when `polarity` says so); otherwise
+/// 3. edges whose pixels are all within 13 grey levels (5 %) of the
+///    corners' mean are trimmed, the longest side is resized to 28 with a
+///    triangle (bilinear, antialiased) filter, and the short side is
+///    centred on a canvas of the corners' grey;
+/// 4. the result is inverted when the border is light ([`Polarity::Auto`]).
+pub fn to_fashion_mnist(img: &RgbImage, polarity: Polarity) -> Vec<u8> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let grey: Vec<u8> = img
+        .pixels()
+        .map(|p| {
+            let [r, g, b] = p.0.map(u32::from);
+            ((299 * r + 587 * g + 114 * b + 500) / 1000) as u8
+        })
+        .collect();
+    let s = FASHION_SIDE;
+    let mut out = if (w, h) == (s, s) {
+        grey
+    } else {
+        fit_28(&grey, w, h)
+    };
+    let border: u32 = (0..s)
+        .flat_map(|i| [out[i], out[(s - 1) * s + i], out[i * s], out[i * s + s - 1]])
+        .map(u32::from)
+        .sum();
+    let light = border > 127 * 4 * s as u32;
+    let invert = match polarity {
+        Polarity::Auto => light,
+        Polarity::Invert => true,
+        Polarity::Keep => false,
+    };
+    if invert {
+        out.iter_mut().for_each(|v| *v = 255 - *v);
+    }
+    out
+}
+
+/// Trim, resize the longest side to 28 and centre (steps 3 of
+/// [`to_fashion_mnist`]).
+fn fit_28(grey: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let s = FASHION_SIDE;
+    let at = |x: usize, y: usize| grey[y * w + x];
+    let bg = ((u32::from(at(0, 0))
+        + u32::from(at(w - 1, 0))
+        + u32::from(at(0, h - 1))
+        + u32::from(at(w - 1, h - 1))
+        + 2)
+        / 4) as u8;
+    let near = |v: u8| v.abs_diff(bg) <= 13;
+    let row_bg = |y: usize| (0..w).all(|x| near(at(x, y)));
+    let col_bg = |x: usize, y0: usize, y1: usize| (y0..y1).all(|y| near(at(x, y)));
+    let (mut y0, mut y1) = (0, h);
+    while y0 < y1 && row_bg(y0) {
+        y0 += 1;
+    }
+    while y1 > y0 && row_bg(y1 - 1) {
+        y1 -= 1;
+    }
+    let (mut x0, mut x1) = (0, w);
+    if y0 < y1 {
+        while x0 < x1 && col_bg(x0, y0, y1) {
+            x0 += 1;
+        }
+        while x1 > x0 && col_bg(x1 - 1, y0, y1) {
+            x1 -= 1;
+        }
+    }
+    if y0 >= y1 || x0 >= x1 {
+        // Nothing but background: keep the whole image.
+        (x0, x1, y0, y1) = (0, w, 0, h);
+    }
+    let (cw, ch) = (x1 - x0, y1 - y0);
+    let mut crop = image::GrayImage::new(cw as u32, ch as u32);
+    for y in 0..ch {
+        for x in 0..cw {
+            crop.put_pixel(x as u32, y as u32, image::Luma([at(x0 + x, y0 + y)]));
+        }
+    }
+    let scale = s as f64 / cw.max(ch) as f64;
+    let nw = ((cw as f64 * scale).round() as usize).clamp(1, s);
+    let nh = ((ch as f64 * scale).round() as usize).clamp(1, s);
+    let small = image::imageops::resize(
+        &crop,
+        nw as u32,
+        nh as u32,
+        image::imageops::FilterType::Triangle,
+    );
+    let mut out = vec![bg; s * s];
+    let (ox, oy) = ((s - nw) / 2, (s - nh) / 2);
+    for y in 0..nh {
+        for x in 0..nw {
+            out[(oy + y) * s + ox + x] = small.get_pixel(x as u32, y as u32).0[0];
+        }
+    }
+    out
+}

@@ -501,7 +501,13 @@ pub fn train(
     let total = steps_per_epoch * opts.epochs as u64;
     let (mut params, mut opt, mut state, mut rng) = if paths.resume {
         let (p, o, s) = load_checkpoint(&paths.out, opts.weight_decay)?;
-        if s.config != *cfg || s.options != *opts || s.train_images != train.len() {
+        // max_steps may differ: a run stopped at an epoch boundary by
+        // max_steps resumes to its full length.
+        let same_opts = TrainOptions {
+            max_steps: opts.max_steps,
+            ..s.options.clone()
+        } == *opts;
+        if s.config != *cfg || !same_opts || s.train_images != train.len() {
             return Err(ModelError::Config(format!(
                 "{} was written by another run (configuration, options or data differ); \
                  resume with the same ones or choose another --out",
@@ -516,6 +522,10 @@ pub fn train(
             )));
         }
         let rng = Rng::new(s.rng_state);
+        let s = TrainState {
+            options: opts.clone(),
+            ..s
+        };
         (p, o, s, rng)
     } else {
         let mut rng = Rng::new(opts.seed);
