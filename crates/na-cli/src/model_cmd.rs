@@ -174,34 +174,70 @@ pub fn info(args: &InfoArgs) -> Result<()> {
     Ok(())
 }
 
+/// How `na classify` treats the polarity of grey images (built-in model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InvertArg {
+    /// Invert images with a light border (dark object on a light background).
+    Auto,
+    /// Always invert.
+    Always,
+    /// Never invert.
+    Never,
+}
+
 /// Arguments of `na classify`.
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
     /// Images (PNG, JPEG, BMP, GIF, WebP, TIFF).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Which model.
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Weights: safetensors or a PyTorch .pth checkpoint.
+    /// A named preset (needs --weights) [default: the built-in Fashion-MNIST model].
+    #[arg(long, conflicts_with = "config", requires = "weights")]
+    pub model: Option<String>,
+    /// A JSON configuration (needs --weights).
+    #[arg(long, value_name = "CFG.json", requires = "weights")]
+    pub config: Option<PathBuf>,
+    /// Weights: safetensors or a PyTorch .pth checkpoint (needs --model or --config).
     #[arg(long)]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
+    /// Threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Classes to print per image.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     pub top_k: usize,
     /// Class names, one per line [default: ImageNet-1k for 1000-class models].
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
+    /// Images per forward pass [default: 64 per core for the built-in model, whose passes
+    /// run one per core; 8 with all cores for other models].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Built-in model: invert grey images (it expects a light object on a dark background).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub invert: InvertArg,
 }
 
 /// Runs `na classify`.
 pub fn classify(args: &ClassifyArgs) -> Result<()> {
     use na_model::{labels, preprocess};
-    let cfg = args.model.config()?;
-    if cfg.in_chans != 3 || cfg.num_classes == 0 {
+    let builtin = args.model.is_none() && args.config.is_none();
+    if builtin && args.weights.is_some() {
+        bail!("--weights needs --model or --config (without them the built-in model is used)");
+    }
+    let (cfg, weights) = if builtin {
+        crate::shipped::model()?
+    } else {
+        let cfg = match (&args.model, &args.config) {
+            (Some(name), _) => Config::preset(name)?,
+            (None, Some(p)) => load_config_file(p)?,
+            (None, None) => unreachable!("checked above"),
+        };
+        let w = args.weights.as_ref().expect("clap requires --weights");
+        let map = WeightMap::load(w).with_context(|| format!("loading {}", w.display()))?;
+        (cfg, map)
+    };
+    if cfg.num_classes == 0 || !(cfg.in_chans == 3 || (builtin && cfg.in_chans == 1)) {
         bail!(
             "na classify needs an RGB classifier; this configuration has in_chans {} and num_classes {}",
             cfg.in_chans,
@@ -221,40 +257,65 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
             }
             l
         }
+        None if builtin => na_model::train::FASHION_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         None if cfg.num_classes == 1000 => labels::imagenet_classes()
             .iter()
             .map(|s| s.to_string())
             .collect(),
         None => (0..cfg.num_classes).map(|i| format!("class {i}")).collect(),
     };
-    let tf = preprocess::Transform::imagenet();
     // Decode everything first: a bad image is reported before any work.
+    let (side, chans) = if builtin {
+        (preprocess::FASHION_SIDE, 1)
+    } else {
+        (preprocess::Transform::imagenet().crop, 3)
+    };
+    let tf = preprocess::Transform::imagenet();
+    let polarity = match args.invert {
+        InvertArg::Auto => preprocess::Polarity::Auto,
+        InvertArg::Always => preprocess::Polarity::Invert,
+        InvertArg::Never => preprocess::Polarity::Keep,
+    };
     let mut inputs = Vec::with_capacity(args.images.len());
     for p in &args.images {
         let img = preprocess::load_rgb(p)?;
-        inputs.push(tf.apply(&img));
-    }
-    let cpu = Cpu::new(args.model.threads);
-    let model = load_model(&cpu, &cfg, &args.weights, false)?;
-    let per = inputs.first().map_or(0, Vec::len);
-    let side = tf.crop;
-    for (paths, batch) in args
-        .images
-        .chunks(args.batch.max(1))
-        .zip(inputs.chunks(args.batch.max(1)))
-    {
-        let data: Vec<f32> = batch.concat();
-        let x = cpu.upload(&[batch.len(), 3, side, side], &data)?;
-        debug_assert_eq!(data.len(), batch.len() * per);
-        let y = cpu.install(|| model.forward(&cpu, &x))?;
-        let logits = cpu.download(&y)?;
-        for (p, l) in paths.iter().zip(logits.chunks(cfg.num_classes)) {
-            let top: Vec<String> = labels::top_k(l, args.top_k)
+        inputs.push(if builtin {
+            preprocess::to_fashion_mnist(&img, polarity)
                 .into_iter()
-                .map(|(i, prob)| format!("{} {:.1}%", names[i], 100.0 * prob))
-                .collect();
-            println!("{}: {}", p.display(), top.join(", "));
-        }
+                .map(na_model::train::run::normalize)
+                .collect()
+        } else {
+            tf.apply(&img)
+        });
     }
+    let cpu = Cpu::new(args.threads);
+    let model = Model::load(&cpu, &cfg, weights, false).context("loading the model")?;
+    let data: Vec<f32> = inputs.concat();
+    let logits = if builtin {
+        let batch = args.batch.unwrap_or(64).max(1);
+        na_model::train::run::logits_parallel(&cpu, &model, &data, [chans, side, side], batch)?
+    } else {
+        let per = chans * side * side;
+        let batch = args.batch.unwrap_or(8).max(1);
+        let mut all = Vec::new();
+        for chunk in data.chunks(batch * per) {
+            let x = cpu.upload(&[chunk.len() / per, chans, side, side], chunk)?;
+            let y = cpu.install(|| model.forward(&cpu, &x))?;
+            all.extend(cpu.download(&y)?);
+        }
+        all
+    };
+    let mut out = String::new();
+    for (p, l) in args.images.iter().zip(logits.chunks(cfg.num_classes)) {
+        let top: Vec<String> = labels::top_k(l, args.top_k)
+            .into_iter()
+            .map(|(i, prob)| format!("{} {:.1}%", names[i], 100.0 * prob))
+            .collect();
+        out.push_str(&format!("{}: {}\n", p.display(), top.join(", ")));
+    }
+    print!("{out}");
     Ok(())
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use na_model::train::idx::find_fashion_mnist;
-use na_model::train::run::{WEIGHTS_FILE, STATE_FILE};
+use na_model::train::run::{STATE_FILE, WEIGHTS_FILE};
 use na_model::train::{evaluate, train, Event, RunPaths, TrainOptions, FASHION_CLASSES};
 use na_model::{Config, Cpu, Model, WeightMap};
 
@@ -78,13 +78,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_flip: bool,
     /// Seed (initialisation, shuffles, augmentation).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainOptions::default().seed)]
     pub seed: u64,
     /// Stop after this many steps (the schedule stays that of --epochs).
     #[arg(long)]
     pub max_steps: Option<u64>,
     /// Evaluate on the test set every N epochs (and after the last).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainOptions::default().eval_every)]
     pub eval_every: usize,
     /// Threads (0: one per core).
     #[arg(long, default_value_t = 0)]
@@ -156,6 +156,14 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .progress_chars("=> "),
     );
     let t0 = Instant::now();
+    // Without a terminal the bar is hidden; its lines go to stderr plainly.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let mut on = |e: &Event| match e {
         Event::Start {
             step,
@@ -164,7 +172,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         } => {
             bar.set_length(*total_steps);
             bar.set_position(*step);
-            bar.println(format!(
+            say(format!(
                 "training {params} parameters, {total_steps} steps of {} images",
                 opts.batch_size
             ));
@@ -186,10 +194,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         }
         Event::Evaluating => bar.set_message("evaluating on the test set"),
         Event::Epoch(r) => {
-            let test = r
-                .test_accuracy
-                .map_or(String::new(), |a| format!(", test accuracy {:.2}%", 100.0 * a));
-            bar.println(format!(
+            let test = r.test_accuracy.map_or(String::new(), |a| {
+                format!(", test accuracy {:.2}%", 100.0 * a)
+            });
+            say(format!(
                 "epoch {}: loss {:.4}, train accuracy {:.2}%{test} ({:.0} s)",
                 r.epoch,
                 r.train_loss,
@@ -240,8 +248,8 @@ pub struct EvalArgs {
     /// A JSON configuration.
     #[arg(long, value_name = "CFG.json")]
     pub config: Option<PathBuf>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 500)]
+    /// Images per forward pass (each on one core).
+    #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Threads (0: one per core).
     #[arg(long, default_value_t = 0)]
@@ -257,14 +265,16 @@ fn config_beside(weights: &Path) -> Option<Result<Config>> {
     if !p.is_file() {
         return None;
     }
-    Some((|| {
-        let text = std::fs::read_to_string(&p)?;
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        let cfg: Config = serde_json::from_value(v["config"].clone())?;
-        cfg.validate()?;
-        Ok::<Config, anyhow::Error>(cfg)
-    })()
-    .with_context(|| format!("reading the configuration in {}", p.display())))
+    Some(
+        (|| {
+            let text = std::fs::read_to_string(&p)?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let cfg: Config = serde_json::from_value(v["config"].clone())?;
+            cfg.validate()?;
+            Ok::<Config, anyhow::Error>(cfg)
+        })()
+        .with_context(|| format!("reading the configuration in {}", p.display())),
+    )
 }
 
 /// Runs `na eval`.
@@ -335,7 +345,10 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     }
     println!();
     for (i, row) in rep.confusion.iter().enumerate() {
-        print!("{:>9} {i:>2}", FASHION_CLASSES[i].chars().take(9).collect::<String>());
+        print!(
+            "{:>9} {i:>2}",
+            FASHION_CLASSES[i].chars().take(9).collect::<String>()
+        );
         for v in row {
             print!(" {v:>5}");
         }

@@ -347,7 +347,11 @@ fn fashion(dilated: bool) -> Config {
         depths
             .iter()
             .enumerate()
-            .map(|(i, &n)| (0..n).map(|j| if i == 0 && j % 2 == 1 { 2 } else { 1 }).collect())
+            .map(|(i, &n)| {
+                (0..n)
+                    .map(|j| if i == 0 && j % 2 == 1 { 2 } else { 1 })
+                    .collect()
+            })
             .collect()
     });
     Config {

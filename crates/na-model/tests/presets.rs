@@ -24,10 +24,34 @@ const TABLE: &[(&str, f64)] = &[
     ("dinat_isotropic_base", 86.47),
 ];
 
+/// Our own presets (not in MODELS.md): the Fashion-MNIST models.
+const OURS: &[(&str, usize)] = &[("fashion_dinat", 866_944), ("fashion_nat", 866_944)];
+
 #[test]
 fn parameter_counts_match_models_md() {
     let names: Vec<&str> = preset_names().collect();
-    assert_eq!(names.len(), TABLE.len(), "every preset is in the table");
+    assert_eq!(
+        names.len(),
+        TABLE.len() + OURS.len(),
+        "every preset is in a table"
+    );
+    for (name, n) in OURS {
+        let cfg = Config::preset(name).unwrap();
+        assert_eq!(cfg.param_count(), *n, "{name}");
+        assert!(*n < 1_000_000, "{name}: under 1 M parameters");
+        let info = analyze(&cfg, 28, 28).unwrap();
+        assert_eq!(info.levels.len(), 3);
+        assert_eq!((info.levels[0].height, info.levels[0].width), (14, 14));
+    }
+    // NA and DiNA versions cost the same.
+    assert_eq!(
+        analyze(&Config::preset("fashion_nat").unwrap(), 28, 28)
+            .unwrap()
+            .macs,
+        analyze(&Config::preset("fashion_dinat").unwrap(), 28, 28)
+            .unwrap()
+            .macs
+    );
     let mut bad = Vec::new();
     for (name, millions) in TABLE {
         let cfg = Config::preset(name).unwrap();

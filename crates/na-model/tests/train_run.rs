@@ -107,17 +107,34 @@ fn it_learns_and_reports() {
     .unwrap();
     let first: f64 = r.losses[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = r.losses[r.losses.len() - 5..].iter().sum::<f64>() / 5.0;
-    println!("loss {first:.3} -> {last:.3}; history {:?}", r.state.history);
+    println!(
+        "loss {first:.3} -> {last:.3}; history {:?}",
+        r.state.history
+    );
     assert!(last < 0.7 * first, "{first} -> {last}");
     let acc = r.state.history.last().unwrap().test_accuracy.unwrap();
     assert!(acc > 0.5, "test accuracy {acc}");
     assert_eq!(r.state.step, 20 * 5);
-    assert!(matches!(events[0], Event::Start { step: 0, total_steps: 100, .. }));
+    assert!(matches!(
+        events[0],
+        Event::Start {
+            step: 0,
+            total_steps: 100,
+            ..
+        }
+    ));
     assert_eq!(
-        events.iter().filter(|e| matches!(e, Event::Epoch(_))).count(),
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Epoch(_)))
+            .count(),
         20
     );
-    for f in ["model.safetensors", "optimizer.safetensors", "checkpoint.json"] {
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "checkpoint.json",
+    ] {
         assert!(paths.out.join(f).is_file(), "{f}");
     }
     // The saved weights load for inference.
@@ -180,22 +197,39 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
 fn adamw_and_the_schedule_follow_their_formulas() {
     let cfg = tiny();
     let mut p = ParamSet::zeros(&cfg).unwrap();
-    p.data.iter_mut().enumerate().for_each(|(i, v)| *v = 0.5 + (i % 7) as f32 * 0.1);
+    p.data
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = 0.5 + (i % 7) as f32 * 0.1);
     let before = p.data.clone();
-    let g: Vec<f32> = (0..p.len()).map(|i| ((i % 5) as f32 - 2.0) * 0.01).collect();
+    let g: Vec<f32> = (0..p.len())
+        .map(|i| ((i % 5) as f32 - 2.0) * 0.01)
+        .collect();
     let mut opt = AdamW::new(p.len(), 0.1);
     opt.update(&mut p, &g, 1e-2).unwrap();
     for e in &p.entries {
         for i in e.range.clone() {
-            let decayed = if e.decay { before[i] * (1.0 - 1e-2 * 0.1) } else { before[i] };
+            let decayed = if e.decay {
+                before[i] * (1.0 - 1e-2 * 0.1)
+            } else {
+                before[i]
+            };
             // First step: m̂ = g, v̂ = g², update lr·g/(|g| + ε).
             let want = decayed - 1e-2 * g[i] / (g[i].abs() + 1e-8);
-            assert!((p.data[i] - want).abs() < 1e-6, "{}: {} vs {want}", e.name, p.data[i]);
+            assert!(
+                (p.data[i] - want).abs() < 1e-6,
+                "{}: {} vs {want}",
+                e.name,
+                p.data[i]
+            );
         }
     }
     // Norms, biases and rpb do not decay; matrices do.
-    let decays: Vec<(String, bool)> =
-        p.entries.iter().map(|e| (e.name.clone(), e.decay)).collect();
+    let decays: Vec<(String, bool)> = p
+        .entries
+        .iter()
+        .map(|e| (e.name.clone(), e.decay))
+        .collect();
     for (n, d) in &decays {
         let want = !(n.ends_with(".bias") || n.contains("norm") || n.ends_with(".rpb"));
         assert_eq!(*d, want, "{n}");

@@ -61,8 +61,8 @@ pub mod layers;
 pub mod loss;
 pub mod net;
 pub mod optim;
-pub mod run;
 pub mod rng;
+pub mod run;
 
 pub use attention::{NaSaved, NeighborhoodAttention};
 pub use idx::{find_fashion_mnist, DataError, Dataset};
