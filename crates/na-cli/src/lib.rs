@@ -34,7 +34,7 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Run a NAT/DiNAT model on a .npy batch of images: logits or backbone features.
     Run(model_cmd::RunArgs),
-    /// Classify images with a NAT/DiNAT model (ImageNet pre-processing, top-k).
+    /// Classify images: the built-in Fashion-MNIST DiNAT, or a NAT/DiNAT with its weights (top-k).
     Classify(model_cmd::ClassifyArgs),
     /// Parameters, multiply-adds and per-level shapes of a preset or configuration.
     Info(model_cmd::InfoArgs),
