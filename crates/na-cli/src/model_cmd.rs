@@ -279,19 +279,26 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         InvertArg::Always => preprocess::Polarity::Invert,
         InvertArg::Never => preprocess::Polarity::Keep,
     };
-    let mut inputs = Vec::with_capacity(args.images.len());
-    for p in &args.images {
-        let img = preprocess::load_rgb(p)?;
-        inputs.push(if builtin {
-            preprocess::to_fashion_mnist(&img, polarity)
-                .into_iter()
-                .map(na_model::train::run::normalize)
-                .collect()
-        } else {
-            tf.apply(&img)
-        });
-    }
+    // Decoded on every core; the first bad image (in argument order) is reported.
     let cpu = Cpu::new(args.threads);
+    let decoded: Vec<Result<Vec<f32>, preprocess::PreprocessError>> = cpu.install(|| {
+        use rayon::prelude::*;
+        args.images
+            .par_iter()
+            .map(|p| {
+                let img = preprocess::load_rgb(p)?;
+                Ok(if builtin {
+                    preprocess::to_fashion_mnist(&img, polarity)
+                        .into_iter()
+                        .map(na_model::train::run::normalize)
+                        .collect()
+                } else {
+                    tf.apply(&img)
+                })
+            })
+            .collect()
+    });
+    let inputs = decoded.into_iter().collect::<Result<Vec<_>, _>>()?;
     let model = Model::load(&cpu, &cfg, weights, false).context("loading the model")?;
     let data: Vec<f32> = inputs.concat();
     let logits = if builtin {
