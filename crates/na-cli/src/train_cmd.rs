@@ -111,14 +111,6 @@ fn model_config(model: &Option<String>, config: &Option<PathBuf>) -> Result<Conf
     Ok(cfg)
 }
 
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .context("starting the thread pool")?;
-    Ok(pool.install(f))
-}
-
 /// Runs `na train`.
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let cfg = model_config(&args.model, &args.config)?;
@@ -211,10 +203,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     } else {
         args.threads
     };
-    let res = in_pool(threads, || {
-        train(&cfg, &opts, &train_set, &test_set, &paths, &mut on)
-    })?
-    .with_context(|| format!("training into {}", args.out.display()))?;
+    let res = Cpu::new(threads)
+        .install(|| train(&cfg, &opts, &train_set, &test_set, &paths, &mut on))
+        .with_context(|| format!("training into {}", args.out.display()))?;
     bar.finish_and_clear();
     if let Some(p) = &args.losses_json {
         let v = serde_json::json!({"losses": res.losses, "options": opts});

@@ -98,7 +98,7 @@ pub fn param_shapes(cfg: &Config, backbone: bool) -> Vec<(String, Vec<usize>)> {
 
 /// Key prefix of block `j` of level `i`: `levels.{i}.blocks.{j}` (NAT,
 /// DiNAT), `layers.{i}.blocks.{j}` (DiNAT_s), `layers.{j}` (isotropic).
-fn block_prefix(cfg: &Config, i: usize, j: usize) -> String {
+pub(crate) fn block_prefix(cfg: &Config, i: usize, j: usize) -> String {
     match cfg.arch {
         Arch::Nat | Arch::Dinat => format!("levels.{i}.blocks.{j}"),
         Arch::DinatS => format!("layers.{i}.blocks.{j}"),

@@ -370,11 +370,7 @@ impl TrainNet {
             let l = cfg.level(i);
             let mut blocks = Vec::new();
             for j in 0..l.depth {
-                let p = match cfg.arch {
-                    Arch::Nat | Arch::Dinat => format!("levels.{i}.blocks.{j}"),
-                    Arch::DinatS => format!("layers.{i}.blocks.{j}"),
-                    Arch::Isotropic => format!("layers.{j}"),
-                };
+                let p = crate::model::block_prefix(cfg, i, j);
                 blocks.push(BlockP {
                     norm1: lin(&format!("{p}.norm1"), true)?,
                     qkv: lin(&format!("{p}.attn.qkv"), true)?,
