@@ -53,6 +53,8 @@ pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {
     fn widen_slice(src: &[Self], dst: &mut [f32]);
     /// The slice itself when `Self` is `f32` (kernels then read it in place).
     fn as_f32(x: &[Self]) -> Option<&[f32]>;
+    /// The slice itself when `Self` is `f32` (kernels then write it in place).
+    fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Element for f32 {
@@ -71,6 +73,10 @@ impl Element for f32 {
     }
     #[inline(always)]
     fn as_f32(x: &[Self]) -> Option<&[f32]> {
+        Some(x)
+    }
+    #[inline(always)]
+    fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]> {
         Some(x)
     }
 }
@@ -93,6 +99,10 @@ impl Element for f16 {
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
         None
     }
+    #[inline(always)]
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 impl Element for bf16 {
@@ -111,6 +121,10 @@ impl Element for bf16 {
     }
     #[inline(always)]
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    #[inline(always)]
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
         None
     }
 }

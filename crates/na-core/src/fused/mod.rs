@@ -187,7 +187,7 @@ pub fn forward_with_scratch_on<T: Element>(
     let (mut out, mut lse_rest) = (out, lse);
     for b in 0..p.batch() {
         let kvt = if g.transposed() {
-            transpose_kv(&g, &x, b, kt, vt);
+            transpose_kv(isa, &g, &x, b, kt, vt);
             Some((&kt[..], &vt[..]))
         } else {
             None
@@ -233,10 +233,18 @@ fn split_transposed<'a>(
 
 /// Transposes keys and values of batch element `b` into `kt` and `vt` (one
 /// line after another; see [`tile::transpose_line`]).
-fn transpose_kv<T: Element>(g: &Geo, x: &Inputs<'_, T>, b: usize, kt: &mut [f32], vt: &mut [f32]) {
+fn transpose_kv<T: Element>(
+    isa: Isa,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    b: usize,
+    kt: &mut [f32],
+    vt: &mut [f32],
+) {
     let (kl, vl) = (g.line_len(g.dk()), g.line_len(g.dv()));
     for line in 0..g.lines_per_batch() {
         tile::transpose_kv_line(
+            isa,
             g,
             x,
             b,
@@ -250,6 +258,7 @@ fn transpose_kv<T: Element>(g: &Geo, x: &Inputs<'_, T>, b: usize, kt: &mut [f32]
 /// [`transpose_kv`] with one rayon task per line.
 #[cfg(feature = "rayon")]
 fn par_transpose_kv<T: Element>(
+    isa: Isa,
     g: &Geo,
     x: &Inputs<'_, T>,
     b: usize,
@@ -262,7 +271,7 @@ fn par_transpose_kv<T: Element>(
         .par_chunks_mut(kl)
         .zip(vt[..lines * vl].par_chunks_mut(vl))
         .enumerate()
-        .for_each(|(line, (k, v))| tile::transpose_kv_line(g, x, b, line, k, v));
+        .for_each(|(line, (k, v))| tile::transpose_kv_line(isa, g, x, b, line, k, v));
 }
 
 /// Floats of the per-batch-element transposed tensors of the backward pass:
@@ -310,14 +319,15 @@ fn split_bwd_transposed<'a>(g: &Geo, scratch: &'a mut [f32]) -> (BwdT<'a>, &'a m
 
 impl BwdT<'_> {
     /// Transposes keys and values of batch element `b` (pass 1's needs).
-    fn keys<T: Element>(&mut self, g: &Geo, x: &Inputs<'_, T>, b: usize) {
-        transpose_kv(g, x, b, self.kt, self.vt);
+    fn keys<T: Element>(&mut self, isa: Isa, g: &Geo, x: &Inputs<'_, T>, b: usize) {
+        transpose_kv(isa, g, x, b, self.kt, self.vt);
     }
 
     /// Transposes queries, `d_out`, `lse` and `delta` of batch element `b`
     /// (pass 2's needs).
     fn queries<T: Element>(
         &mut self,
+        isa: Isa,
         g: &Geo,
         x: &Inputs<'_, T>,
         s: &Saved<'_, T>,
@@ -326,8 +336,17 @@ impl BwdT<'_> {
     ) {
         for line in 0..g.lines_per_batch() {
             let (kl, vl, one) = (g.line_len(g.dk()), g.line_len(g.dv()), g.line_len(1));
-            tile::transpose_line(g, x.query, g.dk(), b, line, &mut self.qt[line * kl..][..kl]);
             tile::transpose_line(
+                isa,
+                g,
+                x.query,
+                g.dk(),
+                b,
+                line,
+                &mut self.qt[line * kl..][..kl],
+            );
+            tile::transpose_line(
+                isa,
                 g,
                 s.d_out,
                 g.dv(),
@@ -335,8 +354,24 @@ impl BwdT<'_> {
                 line,
                 &mut self.dot[line * vl..][..vl],
             );
-            tile::transpose_line(g, s.lse, 1, b, line, &mut self.lse[line * one..][..one]);
-            tile::transpose_line(g, delta, 1, b, line, &mut self.delta[line * one..][..one]);
+            tile::transpose_line(
+                isa,
+                g,
+                s.lse,
+                1,
+                b,
+                line,
+                &mut self.lse[line * one..][..one],
+            );
+            tile::transpose_line(
+                isa,
+                g,
+                delta,
+                1,
+                b,
+                line,
+                &mut self.delta[line * one..][..one],
+            );
         }
     }
 
@@ -425,7 +460,7 @@ fn forward_rayon<T: Element>(
     let init = || alloc::vec![0.0f32; len];
     for b in 0..p.batch() {
         if g.transposed() {
-            par_transpose_kv(&g, &x, b, kt, vt);
+            par_transpose_kv(isa, &g, &x, b, kt, vt);
         }
         let kvt = g.transposed().then_some((&kt[..], &vt[..]));
         let o: alloc::vec::Vec<_> = outs.by_ref().take(cpb).collect();
@@ -494,7 +529,7 @@ pub fn backward_with_scratch_on<T: Element>(
     let mut pos = 0;
     for b in 0..p.batch() {
         if g.transposed() {
-            tb.keys(&g, &x, b);
+            tb.keys(isa, &g, &x, b);
         }
         // Pass 1: d_query, delta and d_rpb over this batch element's chunks.
         for ci in b * cpb..(b + 1) * cpb {
@@ -512,7 +547,7 @@ pub fn backward_with_scratch_on<T: Element>(
         }
         // Pass 2: d_key and d_value, reading this element's queries.
         if g.transposed() {
-            tb.queries(&g, &x, &s, delta, b);
+            tb.queries(isa, &g, &x, &s, delta, b);
         }
         for ci in b * cpb..(b + 1) * cpb {
             let n = g.chunk(ci).len;
@@ -603,7 +638,7 @@ fn backward_rayon<T: Element>(
     );
     for b in 0..p.batch() {
         if g.transposed() {
-            par_transpose_kv(&g, &x, b, tb.kt, tb.vt);
+            par_transpose_kv(isa, &g, &x, b, tb.kt, tb.vt);
         }
         let kvt = g.transposed().then_some((&tb.kt[..], &tb.vt[..]));
         let first = b * cpb;
@@ -644,10 +679,10 @@ fn backward_rayon<T: Element>(
                 )
                 .enumerate()
                 .for_each(|(line, ((q, o), (l, d)))| {
-                    tile::transpose_line(&g, x.query, g.dk(), b, line, q);
-                    tile::transpose_line(&g, s.d_out, g.dv(), b, line, o);
-                    tile::transpose_line(&g, s.lse, 1, b, line, l);
-                    tile::transpose_line(&g, delta_ro, 1, b, line, d);
+                    tile::transpose_line(isa, &g, x.query, g.dk(), b, line, q);
+                    tile::transpose_line(isa, &g, s.d_out, g.dv(), b, line, o);
+                    tile::transpose_line(isa, &g, s.lse, 1, b, line, l);
+                    tile::transpose_line(isa, &g, delta_ro, 1, b, line, d);
                 });
         }
         let qdt = g.transposed().then_some(tile::QueriesT {

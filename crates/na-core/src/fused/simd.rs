@@ -30,6 +30,23 @@ pub(crate) trait Simd: Copy {
     fn store(self, v: Self::V, s: &mut [f32]);
     /// `a * b + c`.
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// A lane permutation (see [`Simd::permute`]).
+    type P: Copy;
+    /// The permutation that gives lane `l` the input lane `idx[l]` (every
+    /// `idx[l]` below the lane count; `idx` holds one entry per lane).
+    fn perm(self, idx: &[u32]) -> Self::P;
+    /// `out[l] = v[p[l]]`.
+    fn permute(self, v: Self::V, p: Self::P) -> Self::V;
+    /// An 8x8 transpose: `dst[c * ds + l] = src[l * ss + c]` for `l, c < 8`.
+    #[inline(always)]
+    fn transpose8(self, src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
+        for l in 0..8 {
+            let row = &src[l * ss..][..8];
+            for (c, v) in row.iter().enumerate() {
+                dst[c * ds + l] = *v;
+            }
+        }
+    }
 }
 
 /// Portable vectors: arrays of 8 lanes with arithmetic `A`.
@@ -67,6 +84,15 @@ impl<A: Arith> Simd for Lanes8<A> {
     fn fma(self, a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
         core::array::from_fn(|l| A::fma(a[l], b[l], c[l]))
     }
+    type P = [u8; 8];
+    #[inline(always)]
+    fn perm(self, idx: &[u32]) -> [u8; 8] {
+        core::array::from_fn(|l| (idx[l] & 7) as u8)
+    }
+    #[inline(always)]
+    fn permute(self, v: [f32; 8], p: [u8; 8]) -> [f32; 8] {
+        core::array::from_fn(|l| v[usize::from(p[l] & 7)])
+    }
 }
 
 /// The plain portable vectors used by [`super::Isa::Generic`].
@@ -80,6 +106,52 @@ mod x86 {
     use super::Simd;
     use crate::fused::kernels::Fused;
     use core::arch::x86_64::*;
+
+    /// The 8x8 transpose of [`Simd::transpose8`] in AVX registers: eight row
+    /// loads, 24 shuffles, eight column stores.
+    ///
+    /// # Safety
+    /// The CPU must support AVX.
+    #[inline(always)]
+    unsafe fn transpose8_avx(src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
+        let r: [&[f32]; 8] = core::array::from_fn(|l| &src[l * ss..][..8]);
+        // SAFETY (whole block): each `r[l]` holds 8 readable f32 (sliced
+        // above), each destination row is sliced to 8 writable f32 below, and
+        // the caller guarantees AVX.
+        unsafe {
+            let v: [__m256; 8] = core::array::from_fn(|l| _mm256_loadu_ps(r[l].as_ptr()));
+            let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+            let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+            let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+            let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+            let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+            let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+            let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+            let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let c = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (i, ci) in c.into_iter().enumerate() {
+                let d = &mut dst[i * ds..][..8];
+                _mm256_storeu_ps(d.as_mut_ptr(), ci);
+            }
+        }
+    }
 
     /// AVX2 + FMA, 8 lanes. A token: only `unsafe fn new` makes one.
     #[derive(Clone, Copy)]
@@ -123,6 +195,23 @@ mod x86 {
         fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
             // SAFETY: an `Avx2` token exists only on CPUs with FMA (see `new`).
             unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        type P = __m256i;
+        #[inline(always)]
+        fn perm(self, idx: &[u32]) -> __m256i {
+            let idx = &idx[..8];
+            // SAFETY: `idx` holds 8 readable u32 (checked above); AVX2 as in `zero`.
+            unsafe { _mm256_loadu_si256(idx.as_ptr().cast()) }
+        }
+        #[inline(always)]
+        fn permute(self, v: __m256, p: __m256i) -> __m256 {
+            // SAFETY: AVX2 as in `zero` (only the low 3 bits of each index are read).
+            unsafe { _mm256_permutevar8x32_ps(v, p) }
+        }
+        #[inline(always)]
+        fn transpose8(self, src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
+            // SAFETY: an `Avx2` token exists only on CPUs with AVX2 (so AVX).
+            unsafe { transpose8_avx(src, ss, dst, ds) }
         }
     }
 
@@ -168,6 +257,24 @@ mod x86 {
         fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
             // SAFETY: as in `zero`.
             unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        type P = __m512i;
+        #[inline(always)]
+        fn perm(self, idx: &[u32]) -> __m512i {
+            let idx = &idx[..16];
+            // SAFETY: `idx` holds 16 readable u32 (checked above); AVX-512F as in `zero`.
+            unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+        }
+        #[inline(always)]
+        fn permute(self, v: __m512, p: __m512i) -> __m512 {
+            // SAFETY: AVX-512F as in `zero` (only the low 4 bits of each index are read).
+            unsafe { _mm512_permutexvar_ps(p, v) }
+        }
+        #[inline(always)]
+        fn transpose8(self, src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
+            // SAFETY: an `Avx512` token exists only on CPUs with AVX-512F
+            // (which implies AVX).
+            unsafe { transpose8_avx(src, ss, dst, ds) }
         }
     }
 }

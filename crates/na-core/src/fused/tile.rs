@@ -17,7 +17,7 @@ use super::simd::{Generic, Simd};
 use super::Isa;
 use crate::problem::MAX_AXES;
 use crate::tensors::{Inputs, Saved};
-use crate::window::Axis;
+use crate::window::{Axis, Window};
 use crate::{Element, Problem};
 
 /// The widest lane count of any ISA (AVX-512), used to size scratch.
@@ -187,7 +187,7 @@ fn union_inv(p: &Problem, l: usize) -> usize {
 
 pub(crate) fn fwd_work_len(p: &Problem, l: usize) -> usize {
     let (dk, dv, u) = (p.head_dim(), p.head_dim_v(), union_fwd(p, l));
-    (dk + dv) * l + 2 * u * l + u * (dk + dv)
+    (dk + dv) * l + (u.max(SC_SLOTS) + u) * l + u * (dk + dv)
 }
 
 pub(crate) fn bwd_work_len(p: &Problem, l: usize) -> usize {
@@ -226,8 +226,6 @@ fn group_range(a: usize, e: usize, g: usize, d: usize) -> (usize, usize) {
 struct Lanes<const L: usize> {
     /// Active lanes (the rest are padding).
     n: usize,
-    /// Full last-axis coordinate of each lane.
-    x2: [usize; L],
     /// First group index of the union.
     lo: usize,
     /// Union length.
@@ -240,7 +238,7 @@ struct Lanes<const L: usize> {
 impl<const L: usize> Lanes<L> {
     /// Builds lane facts from per-lane group-index ranges `[start, end)`.
     #[inline(always)]
-    fn new(n: usize, x2: [usize; L], start: [usize; L], end: [usize; L]) -> Self {
+    fn new(n: usize, start: [usize; L], end: [usize; L]) -> Self {
         let lo = start[..n].iter().copied().min().unwrap_or(0);
         let hi = end[..n].iter().copied().max().unwrap_or(lo);
         let mut first = [0; L];
@@ -251,7 +249,6 @@ impl<const L: usize> Lanes<L> {
         }
         Lanes {
             n,
-            x2,
             lo,
             u: hi - lo,
             first,
@@ -332,12 +329,123 @@ fn load_lanes<T: Element, const L: usize>(
     }
 }
 
+/// The row step of a full tile's rows (`rows[l] = rows[0] + l * step`), when
+/// SIMD transposes can move the tile: `L` active lanes and `width` a
+/// multiple of 8.
+#[inline(always)]
+fn tile_step<const L: usize>(rows: &[usize], width: usize) -> Option<usize> {
+    if rows.len() != L || width % 8 != 0 || L % 8 != 0 {
+        return None;
+    }
+    let step = rows[1].checked_sub(rows[0])?;
+    (0..L)
+        .all(|l| rows[l] == rows[0] + l * step)
+        .then_some(step)
+}
+
+/// [`load_lanes`] with 8x8 SIMD transposes for full tiles (`f32` rows read
+/// in place; other types widened row by row into `tmp`, which then needs
+/// `L * width` floats).
+#[inline(always)]
+fn load_tile<S: Simd, T: Element, const L: usize>(
+    vx: S,
+    dst: &mut [[f32; L]],
+    src: &[T],
+    rows: &[usize],
+    width: usize,
+    mul: f32,
+    tmp: &mut [f32],
+) {
+    let Some(step) = tile_step::<L>(rows, width) else {
+        return load_lanes(dst, src, rows, width, mul, tmp);
+    };
+    let (s, base, ss): (&[f32], usize, usize) = match T::as_f32(src) {
+        Some(s) => (s, rows[0] * width, step * width),
+        None => {
+            for (l, &r) in rows.iter().enumerate() {
+                T::widen_slice(&src[r * width..][..width], &mut tmp[l * width..][..width]);
+            }
+            (&tmp[..L * width], 0, width)
+        }
+    };
+    let d = dst[..width].as_flattened_mut();
+    for lb in (0..L).step_by(8) {
+        for cb in (0..width).step_by(8) {
+            vx.transpose8(&s[base + lb * ss + cb..], ss, &mut d[cb * L + lb..], L);
+        }
+    }
+    if mul != 1.0 {
+        for v in d.iter_mut() {
+            *v *= mul;
+        }
+    }
+}
+
+/// Writes `acc[c][l] * mul[l]` (or `acc[c][l]`) to row `rows[l]` of `dst`
+/// (rows of `width`) for every active lane, with 8x8 SIMD transposes for
+/// full tiles; `acc` is scaled in place and `tmp` (`L * width` floats) holds
+/// rows of types other than `f32` before they are narrowed.
+#[inline(always)]
+fn store_tile<S: Simd, T: Element, const L: usize>(
+    vx: S,
+    dst: &mut [T],
+    rows: &[usize],
+    width: usize,
+    acc: &mut [[f32; L]],
+    mul: Option<&[f32; L]>,
+    tmp: &mut [f32],
+) {
+    if let Some(mul) = mul {
+        for a in acc[..width].iter_mut() {
+            for l in 0..L {
+                a[l] *= mul[l];
+            }
+        }
+    }
+    let Some(step) = tile_step::<L>(rows, width) else {
+        for (l, &r) in rows.iter().enumerate() {
+            for (c, o) in dst[r * width..][..width].iter_mut().enumerate() {
+                *o = T::from_f32(acc[c][l]);
+            }
+        }
+        return;
+    };
+    let a = acc[..width].as_flattened();
+    let (r0, ds) = (rows[0] * width, step * width);
+    match T::as_f32_mut(dst) {
+        Some(d) => {
+            for lb in (0..L).step_by(8) {
+                for cb in (0..width).step_by(8) {
+                    vx.transpose8(&a[cb * L + lb..], L, &mut d[r0 + lb * ds + cb..], ds);
+                }
+            }
+        }
+        None => {
+            let t = &mut tmp[..L * width];
+            for lb in (0..L).step_by(8) {
+                for cb in (0..width).step_by(8) {
+                    vx.transpose8(&a[cb * L + lb..], L, &mut t[lb * width + cb..], width);
+                }
+            }
+            for (l, &r) in rows.iter().enumerate() {
+                let src = &t[l * width..][..width];
+                for (o, v) in dst[r * width..][..width].iter_mut().zip(src) {
+                    *o = T::from_f32(*v);
+                }
+            }
+        }
+    }
+}
+
 /// Transposes line `line` (`t0 * ext[1] + t1`) of batch element `b` of
 /// `src` (rows of `width`) into `dst` (that line's `heads * width * ext[2]`
 /// floats): per head and dilation group, channel-major with the group's
 /// positions adjacent, so that consecutive positions of a channel are one
-/// vector for the sliding-window kernels.
-pub(crate) fn transpose_line<T: Element>(
+/// vector for the sliding-window kernels. Blocks of 8 positions x 8
+/// channels go through [`Simd::transpose8`].
+#[inline(always)]
+fn transpose_line_k<S: Simd, const L: usize, T: Element>(
+    vx: S,
     g: &Geo,
     src: &[T],
     width: usize,
@@ -347,29 +455,36 @@ pub(crate) fn transpose_line<T: Element>(
 ) {
     let (t0, t1) = (line / g.ext[1], line % g.ext[1]);
     let d2 = g.axes[2].dilation();
-    const B: usize = 8;
-    let mut tmp = [[0.0f32; B]; 64];
+    let ss = d2 * g.heads * width;
+    let mut tmp = [0.0f32; 64];
     for h in 0..g.heads {
         for grp in 0..d2.min(g.ext[2]) {
             let (lg, base) = (g.glen(grp), g.t_offset(width, 0, 0, h, grp));
-            // Blocks of B positions: gather B rows, then write each channel's
-            // B consecutive slots at once.
-            let mut ii0 = 0;
-            while ii0 < lg {
-                let n = (lg - ii0).min(B);
-                for c0 in (0..width).step_by(64) {
-                    let cw = (width - c0).min(64);
-                    for i in 0..n {
-                        let r = g.row(b, t0, t1, grp + d2 * (ii0 + i), h);
-                        for (t, v) in tmp[..cw].iter_mut().zip(&src[r * width + c0..][..cw]) {
-                            t[i] = v.to_f32();
+            let r0 = g.row(b, t0, t1, grp, h) * width;
+            let (full_i, full_c) = (lg - lg % 8, width - width % 8);
+            for ii0 in (0..full_i).step_by(8) {
+                for c0 in (0..full_c).step_by(8) {
+                    let at = r0 + ii0 * ss + c0;
+                    let d = &mut dst[base + c0 * lg + ii0..];
+                    match T::as_f32(src) {
+                        Some(s) => vx.transpose8(&s[at..], ss, d, lg),
+                        None => {
+                            for i in 0..8 {
+                                let row = &src[at + i * ss..][..8];
+                                T::widen_slice(row, &mut tmp[i * 8..][..8]);
+                            }
+                            vx.transpose8(&tmp, 8, d, lg);
                         }
                     }
-                    for (c, t) in tmp[..cw].iter().enumerate() {
-                        dst[base + (c0 + c) * lg + ii0..][..n].copy_from_slice(&t[..n]);
-                    }
                 }
-                ii0 += n;
+            }
+            // Edges: the last positions (fewer than 8) and channels.
+            for ii in 0..lg {
+                let c_from = if ii < full_i { full_c } else { 0 };
+                let row = &src[r0 + ii * ss..][..width];
+                for c in c_from..width {
+                    dst[base + c * lg + ii] = row[c].to_f32();
+                }
             }
         }
     }
@@ -377,7 +492,9 @@ pub(crate) fn transpose_line<T: Element>(
 
 /// Keys and values of line `line` of batch element `b`, transposed (see
 /// [`transpose_line`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn transpose_kv_line<T: Element>(
+    isa: Isa,
     g: &Geo,
     x: &Inputs<'_, T>,
     b: usize,
@@ -385,8 +502,8 @@ pub(crate) fn transpose_kv_line<T: Element>(
     kt: &mut [f32],
     vt: &mut [f32],
 ) {
-    transpose_line(g, x.key, g.dk, b, line, kt);
-    transpose_line(g, x.value, g.dv, b, line, vt);
+    transpose_line(isa, g, x.key, g.dk, b, line, kt);
+    transpose_line(isa, g, x.value, g.dv, b, line, vt);
 }
 
 /// What backward pass 2's sliding-window path reads, transposed per batch
@@ -441,6 +558,171 @@ fn softmax_step<A: Arith, const L: usize>(
     }
 }
 
+/// Logit slots a forward tile gathers before one online-softmax step: whole
+/// windows of small kernels (7x7, 13x13, 3x7x7) in one step.
+const SC_SLOTS: usize = 512;
+
+/// The sliding-window shape of one tile on the transposed path: lane `l`'s
+/// window (or inverse neighbourhood) is the `cnt[l]` group positions from
+/// `st0 + idx[l]`.
+struct Slide<S: Simd, const L: usize> {
+    st0: usize,
+    idx: [u32; L],
+    cnt: [usize; L],
+    /// The longest window: the slots every lane computes.
+    kmax: usize,
+    /// `idx[l] = l` for every active lane: no permute needed.
+    ident: bool,
+    /// Some active lane has fewer than `kmax` slots: mask the rest.
+    ragged: bool,
+    perm: S::P,
+}
+
+impl<S: Simd, const L: usize> Slide<S, L> {
+    /// The shape of a tile of `n` lanes with windows `[st[l], en[l])`, or
+    /// `None` when a lane's window starts before lane 0's or `L` or more
+    /// slots after it (strided axes), which the permute cannot express.
+    #[inline(always)]
+    fn new(vx: S, n: usize, st: &[usize; L], en: &[usize; L]) -> Option<Self> {
+        let st0 = st[0];
+        let mut idx = [0u32; L];
+        let mut cnt = [0usize; L];
+        let mut kmax = 0;
+        for l in 0..L {
+            if l < n {
+                let d = st[l].checked_sub(st0).filter(|&d| d < L)?;
+                idx[l] = d as u32;
+                cnt[l] = en[l] - st[l];
+                kmax = kmax.max(cnt[l]);
+            } else {
+                idx[l] = l as u32;
+            }
+        }
+        let ident = (0..n).all(|l| idx[l] as usize == l);
+        let ragged = (0..n).any(|l| cnt[l] != kmax);
+        Some(Slide {
+            st0,
+            idx,
+            cnt,
+            kmax,
+            ident,
+            ragged,
+            perm: vx.perm(&idx),
+        })
+    }
+
+    /// `0` where an active lane has a slot, `-inf` past its count (inactive
+    /// lanes: `0`, so they stay finite).
+    #[inline(always)]
+    fn mask(&self, n: usize, madd: &mut [[f32; L]]) {
+        for (o, m) in madd[..self.kmax].iter_mut().enumerate() {
+            for l in 0..L {
+                let on = l >= n || o < self.cnt[l];
+                m[l] = if on { 0.0 } else { f32::NEG_INFINITY };
+            }
+        }
+    }
+}
+
+/// `v[l] = x[idx[l]]` for the first `L` entries of `x` (`x[l]` without `SH`).
+#[inline(always)]
+fn shifted<S: Simd, const L: usize, const SH: bool>(vx: S, x: &[f32], p: S::P) -> [f32; L] {
+    let mut v = [0.0f32; L];
+    let r = vx.load(&x[..L]);
+    vx.store(if SH { vx.permute(r, p) } else { r }, &mut v);
+    v
+}
+
+/// The leading-axis key line `li` of windows `w0 x w1` (row-major).
+#[inline(always)]
+fn line_of(w0: &Window, w1: &Window, li: usize) -> (usize, usize) {
+    (
+        w0.start + (li / w1.count) * w0.step,
+        w1.start + (li % w1.count) * w1.step,
+    )
+}
+
+/// What one tile of the forward pass works on.
+struct FwdTile<'a, const L: usize> {
+    /// Chunk, head, dilation group, group index of lane 0, active lanes.
+    ch: Chunk,
+    h: usize,
+    grp: usize,
+    ii0: usize,
+    n: usize,
+    /// Scaled queries, transposed (`(dk, L)`).
+    qt: &'a [[f32; L]],
+}
+
+/// The forward pass of one tile on the transposed path: every key line of
+/// the window through [`diag_dot`], blocks of lines through one online
+/// softmax step, then [`diag_axpy`] into `ot`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    (kt, vt): (&[f32], &[f32]),
+    t: &FwdTile<'_, L>,
+    sl: &Slide<S, L>,
+    (sc, madd): (&mut [[f32; L]], &mut [[f32; L]]),
+    (m, lsum, ot): (&mut [f32; L], &mut [f32; L], &mut [[f32; L]]),
+) {
+    let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (lg, km) = (g.glen(t.grp), sl.kmax);
+    if sl.ragged {
+        sl.mask(t.n, madd);
+    }
+    let nl = w0.count * w1.count;
+    let lb = (SC_SLOTS / km).max(1);
+    let mut l0 = 0;
+    while l0 < nl {
+        let nb = (nl - l0).min(lb);
+        for li in 0..nb {
+            let (t0, t1) = line_of(&w0, &w1, l0 + li);
+            let s = &mut sc[li * km..][..km];
+            let ko = g.t_offset(dk, t0, t1, t.h, t.grp) + sl.st0;
+            diag_dot::<S, L, SH>(vx, &kt[ko..], lg, dk, t.qt, s, sl.perm);
+            if let Some(rpb) = x.rpb {
+                let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
+                let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+                let brow = g.bias_row(rpb, t.h, r0, r1);
+                if SH {
+                    for l in 0..t.n {
+                        // Bias index of slot o: (st0 + idx + o) - (ii0 + l) + k - 1.
+                        let b0 = sl.st0 + sl.idx[l] as usize + k2 - 1 - (t.ii0 + l);
+                        for (sj, b) in s[..sl.cnt[l]].iter_mut().zip(&brow[b0..]) {
+                            sj[l] += b.to_f32();
+                        }
+                    }
+                } else {
+                    // Slot o of every lane has bias index st0 + o - ii0 + k - 1.
+                    let b0 = sl.st0 + k2 - 1 - t.ii0;
+                    for (sj, b) in s.iter_mut().zip(&brow[b0..]) {
+                        let b = b.to_f32();
+                        for v in sj.iter_mut() {
+                            *v += b;
+                        }
+                    }
+                }
+            }
+            if sl.ragged {
+                add_mask(s, madd);
+            }
+        }
+        softmax_step::<S::A, L>(&mut sc[..nb * km], m, lsum, ot);
+        for li in 0..nb {
+            let (t0, t1) = line_of(&w0, &w1, l0 + li);
+            let vo = g.t_offset(dv, t0, t1, t.h, t.grp) + sl.st0;
+            let p = &sc[li * km..][..km];
+            diag_axpy::<S, L, SH>(vx, p, &vt[vo..], lg, ot, sl.perm);
+        }
+        l0 += nb;
+    }
+}
+
 /// Forward for one chunk: `out` (`(len, heads, dv)`) and `lse` (`(len, heads)`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -462,7 +744,7 @@ fn forward<S: Simd, const L: usize, T: Element>(
     let mut s = scratch;
     let qt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries, transposed
     let ot = take_lanes::<L>(&mut s, dv); // (dv, L): output accumulator
-    let sc = take_lanes::<L>(&mut s, umax); // (U, L): logits, then probabilities
+    let sc = take_lanes::<L>(&mut s, umax.max(SC_SLOTS)); // logits, then probabilities
     let madd = take_lanes::<L>(&mut s, umax); // (U, L): window mask
     let kp = take(&mut s, umax * dk); // (U, dk): packed keys of one line
     let vp = take(&mut s, umax * dv); // (U, dv): packed values of one line
@@ -481,74 +763,164 @@ fn forward<S: Simd, const L: usize, T: Element>(
                     en[l] = st[l] + w.count;
                     rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
                 }
-                let t = Lanes::new(n, x2, st, en);
-                let u = t.u;
-                // Interior tiles: lane l's window is [st0 + l, st0 + l + k).
-                let diag =
-                    kvt.filter(|_| (0..n).all(|l| st[l] == st[0] + l && en[l] == st[l] + k2));
-                t.mask(madd);
-                load_lanes(qt, x.query, &rows[..n], dk, g.scale, kp);
+                load_tile::<S, T, L>(vx, qt, x.query, &rows[..n], dk, g.scale, kp);
                 for v in ot.iter_mut() {
                     *v = [0.0; L];
                 }
                 let mut m = [f32::MIN; L];
                 let mut lsum = [0.0f32; L];
-                for t0 in w0.iter() {
-                    let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
-                    for t1 in w1.iter() {
-                        let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
-                        if let Some((kt, vt)) = diag {
-                            let lg = g.glen(grp);
-                            let sc = &mut sc[..k2];
-                            let ko = g.t_offset(dk, t0, t1, h, grp) + st[0];
-                            diag_dot::<S, L>(vx, &kt[ko..], lg, dk, qt, sc);
+                let slide = kvt.and_then(|_| Slide::<S, L>::new(vx, n, &st, &en));
+                if let (Some(kv), Some(sl)) = (kvt, slide) {
+                    let t = FwdTile {
+                        ch,
+                        h,
+                        grp,
+                        ii0,
+                        n,
+                        qt,
+                    };
+                    let bufs = (&mut *sc, &mut *madd);
+                    let acc = (&mut m, &mut lsum, &mut *ot);
+                    if sl.ident {
+                        forward_slide::<S, L, T, false>(vx, g, x, kv, &t, &sl, bufs, acc);
+                    } else {
+                        forward_slide::<S, L, T, true>(vx, g, x, kv, &t, &sl, bufs, acc);
+                    }
+                } else {
+                    let t = Lanes::new(n, st, en);
+                    let u = t.u;
+                    t.mask(madd);
+                    for t0 in w0.iter() {
+                        let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
+                        for t1 in w1.iter() {
+                            let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
+                            let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
+                            let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
+                            let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
+                            let sc = &mut sc[..u];
+                            rows_dot_lanes::<S, L>(vx, keys, ks, dk, qt, sc);
+                            add_mask(sc, madd);
                             if let Some(rpb) = x.rpb {
-                                // Slot o of every lane has bias index st0 + o - ii0 + k - 1.
                                 let brow = g.bias_row(rpb, h, r0, r1);
-                                let b0 = st[0] + k2 - 1 - ii0;
-                                for (sj, b) in sc.iter_mut().zip(&brow[b0..]) {
-                                    let b = b.to_f32();
-                                    for v in sj.iter_mut() {
-                                        *v += b;
+                                for l in 0..n {
+                                    // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
+                                    let b0 = (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
+                                    for (j, b) in (t.first[l]..t.last[l]).zip(&brow[b0..]) {
+                                        sc[j][l] += b.to_f32();
                                     }
                                 }
                             }
                             softmax_step::<S::A, L>(sc, &mut m, &mut lsum, ot);
-                            let vo = g.t_offset(dv, t0, t1, h, grp) + st[0];
-                            diag_axpy::<S, L>(vx, sc, &vt[vo..], lg, ot);
-                            continue;
+                            lanes_times_rows::<S, L>(vx, sc, vals, vs, ot);
                         }
-                        let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
-                        let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
-                        let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
-                        let sc = &mut sc[..u];
-                        rows_dot_lanes::<S, L>(vx, keys, ks, dk, qt, sc);
-                        add_mask(sc, madd);
-                        if let Some(rpb) = x.rpb {
-                            let brow = g.bias_row(rpb, h, r0, r1);
-                            for l in 0..n {
-                                // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
-                                let b0 = (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
-                                for (j, b) in (t.first[l]..t.last[l]).zip(&brow[b0..]) {
-                                    sc[j][l] += b.to_f32();
-                                }
-                            }
-                        }
-                        softmax_step::<S::A, L>(sc, &mut m, &mut lsum, ot);
-                        lanes_times_rows::<S, L>(vx, sc, vals, vs, ot);
                     }
                 }
+                let (mut orow, mut inv) = ([0; L], [0.0f32; L]);
                 for l in 0..n {
-                    let pos = t.x2[l] - ch.a;
-                    let inv = 1.0 / lsum[l];
-                    for (c, o) in out[(pos * hn + h) * dv..][..dv].iter_mut().enumerate() {
-                        *o = T::from_f32(ot[c][l] * inv);
-                    }
+                    orow[l] = (x2[l] - ch.a) * hn + h;
+                    inv[l] = 1.0 / lsum[l];
                     if let Some(ls) = lse.as_deref_mut() {
-                        ls[pos * hn + h] = m[l] + libm::logf(lsum[l]);
+                        ls[orow[l]] = m[l] + libm::logf(lsum[l]);
                     }
                 }
+                store_tile::<S, T, L>(vx, out, &orow[..n], dv, ot, Some(&inv), kp);
                 ii0 += n;
+            }
+        }
+    }
+}
+
+/// What one tile of backward pass 1 works on.
+struct BwdQTile<'a, const L: usize> {
+    ch: Chunk,
+    h: usize,
+    grp: usize,
+    ii0: usize,
+    n: usize,
+    /// Scaled queries and `d_out`, transposed.
+    qt: &'a [[f32; L]],
+    dot: &'a [[f32; L]],
+    /// Per lane: `lse` and `delta`.
+    lse: [f32; L],
+    dlt: [f32; L],
+}
+
+/// Backward pass 1 of one tile on the transposed path: `d_query` into `dqt`
+/// and, when given, `d_rpb`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_query_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    (kt, vt): (&[f32], &[f32]),
+    t: &BwdQTile<'_, L>,
+    sl: &Slide<S, L>,
+    (sc, dp, madd): (&mut [[f32; L]], &mut [[f32; L]], &mut [[f32; L]]),
+    dqt: &mut [[f32; L]],
+    mut drpb: Option<&mut [f32]>,
+) {
+    let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (lg, km) = (g.glen(t.grp), sl.kmax);
+    if sl.ragged {
+        sl.mask(t.n, madd);
+    }
+    let (sc, dp) = (&mut sc[..km], &mut dp[..km]);
+    for li in 0..w0.count * w1.count {
+        let (t0, t1) = line_of(&w0, &w1, li);
+        let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
+        let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+        let ko = g.t_offset(dk, t0, t1, t.h, t.grp) + sl.st0;
+        let vo = g.t_offset(dv, t0, t1, t.h, t.grp) + sl.st0;
+        diag_dot::<S, L, SH>(vx, &kt[ko..], lg, dk, t.qt, sc, sl.perm);
+        let brow = x.rpb.map(|rpb| g.bias_row(rpb, t.h, r0, r1));
+        // Bias index of lane l, slot o: (st0 + idx[l] + o) - (ii0 + l) + k - 1.
+        let b0 = |l: usize| sl.st0 + sl.idx[l] as usize + k2 - 1 - (t.ii0 + l);
+        if let Some(brow) = brow {
+            if SH {
+                for l in 0..t.n {
+                    for (sj, b) in sc[..sl.cnt[l]].iter_mut().zip(&brow[b0(l)..]) {
+                        sj[l] += b.to_f32();
+                    }
+                }
+            } else {
+                for (sj, b) in sc.iter_mut().zip(&brow[b0(0)..]) {
+                    let b = b.to_f32();
+                    for v in sj.iter_mut() {
+                        *v += b;
+                    }
+                }
+            }
+        }
+        if sl.ragged {
+            add_mask(sc, madd);
+        }
+        for sj in sc.iter_mut() {
+            for l in 0..L {
+                sj[l] = exp::<S::A>(sj[l] - t.lse[l]);
+            }
+        }
+        diag_dot::<S, L, SH>(vx, &vt[vo..], lg, dv, t.dot, dp, sl.perm);
+        for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
+            for l in 0..L {
+                pj[l] = sj[l] * (pj[l] - t.dlt[l]);
+            }
+        }
+        diag_axpy::<S, L, SH>(vx, dp, &kt[ko..], lg, dqt, sl.perm);
+        if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
+            let off = t.h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
+            if SH {
+                for l in 0..t.n {
+                    let d = &mut d[off + b0(l)..];
+                    for (dr, pj) in d.iter_mut().zip(&dp[..sl.cnt[l]]) {
+                        *dr += pj[l];
+                    }
+                }
+            } else {
+                for (dr, pj) in d[off + b0(0)..].iter_mut().zip(dp.iter()) {
+                    *dr += pj[..t.n].iter().sum::<f32>();
+                }
             }
         }
     }
@@ -606,34 +978,52 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
                     dlt[l] = o.iter().zip(d).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
                     delta[(x2[l] - ch.a) * hn + h] = dlt[l];
                 }
-                let t = Lanes::new(n, x2, st, en);
-                let u = t.u;
-                // Interior tiles: lane l's window is [st0 + l, st0 + l + k).
-                let diag =
-                    kvt.filter(|_| (0..n).all(|l| st[l] == st[0] + l && en[l] == st[l] + k2));
-                t.mask(madd);
-                load_lanes(qt, x.query, &rows[..n], dk, g.scale, kp);
-                load_lanes(dot, sv.d_out, &rows[..n], dv, 1.0, vp);
+                load_tile::<S, T, L>(vx, qt, x.query, &rows[..n], dk, g.scale, kp);
+                load_tile::<S, T, L>(vx, dot, sv.d_out, &rows[..n], dv, 1.0, vp);
                 for v in dqt.iter_mut() {
                     *v = [0.0; L];
                 }
-                for t0 in w0.iter() {
-                    let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
-                    for t1 in w1.iter() {
-                        let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
-                        if let Some((kt, vt)) = diag {
-                            let lg = g.glen(grp);
-                            let (sc, dp) = (&mut sc[..k2], &mut dp[..k2]);
-                            let ko = g.t_offset(dk, t0, t1, h, grp) + st[0];
-                            let vo = g.t_offset(dv, t0, t1, h, grp) + st[0];
-                            diag_dot::<S, L>(vx, &kt[ko..], lg, dk, qt, sc);
+                let slide = kvt.and_then(|_| Slide::<S, L>::new(vx, n, &st, &en));
+                if let (Some(kv), Some(sl)) = (kvt, slide) {
+                    let t = BwdQTile {
+                        ch,
+                        h,
+                        grp,
+                        ii0,
+                        n,
+                        qt,
+                        dot,
+                        lse,
+                        dlt,
+                    };
+                    let bufs = (&mut *sc, &mut *dp, &mut *madd);
+                    let d = drpb.as_deref_mut();
+                    if sl.ident {
+                        backward_query_slide::<S, L, T, false>(vx, g, x, kv, &t, &sl, bufs, dqt, d);
+                    } else {
+                        backward_query_slide::<S, L, T, true>(vx, g, x, kv, &t, &sl, bufs, dqt, d);
+                    }
+                } else {
+                    let t = Lanes::new(n, st, en);
+                    let u = t.u;
+                    t.mask(madd);
+                    for t0 in w0.iter() {
+                        let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
+                        for t1 in w1.iter() {
+                            let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
+                            let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
+                            let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
+                            let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
+                            let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
+                            rows_dot_lanes::<S, L>(vx, keys, ks, dk, qt, sc);
+                            add_mask(sc, madd);
                             let brow = x.rpb.map(|rpb| g.bias_row(rpb, h, r0, r1));
-                            let b0 = st[0] + k2 - 1 - ii0;
                             if let Some(brow) = brow {
-                                for (sj, b) in sc.iter_mut().zip(&brow[b0..]) {
-                                    let b = b.to_f32();
-                                    for v in sj.iter_mut() {
-                                        *v += b;
+                                for l in 0..n {
+                                    // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
+                                    let b0 = (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
+                                    for (j, b) in (t.first[l]..t.last[l]).zip(&brow[b0..]) {
+                                        sc[j][l] += b.to_f32();
                                     }
                                 }
                             }
@@ -642,68 +1032,114 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
                                     sj[l] = exp::<S::A>(sj[l] - lse[l]);
                                 }
                             }
-                            diag_dot::<S, L>(vx, &vt[vo..], lg, dv, dot, dp);
+                            rows_dot_lanes::<S, L>(vx, vals, vs, dv, dot, dp);
                             for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
                                 for l in 0..L {
                                     pj[l] = sj[l] * (pj[l] - dlt[l]);
                                 }
                             }
-                            diag_axpy::<S, L>(vx, dp, &kt[ko..], lg, dqt);
+                            lanes_times_rows::<S, L>(vx, dp, keys, ks, dqt);
                             if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
-                                let off = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2] + b0;
-                                for (dr, pj) in d[off..].iter_mut().zip(dp.iter()) {
-                                    *dr += pj[..n].iter().sum::<f32>();
-                                }
-                            }
-                            continue;
-                        }
-                        let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
-                        let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
-                        let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
-                        let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
-                        rows_dot_lanes::<S, L>(vx, keys, ks, dk, qt, sc);
-                        add_mask(sc, madd);
-                        let brow = x.rpb.map(|rpb| g.bias_row(rpb, h, r0, r1));
-                        if let Some(brow) = brow {
-                            for l in 0..n {
-                                // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
-                                let b0 = (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
-                                for (j, b) in (t.first[l]..t.last[l]).zip(&brow[b0..]) {
-                                    sc[j][l] += b.to_f32();
-                                }
-                            }
-                        }
-                        for sj in sc.iter_mut() {
-                            for l in 0..L {
-                                sj[l] = exp::<S::A>(sj[l] - lse[l]);
-                            }
-                        }
-                        rows_dot_lanes::<S, L>(vx, vals, vs, dv, dot, dp);
-                        for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
-                            for l in 0..L {
-                                pj[l] = sj[l] * (pj[l] - dlt[l]);
-                            }
-                        }
-                        lanes_times_rows::<S, L>(vx, dp, keys, ks, dqt);
-                        if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
-                            let off = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
-                            for l in 0..n {
-                                let b0 = off + (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
-                                for (j, dr) in (t.first[l]..t.last[l]).zip(&mut d[b0..]) {
-                                    *dr += dp[j][l];
+                                let off = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
+                                for l in 0..n {
+                                    let b0 = off + (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
+                                    for (j, dr) in (t.first[l]..t.last[l]).zip(&mut d[b0..]) {
+                                        *dr += dp[j][l];
+                                    }
                                 }
                             }
                         }
                     }
                 }
-                for l in 0..n {
-                    let pos = t.x2[l] - ch.a;
-                    for (c, o) in dq[(pos * hn + h) * dk..][..dk].iter_mut().enumerate() {
-                        *o = T::from_f32(dqt[c][l] * g.scale);
-                    }
-                }
+                let orow: [usize; L] = core::array::from_fn(|l| (x2[l].max(ch.a) - ch.a) * hn + h);
+                let scale = [g.scale; L];
+                store_tile::<S, T, L>(vx, dq, &orow[..n], dk, dqt, Some(&scale), kp);
                 ii0 += n;
             }
+        }
+    }
+}
+
+/// What one tile of backward pass 2 works on.
+struct BwdKTile<'a, const L: usize> {
+    ch: Chunk,
+    h: usize,
+    grp: usize,
+    jj0: usize,
+    n: usize,
+    /// Scaled keys and values, transposed.
+    kt: &'a [[f32; L]],
+    vt: &'a [[f32; L]],
+}
+
+/// Backward pass 2 of one key tile on the transposed path: `d_key` and
+/// `d_value` into `dkt` and `dvt`, over each key's inverse neighbourhood.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_key_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    tq: &QueriesT<'_>,
+    t: &BwdKTile<'_, L>,
+    sl: &Slide<S, L>,
+    (sc, dp, madd): (&mut [[f32; L]], &mut [[f32; L]], &mut [[f32; L]]),
+    (dkt, dvt): (&mut [[f32; L]], &mut [[f32; L]]),
+) {
+    let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
+    let (a0, a1) = (g.axes[0], g.axes[1]);
+    let (lg, km) = (g.glen(t.grp), sl.kmax);
+    if sl.ragged {
+        sl.mask(t.n, madd);
+    }
+    let (sc, dp) = (&mut sc[..km], &mut dp[..km]);
+    for q0 in a0.inverse(t.ch.x0) {
+        let r0 = a0.rpb_index_unchecked(q0, t.ch.x0);
+        for q1 in a1.inverse(t.ch.x1) {
+            let r1 = a1.rpb_index_unchecked(q1, t.ch.x1);
+            let qo = g.t_offset(dk, q0, q1, t.h, t.grp) + sl.st0;
+            let oo = g.t_offset(dv, q0, q1, t.h, t.grp) + sl.st0;
+            let so = g.t_offset(1, q0, q1, t.h, t.grp) + sl.st0;
+            diag_dot::<S, L, SH>(vx, &tq.q[qo..], lg, dk, t.kt, sc, sl.perm);
+            if let Some(rpb) = x.rpb {
+                // Lane l, slot o: key jj0 + l, query st0 + idx[l] + o.
+                let brow = g.bias_row(rpb, t.h, r0, r1);
+                let b0 = |l: usize| t.jj0 + l + k2 - 1 - sl.st0 - sl.idx[l] as usize;
+                if SH {
+                    for l in 0..t.n {
+                        let b0 = b0(l);
+                        for (o, sj) in sc[..sl.cnt[l]].iter_mut().enumerate() {
+                            sj[l] += brow[b0 - o].to_f32();
+                        }
+                    }
+                } else {
+                    let b0 = b0(0);
+                    for (o, sj) in sc.iter_mut().enumerate() {
+                        let b = brow[b0 - o].to_f32();
+                        for v in sj.iter_mut() {
+                            *v += b;
+                        }
+                    }
+                }
+            }
+            if sl.ragged {
+                add_mask(sc, madd);
+            }
+            for (o, sj) in sc.iter_mut().enumerate() {
+                let lv = shifted::<S, L, SH>(vx, &tq.lse[so + o..], sl.perm);
+                for l in 0..L {
+                    sj[l] = exp::<S::A>(sj[l] - lv[l]);
+                }
+            }
+            diag_dot::<S, L, SH>(vx, &tq.d_out[oo..], lg, dv, t.vt, dp, sl.perm);
+            for (o, (pj, sj)) in dp.iter_mut().zip(sc.iter()).enumerate() {
+                let dl = shifted::<S, L, SH>(vx, &tq.delta[so + o..], sl.perm);
+                for l in 0..L {
+                    pj[l] = sj[l] * (pj[l] - dl[l]);
+                }
+            }
+            diag_axpy::<S, L, SH>(vx, sc, &tq.d_out[oo..], lg, dvt, sl.perm);
+            diag_axpy::<S, L, SH>(vx, dp, &tq.q[qo..], lg, dkt, sl.perm);
         }
     }
 }
@@ -759,100 +1195,77 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
                     en[l] = last / d2 + 1;
                     rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
                 }
-                let t = Lanes::new(n, x2, st, en);
-                let u = t.u;
-                // Interior tiles: key l is attended by queries [st0 + l, st0 + l + k).
-                let diag =
-                    qdt.filter(|_| (0..n).all(|l| st[l] == st[0] + l && en[l] == st[l] + k2));
-                t.mask(madd);
-                load_lanes(kt, x.key, &rows[..n], dk, g.scale, qp);
-                load_lanes(vt, x.value, &rows[..n], dv, 1.0, dop);
+                load_tile::<S, T, L>(vx, kt, x.key, &rows[..n], dk, g.scale, qp);
+                load_tile::<S, T, L>(vx, vt, x.value, &rows[..n], dv, 1.0, dop);
                 for v in dkt.iter_mut().chain(dvt.iter_mut()) {
                     *v = [0.0; L];
                 }
-                for q0 in a0.inverse(ch.x0) {
-                    let r0 = a0.rpb_index_unchecked(q0, ch.x0);
-                    for q1 in a1.inverse(ch.x1) {
-                        let r1 = a1.rpb_index_unchecked(q1, ch.x1);
-                        if let Some(tq) = diag {
-                            let lg = g.glen(grp);
-                            let (sc, dp) = (&mut sc[..k2], &mut dp[..k2]);
-                            let qo = g.t_offset(dk, q0, q1, h, grp) + st[0];
-                            let oo = g.t_offset(dv, q0, q1, h, grp) + st[0];
-                            let so = g.t_offset(1, q0, q1, h, grp) + st[0];
-                            diag_dot::<S, L>(vx, &tq.q[qo..], lg, dk, kt, sc);
+                let slide = qdt.and_then(|_| Slide::<S, L>::new(vx, n, &st, &en));
+                if let (Some(tq), Some(sl)) = (qdt, slide) {
+                    let t = BwdKTile {
+                        ch,
+                        h,
+                        grp,
+                        jj0,
+                        n,
+                        kt,
+                        vt,
+                    };
+                    let bufs = (&mut *sc, &mut *dp, &mut *madd);
+                    let acc = (&mut *dkt, &mut *dvt);
+                    if sl.ident {
+                        backward_key_slide::<S, L, T, false>(vx, g, x, &tq, &t, &sl, bufs, acc);
+                    } else {
+                        backward_key_slide::<S, L, T, true>(vx, g, x, &tq, &t, &sl, bufs, acc);
+                    }
+                } else {
+                    let t = Lanes::new(n, st, en);
+                    let u = t.u;
+                    t.mask(madd);
+                    for q0 in a0.inverse(ch.x0) {
+                        let r0 = a0.rpb_index_unchecked(q0, ch.x0);
+                        for q1 in a1.inverse(ch.x1) {
+                            let r1 = a1.rpb_index_unchecked(q1, ch.x1);
+                            let r = g.row(ch.b, q0, q1, grp + d2 * t.lo, h);
+                            for i in 0..u {
+                                lse_u[i] = sv.lse[r + i * d2 * hn];
+                                dlt_u[i] = delta[r + i * d2 * hn];
+                            }
+                            let (qs, qst) = rows_of(x.query, r, d2 * hn, u, dk, qp);
+                            let (dos, dost) = rows_of(sv.d_out, r, d2 * hn, u, dv, dop);
+                            let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
+                            rows_dot_lanes::<S, L>(vx, qs, qst, dk, kt, sc);
+                            add_mask(sc, madd);
                             if let Some(rpb) = x.rpb {
-                                // Slot o: key jj0 + l, query st0 + o + l: index b0 - o.
                                 let brow = g.bias_row(rpb, h, r0, r1);
-                                let b0 = jj0 + k2 - 1 - st[0];
-                                for (o, sj) in sc.iter_mut().enumerate() {
-                                    let b = brow[b0 - o].to_f32();
-                                    for v in sj.iter_mut() {
-                                        *v += b;
+                                for l in 0..n {
+                                    // Bias index: key group index - query group index + k - 1.
+                                    let base = jj0 + l + k2 - 1 - t.lo;
+                                    for i in t.first[l]..t.last[l] {
+                                        sc[i][l] += brow[base - i].to_f32();
                                     }
                                 }
                             }
-                            for (o, sj) in sc.iter_mut().enumerate() {
-                                let lv = &tq.lse[so + o..][..L];
+                            for (i, si) in sc.iter_mut().enumerate() {
                                 for l in 0..L {
-                                    sj[l] = exp::<S::A>(sj[l] - lv[l]);
+                                    si[l] = exp::<S::A>(si[l] - lse_u[i]);
                                 }
                             }
-                            diag_dot::<S, L>(vx, &tq.d_out[oo..], lg, dv, vt, dp);
-                            for (o, (pj, sj)) in dp.iter_mut().zip(sc.iter()).enumerate() {
-                                let dl = &tq.delta[so + o..][..L];
+                            rows_dot_lanes::<S, L>(vx, dos, dost, dv, vt, dp);
+                            for (i, (pi, si)) in dp.iter_mut().zip(sc.iter()).enumerate() {
                                 for l in 0..L {
-                                    pj[l] = sj[l] * (pj[l] - dl[l]);
+                                    pi[l] = si[l] * (pi[l] - dlt_u[i]);
                                 }
                             }
-                            diag_axpy::<S, L>(vx, sc, &tq.d_out[oo..], lg, dvt);
-                            diag_axpy::<S, L>(vx, dp, &tq.q[qo..], lg, dkt);
-                            continue;
+                            lanes_times_rows::<S, L>(vx, sc, dos, dost, dvt);
+                            lanes_times_rows::<S, L>(vx, dp, qs, qst, dkt);
                         }
-                        let r = g.row(ch.b, q0, q1, grp + d2 * t.lo, h);
-                        for i in 0..u {
-                            lse_u[i] = sv.lse[r + i * d2 * hn];
-                            dlt_u[i] = delta[r + i * d2 * hn];
-                        }
-                        let (qs, qst) = rows_of(x.query, r, d2 * hn, u, dk, qp);
-                        let (dos, dost) = rows_of(sv.d_out, r, d2 * hn, u, dv, dop);
-                        let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
-                        rows_dot_lanes::<S, L>(vx, qs, qst, dk, kt, sc);
-                        add_mask(sc, madd);
-                        if let Some(rpb) = x.rpb {
-                            let brow = g.bias_row(rpb, h, r0, r1);
-                            for l in 0..n {
-                                // Bias index: key group index - query group index + k - 1.
-                                let base = jj0 + l + k2 - 1 - t.lo;
-                                for i in t.first[l]..t.last[l] {
-                                    sc[i][l] += brow[base - i].to_f32();
-                                }
-                            }
-                        }
-                        for (i, si) in sc.iter_mut().enumerate() {
-                            for l in 0..L {
-                                si[l] = exp::<S::A>(si[l] - lse_u[i]);
-                            }
-                        }
-                        rows_dot_lanes::<S, L>(vx, dos, dost, dv, vt, dp);
-                        for (i, (pi, si)) in dp.iter_mut().zip(sc.iter()).enumerate() {
-                            for l in 0..L {
-                                pi[l] = si[l] * (pi[l] - dlt_u[i]);
-                            }
-                        }
-                        lanes_times_rows::<S, L>(vx, sc, dos, dost, dvt);
-                        lanes_times_rows::<S, L>(vx, dp, qs, qst, dkt);
                     }
                 }
-                for l in 0..n {
-                    let pos = t.x2[l] - ch.a;
-                    for (c, o) in dk_out[(pos * hn + h) * dk..][..dk].iter_mut().enumerate() {
-                        *o = T::from_f32(dkt[c][l] * g.scale);
-                    }
-                    for (c, o) in dv_out[(pos * hn + h) * dv..][..dv].iter_mut().enumerate() {
-                        *o = T::from_f32(dvt[c][l]);
-                    }
-                }
+                let orow: [usize; L] = core::array::from_fn(|l| (x2[l].max(ch.a) - ch.a) * hn + h);
+                let scale = [g.scale; L];
+                store_tile::<S, T, L>(vx, dk_out, &orow[..n], dk, dkt, Some(&scale), qp);
+                store_tile::<S, T, L>(vx, dv_out, &orow[..n], dv, dvt, None, dop);
                 jj0 += n;
             }
         }
@@ -910,6 +1323,7 @@ macro_rules! dispatch {
     };
 }
 
+dispatch!(transpose_line, transpose_line_k, (g: &Geo, src: &[T], width: usize, b: usize, line: usize, dst: &mut [f32]));
 dispatch!(forward_chunk, forward, (g: &Geo, x: &Inputs<'_, T>, kvt: Option<(&[f32], &[f32])>, ci: usize, out: &mut [T], lse: Option<&mut [f32]>, scratch: &mut [f32]));
 dispatch!(backward_query_chunk, backward_query, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, kvt: Option<(&[f32], &[f32])>, ci: usize, dq: &mut [T], delta: &mut [f32], drpb: Option<&mut [f32]>, scratch: &mut [f32]));
 dispatch!(backward_key_chunk, backward_key, (g: &Geo, x: &Inputs<'_, T>, sv: &Saved<'_, T>, delta: &[f32], qdt: Option<QueriesT<'_>>, ci: usize, dk_out: &mut [T], dv_out: &mut [T], scratch: &mut [f32]));
