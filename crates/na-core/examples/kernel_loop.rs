@@ -23,6 +23,7 @@ fn main() {
     let isa = match a.get(8).map(String::as_str) {
         Some("avx2") => Isa::available().find(|i| i.name() == "avx2"),
         Some("generic") => Some(Isa::Generic),
+        Some("avx512") => Isa::available().find(|i| i.name() == "avx512"),
         _ => None,
     }
     .unwrap_or_else(Isa::best);

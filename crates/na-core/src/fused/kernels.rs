@@ -177,40 +177,38 @@ fn axpy_block<S: Simd, const L: usize, const C: usize>(
     }
 }
 
-/// Loads one vector from the front of `x`, permuted by `p` when `SH`.
+/// One vector from the front of `x`, or `x[0]` in every lane when `BC`.
 #[inline(always)]
-fn load_sh<S: Simd, const SH: bool>(s: S, x: &[f32], p: S::P) -> S::V {
-    let v = s.load(x);
-    if SH {
-        s.permute(v, p)
+fn load_bc<S: Simd, const BC: bool>(s: S, x: &[f32]) -> S::V {
+    if BC {
+        s.splat(x[0])
     } else {
-        v
+        s.load(x)
     }
 }
 
 /// The sliding-window ("diagonal") product of a tile whose lane `l` has its
 /// window start `idx[l]` slots after the tile's first window start:
 /// `out[o][l] = sum_c lanes[c][l] * kt[c * ld + o + idx[l]]` for
-/// `o < out.len()`. Without `SH`, `idx[l] = l` (an interior tile: each
-/// lane's window one slot after the previous one) and `p` is ignored; with
-/// `SH`, `p` is the permutation `idx` (every `idx[l] < L`: border tiles,
-/// where neighbouring windows share their start, and dilation groups).
+/// `o < out.len()`. Without `BC`, `idx[l] = l` (an interior tile: each
+/// lane's window one slot after the previous one); with `BC`, `idx[l] = 0`
+/// (a border run or a short dilation group, where the windows share their
+/// start: the keys are broadcast).
 ///
 /// `kt`: a transposed block (`width` channels, `ld` slots apart), offset to
 /// the tile's first window start. Offsets go in blocks of 8 (8 independent
 /// accumulators keep both FMA pipes busy), so rows are read up to
 /// `DIAG_PAD + L - 1` slots past the last offset: callers pad for that.
-/// Each term is one unaligned vector load (and, with `SH`, one permute) and
+/// Each term is one unaligned vector load (with `BC`, one broadcast load) and
 /// one FMA: no work is wasted on keys outside a lane's window.
 #[inline(always)]
-pub(crate) fn diag_dot<S: Simd, const L: usize, const SH: bool>(
+pub(crate) fn diag_dot<S: Simd, const L: usize, const BC: bool>(
     s: S,
     kt: &[f32],
     ld: usize,
     width: usize,
     lanes: &[[f32; L]],
     out: &mut [[f32; L]],
-    p: S::P,
 ) {
     let k = out.len();
     let lanes = &lanes[..width];
@@ -221,7 +219,7 @@ pub(crate) fn diag_dot<S: Simd, const L: usize, const SH: bool>(
             let v = s.load(lc);
             let row = &kt[c * ld + o..][..DIAG_PAD + L - 1];
             for (jj, a) in acc.iter_mut().enumerate() {
-                *a = s.fma(v, load_sh::<S, SH>(s, &row[jj..jj + L], p), *a);
+                *a = s.fma(v, load_bc::<S, BC>(s, &row[jj..jj + L]), *a);
             }
         }
         let n = (k - o).min(DIAG_PAD);
@@ -239,38 +237,36 @@ pub(crate) const DIAG_PAD: usize = 8;
 /// `acc[c][l] += sum_o p[o][l] * vt[c * ld + o + idx[l]]` (`idx` as in
 /// [`diag_dot`]).
 #[inline(always)]
-pub(crate) fn diag_axpy<S: Simd, const L: usize, const SH: bool>(
+pub(crate) fn diag_axpy<S: Simd, const L: usize, const BC: bool>(
     s: S,
     p: &[[f32; L]],
     vt: &[f32],
     ld: usize,
     acc: &mut [[f32; L]],
-    perm: S::P,
 ) {
     let width = acc.len();
     let mut c = 0;
     while c + 8 <= width {
-        diag_axpy_block::<S, L, 8, SH>(s, p, &vt[c * ld..], ld, &mut acc[c..c + 8], perm);
+        diag_axpy_block::<S, L, 8, BC>(s, p, &vt[c * ld..], ld, &mut acc[c..c + 8]);
         c += 8;
     }
     while c + 4 <= width {
-        diag_axpy_block::<S, L, 4, SH>(s, p, &vt[c * ld..], ld, &mut acc[c..c + 4], perm);
+        diag_axpy_block::<S, L, 4, BC>(s, p, &vt[c * ld..], ld, &mut acc[c..c + 4]);
         c += 4;
     }
     while c < width {
-        diag_axpy_block::<S, L, 1, SH>(s, p, &vt[c * ld..], ld, &mut acc[c..c + 1], perm);
+        diag_axpy_block::<S, L, 1, BC>(s, p, &vt[c * ld..], ld, &mut acc[c..c + 1]);
         c += 1;
     }
 }
 
 #[inline(always)]
-fn diag_axpy_block<S: Simd, const L: usize, const C: usize, const SH: bool>(
+fn diag_axpy_block<S: Simd, const L: usize, const C: usize, const BC: bool>(
     s: S,
     p: &[[f32; L]],
     vt: &[f32],
     ld: usize,
     io: &mut [[f32; L]],
-    perm: S::P,
 ) {
     let k = p.len();
     let rows: [&[f32]; C] = core::array::from_fn(|cc| &vt[cc * ld..][..k + L - 1]);
@@ -278,7 +274,7 @@ fn diag_axpy_block<S: Simd, const L: usize, const C: usize, const SH: bool>(
     for (o, po) in p.iter().enumerate() {
         let pv = s.load(po);
         for cc in 0..C {
-            let x = load_sh::<S, SH>(s, &rows[cc][o..o + L], perm);
+            let x = load_bc::<S, BC>(s, &rows[cc][o..o + L]);
             acc[cc] = s.fma(pv, x, acc[cc]);
         }
     }
@@ -367,8 +363,7 @@ mod tests {
             .collect();
         let mut dd = vec![[0.0; L]; k];
         let vx = Lanes8::<Plain>::new();
-        let ident = vx.perm(&[0, 1, 2, 3, 4, 5, 6, 7]);
-        diag_dot::<Lanes8<Plain>, L, false>(vx, &kt, ld, w, &lanes, &mut dd, ident);
+        diag_dot::<Lanes8<Plain>, L, false>(vx, &kt, ld, w, &lanes, &mut dd);
         for o in 0..k {
             for l in 0..L {
                 let want: f32 = (0..w).map(|c| lanes[c][l] * kt[c * ld + o + l]).sum();
@@ -376,7 +371,7 @@ mod tests {
             }
         }
         let mut da = vec![[0.5; L]; w];
-        diag_axpy::<Lanes8<Plain>, L, false>(vx, &dd, &kt, ld, &mut da, ident);
+        diag_axpy::<Lanes8<Plain>, L, false>(vx, &dd, &kt, ld, &mut da);
         for c in 0..w {
             for l in 0..L {
                 let want: f32 = 0.5 + (0..k).map(|o| dd[o][l] * kt[c * ld + o + l]).sum::<f32>();
@@ -394,14 +389,12 @@ mod tests {
     }
 
     #[test]
-    fn shifted_diagonal_kernels_match_naive_loops() {
+    fn broadcast_diagonal_kernels_match_naive_loops() {
         const L: usize = 8;
         let vx = Lanes8::<Plain>::new();
         let (w, k, ld) = (5, 7, 24);
-        // Border-like starts: several lanes share a start, none moves by more
-        // than one slot per lane.
-        let idx = [0u32, 0, 0, 1, 2, 2, 3, 4];
-        let perm = vx.perm(&idx);
+        // A border run: every lane's window starts at the same slot.
+        let idx = [0u32; L];
         let kt: Vec<f32> = (0..w * ld + 2 * L)
             .map(|i| ((i * 5) % 13) as f32 - 6.0)
             .collect();
@@ -409,7 +402,7 @@ mod tests {
             .map(|c| core::array::from_fn(|l| (c + 2 * l) as f32 * 0.5 - 1.0))
             .collect();
         let mut dd = vec![[0.0; L]; k];
-        diag_dot::<Lanes8<Plain>, L, true>(vx, &kt, ld, w, &lanes, &mut dd, perm);
+        diag_dot::<Lanes8<Plain>, L, true>(vx, &kt, ld, w, &lanes, &mut dd);
         for o in 0..k {
             for l in 0..L {
                 let at = |c: usize| kt[c * ld + o + idx[l] as usize];
@@ -418,7 +411,7 @@ mod tests {
             }
         }
         let mut da = vec![[0.25; L]; w];
-        diag_axpy::<Lanes8<Plain>, L, true>(vx, &dd, &kt, ld, &mut da, perm);
+        diag_axpy::<Lanes8<Plain>, L, true>(vx, &dd, &kt, ld, &mut da);
         for c in 0..w {
             for l in 0..L {
                 let terms = (0..k).map(|o| dd[o][l] * kt[c * ld + o + idx[l] as usize]);

@@ -30,13 +30,6 @@ pub(crate) trait Simd: Copy {
     fn store(self, v: Self::V, s: &mut [f32]);
     /// `a * b + c`.
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// A lane permutation (see [`Simd::permute`]).
-    type P: Copy;
-    /// The permutation that gives lane `l` the input lane `idx[l]` (every
-    /// `idx[l]` below the lane count; `idx` holds one entry per lane).
-    fn perm(self, idx: &[u32]) -> Self::P;
-    /// `out[l] = v[p[l]]`.
-    fn permute(self, v: Self::V, p: Self::P) -> Self::V;
     /// An 8x8 transpose: `dst[c * ds + l] = src[l * ss + c]` for `l, c < 8`.
     #[inline(always)]
     fn transpose8(self, src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
@@ -83,15 +76,6 @@ impl<A: Arith> Simd for Lanes8<A> {
     #[inline(always)]
     fn fma(self, a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
         core::array::from_fn(|l| A::fma(a[l], b[l], c[l]))
-    }
-    type P = [u8; 8];
-    #[inline(always)]
-    fn perm(self, idx: &[u32]) -> [u8; 8] {
-        core::array::from_fn(|l| (idx[l] & 7) as u8)
-    }
-    #[inline(always)]
-    fn permute(self, v: [f32; 8], p: [u8; 8]) -> [f32; 8] {
-        core::array::from_fn(|l| v[usize::from(p[l] & 7)])
     }
 }
 
@@ -196,18 +180,6 @@ mod x86 {
             // SAFETY: an `Avx2` token exists only on CPUs with FMA (see `new`).
             unsafe { _mm256_fmadd_ps(a, b, c) }
         }
-        type P = __m256i;
-        #[inline(always)]
-        fn perm(self, idx: &[u32]) -> __m256i {
-            let idx = &idx[..8];
-            // SAFETY: `idx` holds 8 readable u32 (checked above); AVX2 as in `zero`.
-            unsafe { _mm256_loadu_si256(idx.as_ptr().cast()) }
-        }
-        #[inline(always)]
-        fn permute(self, v: __m256, p: __m256i) -> __m256 {
-            // SAFETY: AVX2 as in `zero` (only the low 3 bits of each index are read).
-            unsafe { _mm256_permutevar8x32_ps(v, p) }
-        }
         #[inline(always)]
         fn transpose8(self, src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
             // SAFETY: an `Avx2` token exists only on CPUs with AVX2 (so AVX).
@@ -257,18 +229,6 @@ mod x86 {
         fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
             // SAFETY: as in `zero`.
             unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        type P = __m512i;
-        #[inline(always)]
-        fn perm(self, idx: &[u32]) -> __m512i {
-            let idx = &idx[..16];
-            // SAFETY: `idx` holds 16 readable u32 (checked above); AVX-512F as in `zero`.
-            unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
-        }
-        #[inline(always)]
-        fn permute(self, v: __m512, p: __m512i) -> __m512 {
-            // SAFETY: AVX-512F as in `zero` (only the low 4 bits of each index are read).
-            unsafe { _mm512_permutexvar_ps(p, v) }
         }
         #[inline(always)]
         fn transpose8(self, src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {

@@ -329,12 +329,12 @@ fn load_lanes<T: Element, const L: usize>(
     }
 }
 
-/// The row step of a full tile's rows (`rows[l] = rows[0] + l * step`), when
-/// SIMD transposes can move the tile: `L` active lanes and `width` a
+/// The row step of a full tile of `f32` rows (`rows[l] = rows[0] + l * step`),
+/// when SIMD transposes can move it in place: `L` active lanes and `width` a
 /// multiple of 8.
 #[inline(always)]
 fn tile_step<const L: usize>(rows: &[usize], width: usize) -> Option<usize> {
-    if rows.len() != L || width % 8 != 0 || L % 8 != 0 {
+    if rows.len() != L || !width.is_multiple_of(8) || !L.is_multiple_of(8) {
         return None;
     }
     let step = rows[1].checked_sub(rows[0])?;
@@ -343,9 +343,10 @@ fn tile_step<const L: usize>(rows: &[usize], width: usize) -> Option<usize> {
         .then_some(step)
 }
 
-/// [`load_lanes`] with 8x8 SIMD transposes for full tiles (`f32` rows read
-/// in place; other types widened row by row into `tmp`, which then needs
-/// `L * width` floats).
+/// [`load_lanes`] through 8x8 SIMD transposes: in place for full tiles of
+/// `f32` rows, else from rows copied (widened) into `tmp` (`L * width`
+/// floats, zeros for inactive lanes). `width` must be a multiple of 8 for
+/// the transposes; other widths take [`load_lanes`].
 #[inline(always)]
 fn load_tile<S: Simd, T: Element, const L: usize>(
     vx: S,
@@ -356,14 +357,19 @@ fn load_tile<S: Simd, T: Element, const L: usize>(
     mul: f32,
     tmp: &mut [f32],
 ) {
-    let Some(step) = tile_step::<L>(rows, width) else {
+    if !width.is_multiple_of(8) || !L.is_multiple_of(8) {
         return load_lanes(dst, src, rows, width, mul, tmp);
-    };
-    let (s, base, ss): (&[f32], usize, usize) = match T::as_f32(src) {
-        Some(s) => (s, rows[0] * width, step * width),
-        None => {
-            for (l, &r) in rows.iter().enumerate() {
-                T::widen_slice(&src[r * width..][..width], &mut tmp[l * width..][..width]);
+    }
+    let (s, base, ss): (&[f32], usize, usize) = match (T::as_f32(src), tile_step::<L>(rows, width))
+    {
+        (Some(s), Some(step)) => (s, rows[0] * width, step * width),
+        _ => {
+            let t = &mut tmp[..L * width];
+            for (l, row) in t.chunks_exact_mut(width).enumerate() {
+                match rows.get(l) {
+                    Some(&r) => T::widen_slice(&src[r * width..][..width], row),
+                    None => row.fill(0.0),
+                }
             }
             (&tmp[..L * width], 0, width)
         }
@@ -382,9 +388,9 @@ fn load_tile<S: Simd, T: Element, const L: usize>(
 }
 
 /// Writes `acc[c][l] * mul[l]` (or `acc[c][l]`) to row `rows[l]` of `dst`
-/// (rows of `width`) for every active lane, with 8x8 SIMD transposes for
-/// full tiles; `acc` is scaled in place and `tmp` (`L * width` floats) holds
-/// rows of types other than `f32` before they are narrowed.
+/// (rows of `width`) for every active lane, through 8x8 SIMD transposes
+/// (in place for full tiles of `f32` rows, else through `tmp`, `L * width`
+/// floats); `acc` is scaled in place.
 #[inline(always)]
 fn store_tile<S: Simd, T: Element, const L: usize>(
     vx: S,
@@ -402,37 +408,36 @@ fn store_tile<S: Simd, T: Element, const L: usize>(
             }
         }
     }
-    let Some(step) = tile_step::<L>(rows, width) else {
+    if !width.is_multiple_of(8) || !L.is_multiple_of(8) {
         for (l, &r) in rows.iter().enumerate() {
             for (c, o) in dst[r * width..][..width].iter_mut().enumerate() {
                 *o = T::from_f32(acc[c][l]);
             }
         }
         return;
-    };
+    }
     let a = acc[..width].as_flattened();
-    let (r0, ds) = (rows[0] * width, step * width);
-    match T::as_f32_mut(dst) {
-        Some(d) => {
+    if let Some(step) = tile_step::<L>(rows, width) {
+        if let Some(d) = T::as_f32_mut(dst) {
+            let (r0, ds) = (rows[0] * width, step * width);
             for lb in (0..L).step_by(8) {
                 for cb in (0..width).step_by(8) {
                     vx.transpose8(&a[cb * L + lb..], L, &mut d[r0 + lb * ds + cb..], ds);
                 }
             }
+            return;
         }
-        None => {
-            let t = &mut tmp[..L * width];
-            for lb in (0..L).step_by(8) {
-                for cb in (0..width).step_by(8) {
-                    vx.transpose8(&a[cb * L + lb..], L, &mut t[lb * width + cb..], width);
-                }
-            }
-            for (l, &r) in rows.iter().enumerate() {
-                let src = &t[l * width..][..width];
-                for (o, v) in dst[r * width..][..width].iter_mut().zip(src) {
-                    *o = T::from_f32(*v);
-                }
-            }
+    }
+    let t = &mut tmp[..L * width];
+    for lb in (0..L).step_by(8) {
+        for cb in (0..width).step_by(8) {
+            vx.transpose8(&a[cb * L + lb..], L, &mut t[lb * width + cb..], width);
+        }
+    }
+    for (l, &r) in rows.iter().enumerate() {
+        let src = &t[l * width..][..width];
+        for (o, v) in dst[r * width..][..width].iter_mut().zip(src) {
+            *o = T::from_f32(*v);
         }
     }
 }
@@ -564,50 +569,63 @@ const SC_SLOTS: usize = 512;
 
 /// The sliding-window shape of one tile on the transposed path: lane `l`'s
 /// window (or inverse neighbourhood) is the `cnt[l]` group positions from
-/// `st0 + idx[l]`.
-struct Slide<S: Simd, const L: usize> {
+/// `st0 + idx[l]`, where either `idx[l] = l` for every lane (an interior
+/// run) or `idx[l] = 0` (a border run or a short dilation group: the
+/// kernels then broadcast the keys). Tiles are cut so that one of the two
+/// holds (see [`slide_run`]).
+struct Slide<const L: usize> {
     st0: usize,
     idx: [u32; L],
     cnt: [usize; L],
     /// The longest window: the slots every lane computes.
     kmax: usize,
-    /// `idx[l] = l` for every active lane: no permute needed.
-    ident: bool,
+    /// Every lane's window starts at `st0` (else at `st0 + l`).
+    bcast: bool,
     /// Some active lane has fewer than `kmax` slots: mask the rest.
     ragged: bool,
-    perm: S::P,
 }
 
-impl<S: Simd, const L: usize> Slide<S, L> {
+/// The lanes of a tile on the transposed path: the longest prefix of the
+/// `n` candidate lanes whose window starts `st` are all equal or all
+/// consecutive.
+#[inline(always)]
+fn slide_run<const L: usize>(st: &[usize; L], n: usize) -> usize {
+    if n <= 1 {
+        return n;
+    }
+    let step = usize::from(st[1] != st[0]);
+    1 + (1..n).take_while(|&l| st[l] == st[0] + step * l).count()
+}
+
+impl<const L: usize> Slide<L> {
     /// The shape of a tile of `n` lanes with windows `[st[l], en[l])`, or
-    /// `None` when a lane's window starts before lane 0's or `L` or more
-    /// slots after it (strided axes), which the permute cannot express.
+    /// `None` unless their starts are all equal or all consecutive.
     #[inline(always)]
-    fn new(vx: S, n: usize, st: &[usize; L], en: &[usize; L]) -> Option<Self> {
+    fn new(n: usize, st: &[usize; L], en: &[usize; L]) -> Option<Self> {
         let st0 = st[0];
+        let bcast = n > 1 && st[1] == st0;
+        let step = usize::from(!bcast);
         let mut idx = [0u32; L];
         let mut cnt = [0usize; L];
         let mut kmax = 0;
         for l in 0..L {
+            idx[l] = (l * step) as u32;
             if l < n {
-                let d = st[l].checked_sub(st0).filter(|&d| d < L)?;
-                idx[l] = d as u32;
+                if st[l] != st0 + l * step {
+                    return None;
+                }
                 cnt[l] = en[l] - st[l];
                 kmax = kmax.max(cnt[l]);
-            } else {
-                idx[l] = l as u32;
             }
         }
-        let ident = (0..n).all(|l| idx[l] as usize == l);
         let ragged = (0..n).any(|l| cnt[l] != kmax);
         Some(Slide {
             st0,
             idx,
             cnt,
             kmax,
-            ident,
+            bcast,
             ragged,
-            perm: vx.perm(&idx),
         })
     }
 
@@ -624,13 +642,11 @@ impl<S: Simd, const L: usize> Slide<S, L> {
     }
 }
 
-/// `v[l] = x[idx[l]]` for the first `L` entries of `x` (`x[l]` without `SH`).
+/// `v[l] = x[l]`, or `x[0]` in every lane when `BC`.
 #[inline(always)]
-fn shifted<S: Simd, const L: usize, const SH: bool>(vx: S, x: &[f32], p: S::P) -> [f32; L] {
-    let mut v = [0.0f32; L];
-    let r = vx.load(&x[..L]);
-    vx.store(if SH { vx.permute(r, p) } else { r }, &mut v);
-    v
+fn lanes_of<const L: usize, const BC: bool>(x: &[f32]) -> [f32; L] {
+    let x = &x[..L];
+    core::array::from_fn(|l| if BC { x[0] } else { x[l] })
 }
 
 /// The leading-axis key line `li` of windows `w0 x w1` (row-major).
@@ -659,13 +675,13 @@ struct FwdTile<'a, const L: usize> {
 /// softmax step, then [`diag_axpy`] into `ot`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
+fn forward_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
     vx: S,
     g: &Geo,
     x: &Inputs<'_, T>,
     (kt, vt): (&[f32], &[f32]),
     t: &FwdTile<'_, L>,
-    sl: &Slide<S, L>,
+    sl: &Slide<L>,
     (sc, madd): (&mut [[f32; L]], &mut [[f32; L]]),
     (m, lsum, ot): (&mut [f32; L], &mut [f32; L], &mut [[f32; L]]),
 ) {
@@ -684,12 +700,12 @@ fn forward_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
             let (t0, t1) = line_of(&w0, &w1, l0 + li);
             let s = &mut sc[li * km..][..km];
             let ko = g.t_offset(dk, t0, t1, t.h, t.grp) + sl.st0;
-            diag_dot::<S, L, SH>(vx, &kt[ko..], lg, dk, t.qt, s, sl.perm);
+            diag_dot::<S, L, BC>(vx, &kt[ko..], lg, dk, t.qt, s);
             if let Some(rpb) = x.rpb {
                 let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
                 let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
                 let brow = g.bias_row(rpb, t.h, r0, r1);
-                if SH {
+                if BC {
                     for l in 0..t.n {
                         // Bias index of slot o: (st0 + idx + o) - (ii0 + l) + k - 1.
                         let b0 = sl.st0 + sl.idx[l] as usize + k2 - 1 - (t.ii0 + l);
@@ -717,7 +733,7 @@ fn forward_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
             let (t0, t1) = line_of(&w0, &w1, l0 + li);
             let vo = g.t_offset(dv, t0, t1, t.h, t.grp) + sl.st0;
             let p = &sc[li * km..][..km];
-            diag_axpy::<S, L, SH>(vx, p, &vt[vo..], lg, ot, sl.perm);
+            diag_axpy::<S, L, BC>(vx, p, &vt[vo..], lg, ot);
         }
         l0 += nb;
     }
@@ -763,13 +779,14 @@ fn forward<S: Simd, const L: usize, T: Element>(
                     en[l] = st[l] + w.count;
                     rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
                 }
+                let n = if kvt.is_some() { slide_run(&st, n) } else { n };
                 load_tile::<S, T, L>(vx, qt, x.query, &rows[..n], dk, g.scale, kp);
                 for v in ot.iter_mut() {
                     *v = [0.0; L];
                 }
                 let mut m = [f32::MIN; L];
                 let mut lsum = [0.0f32; L];
-                let slide = kvt.and_then(|_| Slide::<S, L>::new(vx, n, &st, &en));
+                let slide = kvt.and_then(|_| Slide::<L>::new(n, &st, &en));
                 if let (Some(kv), Some(sl)) = (kvt, slide) {
                     let t = FwdTile {
                         ch,
@@ -781,7 +798,7 @@ fn forward<S: Simd, const L: usize, T: Element>(
                     };
                     let bufs = (&mut *sc, &mut *madd);
                     let acc = (&mut m, &mut lsum, &mut *ot);
-                    if sl.ident {
+                    if !sl.bcast {
                         forward_slide::<S, L, T, false>(vx, g, x, kv, &t, &sl, bufs, acc);
                     } else {
                         forward_slide::<S, L, T, true>(vx, g, x, kv, &t, &sl, bufs, acc);
@@ -823,12 +840,15 @@ fn forward<S: Simd, const L: usize, T: Element>(
                         ls[orow[l]] = m[l] + libm::logf(lsum[l]);
                     }
                 }
-                store_tile::<S, T, L>(vx, out, &orow[..n], dv, ot, Some(&inv), kp);
+                store_tile::<S, T, L>(vx, out, &orow[..n], dv, ot, Some(&inv), vp);
                 ii0 += n;
             }
         }
     }
 }
+
+/// Three lane buffers of a backward tile: probabilities, `dP`, mask.
+type Three<'a, const L: usize> = (&'a mut [[f32; L]], &'a mut [[f32; L]], &'a mut [[f32; L]]);
 
 /// What one tile of backward pass 1 works on.
 struct BwdQTile<'a, const L: usize> {
@@ -849,14 +869,14 @@ struct BwdQTile<'a, const L: usize> {
 /// and, when given, `d_rpb`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn backward_query_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
+fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
     vx: S,
     g: &Geo,
     x: &Inputs<'_, T>,
     (kt, vt): (&[f32], &[f32]),
     t: &BwdQTile<'_, L>,
-    sl: &Slide<S, L>,
-    (sc, dp, madd): (&mut [[f32; L]], &mut [[f32; L]], &mut [[f32; L]]),
+    sl: &Slide<L>,
+    (sc, dp, madd): Three<'_, L>,
     dqt: &mut [[f32; L]],
     mut drpb: Option<&mut [f32]>,
 ) {
@@ -873,12 +893,12 @@ fn backward_query_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
         let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
         let ko = g.t_offset(dk, t0, t1, t.h, t.grp) + sl.st0;
         let vo = g.t_offset(dv, t0, t1, t.h, t.grp) + sl.st0;
-        diag_dot::<S, L, SH>(vx, &kt[ko..], lg, dk, t.qt, sc, sl.perm);
+        diag_dot::<S, L, BC>(vx, &kt[ko..], lg, dk, t.qt, sc);
         let brow = x.rpb.map(|rpb| g.bias_row(rpb, t.h, r0, r1));
         // Bias index of lane l, slot o: (st0 + idx[l] + o) - (ii0 + l) + k - 1.
         let b0 = |l: usize| sl.st0 + sl.idx[l] as usize + k2 - 1 - (t.ii0 + l);
         if let Some(brow) = brow {
-            if SH {
+            if BC {
                 for l in 0..t.n {
                     for (sj, b) in sc[..sl.cnt[l]].iter_mut().zip(&brow[b0(l)..]) {
                         sj[l] += b.to_f32();
@@ -901,16 +921,16 @@ fn backward_query_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
                 sj[l] = exp::<S::A>(sj[l] - t.lse[l]);
             }
         }
-        diag_dot::<S, L, SH>(vx, &vt[vo..], lg, dv, t.dot, dp, sl.perm);
+        diag_dot::<S, L, BC>(vx, &vt[vo..], lg, dv, t.dot, dp);
         for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
             for l in 0..L {
                 pj[l] = sj[l] * (pj[l] - t.dlt[l]);
             }
         }
-        diag_axpy::<S, L, SH>(vx, dp, &kt[ko..], lg, dqt, sl.perm);
+        diag_axpy::<S, L, BC>(vx, dp, &kt[ko..], lg, dqt);
         if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
             let off = t.h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
-            if SH {
+            if BC {
                 for l in 0..t.n {
                     let d = &mut d[off + b0(l)..];
                     for (dr, pj) in d.iter_mut().zip(&dp[..sl.cnt[l]]) {
@@ -971,6 +991,9 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
                     let w = ax.window(x2[l]);
                     st[l] = w.start / d2;
                     en[l] = st[l] + w.count;
+                }
+                let n = if kvt.is_some() { slide_run(&st, n) } else { n };
+                for l in 0..n {
                     let r = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
                     rows[l] = r;
                     lse[l] = sv.lse[r];
@@ -983,7 +1006,7 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
                 for v in dqt.iter_mut() {
                     *v = [0.0; L];
                 }
-                let slide = kvt.and_then(|_| Slide::<S, L>::new(vx, n, &st, &en));
+                let slide = kvt.and_then(|_| Slide::<L>::new(n, &st, &en));
                 if let (Some(kv), Some(sl)) = (kvt, slide) {
                     let t = BwdQTile {
                         ch,
@@ -998,7 +1021,7 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
                     };
                     let bufs = (&mut *sc, &mut *dp, &mut *madd);
                     let d = drpb.as_deref_mut();
-                    if sl.ident {
+                    if !sl.bcast {
                         backward_query_slide::<S, L, T, false>(vx, g, x, kv, &t, &sl, bufs, dqt, d);
                     } else {
                         backward_query_slide::<S, L, T, true>(vx, g, x, kv, &t, &sl, bufs, dqt, d);
@@ -1076,14 +1099,14 @@ struct BwdKTile<'a, const L: usize> {
 /// `d_value` into `dkt` and `dvt`, over each key's inverse neighbourhood.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn backward_key_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
+fn backward_key_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
     vx: S,
     g: &Geo,
     x: &Inputs<'_, T>,
     tq: &QueriesT<'_>,
     t: &BwdKTile<'_, L>,
-    sl: &Slide<S, L>,
-    (sc, dp, madd): (&mut [[f32; L]], &mut [[f32; L]], &mut [[f32; L]]),
+    sl: &Slide<L>,
+    (sc, dp, madd): Three<'_, L>,
     (dkt, dvt): (&mut [[f32; L]], &mut [[f32; L]]),
 ) {
     let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
@@ -1100,12 +1123,12 @@ fn backward_key_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
             let qo = g.t_offset(dk, q0, q1, t.h, t.grp) + sl.st0;
             let oo = g.t_offset(dv, q0, q1, t.h, t.grp) + sl.st0;
             let so = g.t_offset(1, q0, q1, t.h, t.grp) + sl.st0;
-            diag_dot::<S, L, SH>(vx, &tq.q[qo..], lg, dk, t.kt, sc, sl.perm);
+            diag_dot::<S, L, BC>(vx, &tq.q[qo..], lg, dk, t.kt, sc);
             if let Some(rpb) = x.rpb {
                 // Lane l, slot o: key jj0 + l, query st0 + idx[l] + o.
                 let brow = g.bias_row(rpb, t.h, r0, r1);
                 let b0 = |l: usize| t.jj0 + l + k2 - 1 - sl.st0 - sl.idx[l] as usize;
-                if SH {
+                if BC {
                     for l in 0..t.n {
                         let b0 = b0(l);
                         for (o, sj) in sc[..sl.cnt[l]].iter_mut().enumerate() {
@@ -1126,20 +1149,20 @@ fn backward_key_slide<S: Simd, const L: usize, T: Element, const SH: bool>(
                 add_mask(sc, madd);
             }
             for (o, sj) in sc.iter_mut().enumerate() {
-                let lv = shifted::<S, L, SH>(vx, &tq.lse[so + o..], sl.perm);
+                let lv = lanes_of::<L, BC>(&tq.lse[so + o..]);
                 for l in 0..L {
                     sj[l] = exp::<S::A>(sj[l] - lv[l]);
                 }
             }
-            diag_dot::<S, L, SH>(vx, &tq.d_out[oo..], lg, dv, t.vt, dp, sl.perm);
+            diag_dot::<S, L, BC>(vx, &tq.d_out[oo..], lg, dv, t.vt, dp);
             for (o, (pj, sj)) in dp.iter_mut().zip(sc.iter()).enumerate() {
-                let dl = shifted::<S, L, SH>(vx, &tq.delta[so + o..], sl.perm);
+                let dl = lanes_of::<L, BC>(&tq.delta[so + o..]);
                 for l in 0..L {
                     pj[l] = sj[l] * (pj[l] - dl[l]);
                 }
             }
-            diag_axpy::<S, L, SH>(vx, sc, &tq.d_out[oo..], lg, dvt, sl.perm);
-            diag_axpy::<S, L, SH>(vx, dp, &tq.q[qo..], lg, dkt, sl.perm);
+            diag_axpy::<S, L, BC>(vx, sc, &tq.d_out[oo..], lg, dvt);
+            diag_axpy::<S, L, BC>(vx, dp, &tq.q[qo..], lg, dkt);
         }
     }
 }
@@ -1195,12 +1218,13 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
                     en[l] = last / d2 + 1;
                     rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
                 }
+                let n = if qdt.is_some() { slide_run(&st, n) } else { n };
                 load_tile::<S, T, L>(vx, kt, x.key, &rows[..n], dk, g.scale, qp);
                 load_tile::<S, T, L>(vx, vt, x.value, &rows[..n], dv, 1.0, dop);
                 for v in dkt.iter_mut().chain(dvt.iter_mut()) {
                     *v = [0.0; L];
                 }
-                let slide = qdt.and_then(|_| Slide::<S, L>::new(vx, n, &st, &en));
+                let slide = qdt.and_then(|_| Slide::<L>::new(n, &st, &en));
                 if let (Some(tq), Some(sl)) = (qdt, slide) {
                     let t = BwdKTile {
                         ch,
@@ -1213,7 +1237,7 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
                     };
                     let bufs = (&mut *sc, &mut *dp, &mut *madd);
                     let acc = (&mut *dkt, &mut *dvt);
-                    if sl.ident {
+                    if !sl.bcast {
                         backward_key_slide::<S, L, T, false>(vx, g, x, &tq, &t, &sl, bufs, acc);
                     } else {
                         backward_key_slide::<S, L, T, true>(vx, g, x, &tq, &t, &sl, bufs, acc);
