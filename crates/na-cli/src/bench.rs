@@ -93,7 +93,7 @@ pub struct BenchArgs {
     /// Where to run the operator: cpu, cuda or cuda:N (timed with CUDA events).
     #[arg(long, value_name = "DEV", default_value = "cpu", value_parser = parse_device)]
     pub device: DeviceArg,
-    /// Fused kernels' instruction set: generic, avx2, avx512, neon [default: best available].
+    /// Fused kernels' instruction set: generic, avx2, avx512, neon [default: per case, the best of this CPU for the shape (AVX2 rather than AVX-512 on last axes with groups under 64)].
     #[arg(long)]
     pub isa: Option<String>,
     /// Untimed runs before timing.
@@ -409,13 +409,14 @@ pub fn cpu_name() -> String {
     format!("{model} ({cores} logical cores)")
 }
 
-fn choose_isa(name: Option<&str>) -> Result<Isa> {
+/// The ISA `--isa` names, or `None` (each case then gets [`Isa::best_for`]).
+fn choose_isa(name: Option<&str>) -> Result<Option<Isa>> {
     let Some(name) = name else {
-        return Ok(Isa::best());
+        return Ok(None);
     };
     let names: Vec<&str> = Isa::available().map(Isa::name).collect();
     match Isa::available().find(|i| i.name() == name) {
-        Some(i) => Ok(i),
+        Some(i) => Ok(Some(i)),
         None => bail!(
             "--isa {name} is not available on this CPU (available: {})",
             names.join(", ")
@@ -516,7 +517,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let DeviceArg::Cuda(_) = args.device {
         return run_cuda(args, &cases, &problems);
     }
-    let isa = choose_isa(args.isa.as_deref())?;
+    let isa_arg = choose_isa(args.isa.as_deref())?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build()
@@ -542,6 +543,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let mut results: Vec<Value> = vec![];
     for (c, p) in cases.iter().zip(&problems) {
+        let isa = isa_arg.unwrap_or_else(|| Isa::best_for(p));
         for &imp in &args.imps {
             bar.set_message(format!("{} {}", c.id, imp.name()));
             let times = pool.install(|| match args.dtype {
@@ -565,6 +567,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
+    let isa = match isa_arg {
+        Some(i) => i.name().to_string(),
+        None => format!("per case ({} available)", Isa::best()),
+    };
     println!("{cpu}; {threads} thread(s); fused ISA {isa}; commit {commit}; f32 GEMM peak {peak:.1} GFLOP/s");
     println!(
         "{:<16} {:<13} {:<16} {:>11} {:>11} {:>11} {:>9} {:>8}",

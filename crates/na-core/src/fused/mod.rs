@@ -120,6 +120,30 @@ impl Isa {
     }
 }
 
+impl Isa {
+    /// The ISA the default entry points use for `p`: [`Isa::best`], except
+    /// that AVX-512 gives way to AVX2 when the last spatial axis has dilation
+    /// groups shorter than 64 positions. Tiles are one vector of queries of
+    /// one group, so 16-lane tiles leave lanes idle on short groups (a
+    /// group of 7 in `dinat-l0` fills 7 of 16), and on CPUs that split
+    /// 512-bit operations in two (AMD Zen 4) the wider vector gains nothing
+    /// to make up for it. Measured on Zen 4 (`na bench --isa`, see
+    /// `bench/results/`): AVX-512 is faster on `seq-1d` and `hires`, AVX2 on
+    /// 56x56 and smaller maps.
+    pub fn best_for(p: &Problem) -> Isa {
+        let best = Isa::best();
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        if best == Isa::Avx512 {
+            let a = p.axes3()[2];
+            if a.len() / a.dilation() < 64 && Isa::Avx2.is_available() {
+                return Isa::Avx2;
+            }
+        }
+        let _ = p;
+        best
+    }
+}
+
 impl core::fmt::Display for Isa {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.name())
@@ -165,7 +189,7 @@ pub fn forward_with_scratch<T: Element>(
     lse: Option<&mut [f32]>,
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    forward_with_scratch_on(Isa::best(), p, x, out, lse, scratch)
+    forward_with_scratch_on(Isa::best_for(p), p, x, out, lse, scratch)
 }
 
 /// [`forward_with_scratch`] on a chosen ISA (for tests and benchmarks).
@@ -391,7 +415,7 @@ impl BwdT<'_> {
 
 /// Forward pass: writes `out` (`[batch, *spatial, heads, head_dim_v]`) and,
 /// if given, `lse` (`[batch, *spatial, heads]`), with the threads `par` asks
-/// for, on the best ISA of this CPU.
+/// for, on the ISA [`Isa::best_for`] picks.
 #[cfg(feature = "alloc")]
 pub fn forward<T: Element>(
     p: &Problem,
@@ -400,7 +424,7 @@ pub fn forward<T: Element>(
     lse: Option<&mut [f32]>,
     par: Par,
 ) -> Result<(), Error> {
-    forward_on(Isa::best(), p, x, out, lse, par)
+    forward_on(Isa::best_for(p), p, x, out, lse, par)
 }
 
 /// [`forward`] on a chosen ISA (for tests and benchmarks).
@@ -439,6 +463,64 @@ fn split_chunks<'a, T>(
     v
 }
 
+/// A large scratch buffer (the transposed tensors) kept between threaded
+/// calls: a fresh allocation of a few megabytes costs a page fault per 4 KiB
+/// on first touch, which is a large part of a millisecond kernel. Every
+/// element the kernels read is written first (the transposition covers the
+/// buffer; [`split_transposed`] zeroes the padding), so stale contents are
+/// harmless. Concurrent calls each get their own buffer (one of them a new
+/// allocation); the largest is kept when they are returned.
+#[cfg(feature = "rayon")]
+struct Recycled(alloc::vec::Vec<f32>);
+
+#[cfg(feature = "rayon")]
+static RECYCLED: std::sync::Mutex<alloc::vec::Vec<f32>> =
+    std::sync::Mutex::new(alloc::vec::Vec::new());
+
+#[cfg(feature = "rayon")]
+impl Recycled {
+    /// A buffer of `len` floats (contents unspecified).
+    fn take(len: usize) -> Self {
+        let mut v = RECYCLED
+            .lock()
+            .map(|mut g| core::mem::take(&mut *g))
+            .unwrap_or_default();
+        v.resize(len, 0.0);
+        Recycled(v)
+    }
+}
+
+#[cfg(feature = "rayon")]
+impl core::ops::Deref for Recycled {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+#[cfg(feature = "rayon")]
+impl core::ops::DerefMut for Recycled {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+#[cfg(feature = "rayon")]
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        let v = core::mem::take(&mut self.0);
+        // Keep at most 256 MiB between calls.
+        if v.capacity() > (64 << 20) {
+            return;
+        }
+        if let Ok(mut g) = RECYCLED.lock() {
+            if v.capacity() > g.capacity() {
+                *g = v;
+            }
+        }
+    }
+}
+
 #[cfg(feature = "rayon")]
 fn forward_rayon<T: Element>(
     isa: Isa,
@@ -452,7 +534,7 @@ fn forward_rayon<T: Element>(
     check_forward(p, &x, out, lse.as_deref())?;
     let g = Geo::new(p);
     let len = tile::fwd_work_len(p, LMAX);
-    let mut kv = alloc::vec![0.0f32; transposed_len(&g)];
+    let mut kv = Recycled::take(transposed_len(&g));
     let (kt, vt, _) = split_transposed(&g, &mut kv);
     let cpb = g.chunks_per_batch();
     let mut outs = split_chunks(&g, out, p.heads() * p.head_dim_v()).into_iter();
@@ -496,7 +578,7 @@ pub fn backward_with_scratch<T: Element>(
     g: Grads<'_, T>,
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    backward_with_scratch_on(Isa::best(), p, x, s, g, scratch)
+    backward_with_scratch_on(Isa::best_for(p), p, x, s, g, scratch)
 }
 
 /// [`backward_with_scratch`] on a chosen ISA (for tests and benchmarks).
@@ -568,7 +650,7 @@ pub fn backward_with_scratch_on<T: Element>(
 
 /// Backward pass: writes `d_query`, `d_key`, `d_value` and, when requested
 /// (and `rpb` was given), `d_rpb`, with the threads `par` asks for, on the
-/// best ISA of this CPU. Deterministic, and bit-identical for every `par`.
+/// ISA [`Isa::best_for`] picks. Deterministic, and bit-identical for every `par`.
 #[cfg(feature = "alloc")]
 pub fn backward<T: Element>(
     p: &Problem,
@@ -577,7 +659,7 @@ pub fn backward<T: Element>(
     g: Grads<'_, T>,
     par: Par,
 ) -> Result<(), Error> {
-    backward_on(Isa::best(), p, x, s, g, par)
+    backward_on(Isa::best_for(p), p, x, s, g, par)
 }
 
 /// [`backward`] on a chosen ISA (for tests and benchmarks).
@@ -621,7 +703,7 @@ fn backward_rayon<T: Element>(
     let want_rpb = gr.d_rpb.is_some();
     let work_len = tile::bwd_work_len(p, LMAX);
     let rpb_len = if want_rpb { p.rpb_len() } else { 0 };
-    let mut tbuf = alloc::vec![0.0f32; bwd_transposed_len(&g)];
+    let mut tbuf = Recycled::take(bwd_transposed_len(&g));
     let (tb, _) = split_bwd_transposed(&g, &mut tbuf);
     let cpb = g.chunks_per_batch();
     let per_b = p.tokens() * h;
