@@ -115,7 +115,12 @@ fn dot_block<S: Simd, const L: usize, const J: usize>(
     out: &mut [[f32; L]],
 ) {
     // (J, width) rows, each sliced to exactly `width` so indexing is unchecked.
-    let r: [&[f32]; J] = core::array::from_fn(|jj| &rows[jj * stride..][..width]);
+    // Plain loops rather than `array::from_fn`: a call that is not inlined
+    // would run outside the caller's `#[target_feature]` context.
+    let mut r: [&[f32]; J] = [&[]; J];
+    for (jj, rj) in r.iter_mut().enumerate() {
+        *rj = &rows[jj * stride..][..width];
+    }
     let mut acc = [s.zero(); J];
     for (c, lc) in lanes[..width].iter().enumerate() {
         let v = s.load(lc);
@@ -164,7 +169,10 @@ fn axpy_block<S: Simd, const L: usize, const C: usize>(
     c0: usize,
     io: &mut [[f32; L]],
 ) {
-    let mut acc: [S::V; C] = core::array::from_fn(|cc| s.load(&io[cc]));
+    let mut acc = [s.zero(); C];
+    for (a, v) in acc.iter_mut().zip(io.iter()) {
+        *a = s.load(v);
+    }
     for (j, pj) in p.iter().enumerate() {
         let pv = s.load(pj);
         let r = &rows[j * stride + c0..][..C];
@@ -269,8 +277,14 @@ fn diag_axpy_block<S: Simd, const L: usize, const C: usize, const BC: bool>(
     io: &mut [[f32; L]],
 ) {
     let k = p.len();
-    let rows: [&[f32]; C] = core::array::from_fn(|cc| &vt[cc * ld..][..k + L - 1]);
-    let mut acc: [S::V; C] = core::array::from_fn(|cc| s.load(&io[cc]));
+    let mut rows: [&[f32]; C] = [&[]; C];
+    for (cc, r) in rows.iter_mut().enumerate() {
+        *r = &vt[cc * ld..][..k + L - 1];
+    }
+    let mut acc = [s.zero(); C];
+    for (a, v) in acc.iter_mut().zip(io.iter()) {
+        *a = s.load(v);
+    }
     for (o, po) in p.iter().enumerate() {
         let pv = s.load(po);
         for cc in 0..C {

@@ -75,7 +75,11 @@ impl<A: Arith> Simd for Lanes8<A> {
     }
     #[inline(always)]
     fn fma(self, a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
-        core::array::from_fn(|l| A::fma(a[l], b[l], c[l]))
+        let mut r = [0.0; 8];
+        for l in 0..8 {
+            r[l] = A::fma(a[l], b[l], c[l]);
+        }
+        r
     }
 }
 
@@ -98,12 +102,18 @@ mod x86 {
     /// The CPU must support AVX.
     #[inline(always)]
     unsafe fn transpose8_avx(src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
-        let r: [&[f32]; 8] = core::array::from_fn(|l| &src[l * ss..][..8]);
+        let mut r: [&[f32]; 8] = [&[]; 8];
+        for (l, rl) in r.iter_mut().enumerate() {
+            *rl = &src[l * ss..][..8];
+        }
         // SAFETY (whole block): each `r[l]` holds 8 readable f32 (sliced
         // above), each destination row is sliced to 8 writable f32 below, and
         // the caller guarantees AVX.
         unsafe {
-            let v: [__m256; 8] = core::array::from_fn(|l| _mm256_loadu_ps(r[l].as_ptr()));
+            let mut v = [_mm256_setzero_ps(); 8];
+            for (vl, rl) in v.iter_mut().zip(r) {
+                *vl = _mm256_loadu_ps(rl.as_ptr());
+            }
             let t0 = _mm256_unpacklo_ps(v[0], v[1]);
             let t1 = _mm256_unpackhi_ps(v[0], v[1]);
             let t2 = _mm256_unpacklo_ps(v[2], v[3]);

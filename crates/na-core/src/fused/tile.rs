@@ -646,7 +646,33 @@ impl<const L: usize> Slide<L> {
 #[inline(always)]
 fn lanes_of<const L: usize, const BC: bool>(x: &[f32]) -> [f32; L] {
     let x = &x[..L];
-    core::array::from_fn(|l| if BC { x[0] } else { x[l] })
+    let mut v = [0.0f32; L];
+    for l in 0..L {
+        v[l] = if BC { x[0] } else { x[l] };
+    }
+    v
+}
+
+/// The queries attending key `t` on axis `ax`, as one window (they form an
+/// interval of the key's dilation group).
+#[inline(always)]
+fn inverse_window(ax: &Axis, t: usize) -> Window {
+    let mut inv = ax.inverse(t);
+    match inv.next() {
+        Some(first) => {
+            let last = inv.last().unwrap_or(first);
+            Window {
+                start: first,
+                count: (last - first) / ax.dilation() + 1,
+                step: ax.dilation(),
+            }
+        }
+        None => Window {
+            start: t,
+            count: 0,
+            step: ax.dilation(),
+        },
+    }
 }
 
 /// The leading-axis key line `li` of windows `w0 x w1` (row-major).
@@ -1074,7 +1100,10 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
                         }
                     }
                 }
-                let orow: [usize; L] = core::array::from_fn(|l| (x2[l].max(ch.a) - ch.a) * hn + h);
+                let mut orow = [0usize; L];
+                for l in 0..n {
+                    orow[l] = (x2[l] - ch.a) * hn + h;
+                }
                 let scale = [g.scale; L];
                 store_tile::<S, T, L>(vx, dq, &orow[..n], dk, dqt, Some(&scale), kp);
                 ii0 += n;
@@ -1116,9 +1145,10 @@ fn backward_key_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
         sl.mask(t.n, madd);
     }
     let (sc, dp) = (&mut sc[..km], &mut dp[..km]);
-    for q0 in a0.inverse(t.ch.x0) {
+    let (i0, i1) = (inverse_window(&a0, t.ch.x0), inverse_window(&a1, t.ch.x1));
+    for q0 in i0.iter() {
         let r0 = a0.rpb_index_unchecked(q0, t.ch.x0);
-        for q1 in a1.inverse(t.ch.x1) {
+        for q1 in i1.iter() {
             let r1 = a1.rpb_index_unchecked(q1, t.ch.x1);
             let qo = g.t_offset(dk, q0, q1, t.h, t.grp) + sl.st0;
             let oo = g.t_offset(dv, q0, q1, t.h, t.grp) + sl.st0;
@@ -1211,11 +1241,9 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
                 for l in 0..n {
                     x2[l] = grp + d2 * (jj0 + l);
                     // The queries attending a key form one interval of its group.
-                    let mut inv = ax.inverse(x2[l]);
-                    let first = inv.next().unwrap_or(x2[l]);
-                    let last = inv.last().unwrap_or(first);
-                    st[l] = first / d2;
-                    en[l] = last / d2 + 1;
+                    let inv = inverse_window(&ax, x2[l]);
+                    st[l] = inv.start / d2;
+                    en[l] = st[l] + inv.count;
                     rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
                 }
                 let n = if qdt.is_some() { slide_run(&st, n) } else { n };
@@ -1286,7 +1314,10 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
                         }
                     }
                 }
-                let orow: [usize; L] = core::array::from_fn(|l| (x2[l].max(ch.a) - ch.a) * hn + h);
+                let mut orow = [0usize; L];
+                for l in 0..n {
+                    orow[l] = (x2[l] - ch.a) * hn + h;
+                }
                 let scale = [g.scale; L];
                 store_tile::<S, T, L>(vx, dk_out, &orow[..n], dk, dkt, Some(&scale), qp);
                 store_tile::<S, T, L>(vx, dv_out, &orow[..n], dv, dvt, None, dop);
