@@ -51,6 +51,9 @@ pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {
     fn from_f32(x: f32) -> Self;
     /// Widens a slice into `dst` (same length; SIMD where `half` has it).
     fn widen_slice(src: &[Self], dst: &mut [f32]);
+    /// Rounds a slice of `f32` into `dst` (same length; round to nearest
+    /// even, as [`Element::from_f32`]; SIMD where `half` has it).
+    fn narrow_slice(src: &[f32], dst: &mut [Self]);
     /// The slice itself when `Self` is `f32` (kernels then read it in place).
     fn as_f32(x: &[Self]) -> Option<&[f32]>;
     /// The slice itself when `Self` is `f32` (kernels then write it in place).
@@ -69,6 +72,10 @@ impl Element for f32 {
     }
     #[inline(always)]
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn narrow_slice(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
     #[inline(always)]
@@ -96,6 +103,10 @@ impl Element for f16 {
         src.convert_to_f32_slice(dst);
     }
     #[inline(always)]
+    fn narrow_slice(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+    #[inline(always)]
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
         None
     }
@@ -118,6 +129,10 @@ impl Element for bf16 {
     #[inline(always)]
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
+    }
+    #[inline(always)]
+    fn narrow_slice(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
     }
     #[inline(always)]
     fn as_f32(_: &[Self]) -> Option<&[f32]> {

@@ -5,17 +5,26 @@
 //!
 //! # How they work
 //!
-//! Queries are processed in **tiles** of `L` lanes (the SIMD width: 8 on
-//! AVX2 and NEON, 16 on AVX-512): `L` consecutive queries of one dilation
+//! Queries are processed in **tiles** of up to `L` lanes (the SIMD width: 8
+//! on AVX2 and NEON, 16 on AVX-512): consecutive queries of one dilation
 //! group along the last spatial axis, with the same leading coordinates. In
 //! 2D/3D they therefore share their window on the leading axes, which is a
-//! set of key *lines*; along the last axis their windows overlap, and the
-//! union of the tile's windows is at most `L + k + s` keys. For each key line
-//! the kernel packs the union's keys and values once, computes the tile's
-//! logits as one small matrix product with the tile held transposed (lanes =
-//! queries), masks the keys outside each query's window, adds the bias, and
-//! folds the line into an online softmax. No `N x window` score tensor
-//! exists; scratch is a few kilobytes per thread.
+//! set of key *lines*.
+//!
+//! With stride 1 on the last axis (the common case) keys and values are
+//! first transposed per batch element (channel-major, a group's positions
+//! adjacent, 8x8 SIMD transposes), and tiles are cut into runs whose
+//! windows either start one slot apart (interior queries) or all start
+//! together (queries clamped at a border, or every query of a dilation
+//! group no longer than the kernel). For every key line the logits of the
+//! whole tile are then one sliding-window product: per channel and window
+//! slot, one unaligned vector load of consecutive keys (or one broadcast
+//! load) and one FMA, no key outside a lane's window. The logits of all
+//! lines of the window (up to 512 slots) go through one online-softmax
+//! step, then the same sliding form accumulates `P V`. Other strides take a
+//! general path that packs the union of the tile's windows (at most
+//! `L + k + s` keys per line) and masks each lane's keys. No `N x window`
+//! score tensor exists; scratch is a few kilobytes per thread.
 //!
 //! The backward pass recomputes probabilities from the saved `lse`. Pass 1
 //! gathers `d_query` (and `d_rpb`) over each query tile's window. Pass 2
@@ -127,9 +136,11 @@ impl Isa {
     /// one group, so 16-lane tiles leave lanes idle on short groups (a
     /// group of 7 in `dinat-l0` fills 7 of 16), and on CPUs that split
     /// 512-bit operations in two (AMD Zen 4) the wider vector gains nothing
-    /// to make up for it. Measured on Zen 4 (`na bench --isa`, see
-    /// `bench/results/`): AVX-512 is faster on `seq-1d` and `hires`, AVX2 on
-    /// 56x56 and smaller maps.
+    /// to make up for it. Measured on Zen 4 (AMD EPYC, 2 cores,
+    /// `na bench --isa avx2|avx512`, 2 threads, forward medians): `seq-1d`
+    /// 23.6 ms (AVX2) vs 18.7 ms (AVX-512), `hires` 38.7 vs 35.7 ms, but
+    /// `nat-l0` 1.40 vs 1.49 ms, `dinat-l0` 1.03 vs 1.80 ms, `nat-l2` 0.30
+    /// vs 0.72 ms, `vol-3d` 5.0 vs 6.9 ms.
     pub fn best_for(p: &Problem) -> Isa {
         let best = Isa::best();
         #[cfg(all(feature = "std", target_arch = "x86_64"))]

@@ -435,10 +435,7 @@ fn store_tile<S: Simd, T: Element, const L: usize>(
         }
     }
     for (l, &r) in rows.iter().enumerate() {
-        let src = &t[l * width..][..width];
-        for (o, v) in dst[r * width..][..width].iter_mut().zip(src) {
-            *o = T::from_f32(*v);
-        }
+        T::narrow_slice(&t[l * width..][..width], &mut dst[r * width..][..width]);
     }
 }
 
