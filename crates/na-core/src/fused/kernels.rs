@@ -205,8 +205,9 @@ fn load_bc<S: Simd, const BC: bool>(s: S, x: &[f32]) -> S::V {
 ///
 /// `kt`: a transposed block (`width` channels, `ld` slots apart), offset to
 /// the tile's first window start. Offsets go in blocks of 8 (8 independent
-/// accumulators keep both FMA pipes busy), so rows are read up to
-/// `DIAG_PAD + L - 1` slots past the last offset: callers pad for that.
+/// accumulators keep both FMA pipes busy) and one last block of the rest, so
+/// rows are read up to `L - 1` slots past the last offset (callers pad for
+/// `DIAG_PAD + L`).
 /// Each term is one unaligned vector load (with `BC`, one broadcast load) and
 /// one FMA: no work is wasted on keys outside a lane's window.
 #[inline(always)]
@@ -221,24 +222,49 @@ pub(crate) fn diag_dot<S: Simd, const L: usize, const BC: bool>(
     let k = out.len();
     let lanes = &lanes[..width];
     let mut o = 0;
-    while o < k {
-        let mut acc = [s.zero(); DIAG_PAD];
-        for (c, lc) in lanes.iter().enumerate() {
-            let v = s.load(lc);
-            let row = &kt[c * ld + o..][..DIAG_PAD + L - 1];
-            for (jj, a) in acc.iter_mut().enumerate() {
-                *a = s.fma(v, load_bc::<S, BC>(s, &row[jj..jj + L]), *a);
-            }
-        }
-        let n = (k - o).min(DIAG_PAD);
-        for (dst, a) in out[o..o + n].iter_mut().zip(acc) {
-            s.store(a, dst);
-        }
+    while o + DIAG_PAD <= k {
+        diag_dot_block::<S, L, BC, DIAG_PAD>(s, &kt[o..], ld, lanes, &mut out[o..]);
         o += DIAG_PAD;
+    }
+    // The last slots in one block of exactly their number: no wasted FMAs
+    // for kernels that are not a multiple of 8 (7, 13, ...).
+    let (kt, out) = (&kt[o..], &mut out[o..]);
+    match k - o {
+        0 => {}
+        1 => diag_dot_block::<S, L, BC, 1>(s, kt, ld, lanes, out),
+        2 => diag_dot_block::<S, L, BC, 2>(s, kt, ld, lanes, out),
+        3 => diag_dot_block::<S, L, BC, 3>(s, kt, ld, lanes, out),
+        4 => diag_dot_block::<S, L, BC, 4>(s, kt, ld, lanes, out),
+        5 => diag_dot_block::<S, L, BC, 5>(s, kt, ld, lanes, out),
+        6 => diag_dot_block::<S, L, BC, 6>(s, kt, ld, lanes, out),
+        _ => diag_dot_block::<S, L, BC, 7>(s, kt, ld, lanes, out),
     }
 }
 
-/// Slots past a tile's last window start that [`diag_dot`] may compute.
+/// `N` consecutive slots of [`diag_dot`], `N` accumulators in registers.
+#[inline(always)]
+fn diag_dot_block<S: Simd, const L: usize, const BC: bool, const N: usize>(
+    s: S,
+    kt: &[f32],
+    ld: usize,
+    lanes: &[[f32; L]],
+    out: &mut [[f32; L]],
+) {
+    let mut acc = [s.zero(); N];
+    for (c, lc) in lanes.iter().enumerate() {
+        let v = s.load(lc);
+        let row = &kt[c * ld..][..N + L - 1];
+        for (jj, a) in acc.iter_mut().enumerate() {
+            *a = s.fma(v, load_bc::<S, BC>(s, &row[jj..jj + L]), *a);
+        }
+    }
+    for (dst, a) in out[..N].iter_mut().zip(acc) {
+        s.store(a, dst);
+    }
+}
+
+/// The block of offsets [`diag_dot`] keeps in registers, and the padding
+/// (with the lane count) callers leave after transposed rows.
 pub(crate) const DIAG_PAD: usize = 8;
 
 /// The sliding-window counterpart of [`lanes_times_rows`]:
