@@ -639,6 +639,45 @@ impl<const L: usize> Slide<L> {
     }
 }
 
+impl<const L: usize> Slide<L> {
+    /// For a query tile whose lane 0 is query `ii0`: the bias index of lane
+    /// `l`'s slot 0, `(st0 + idx[l]) - (ii0 + l) + k - 1` (slot `o` adds `o`).
+    #[inline(always)]
+    fn query_bias_start(&self, l: usize, k: usize, ii0: usize) -> usize {
+        self.st0 + self.idx[l] as usize + k - 1 - (ii0 + l)
+    }
+}
+
+/// Adds one key line's bias row `brow` to the logits `s` of a query tile
+/// (`n` active lanes, lane 0 at group index `ii0`): per lane on broadcast
+/// runs, one broadcast value per slot on sliding runs (where every lane's
+/// slot `o` has the same bias index).
+#[inline(always)]
+fn add_query_bias<T: Element, const L: usize, const BC: bool>(
+    s: &mut [[f32; L]],
+    brow: &[T],
+    sl: &Slide<L>,
+    k: usize,
+    ii0: usize,
+    n: usize,
+) {
+    if BC {
+        for l in 0..n {
+            let b0 = sl.query_bias_start(l, k, ii0);
+            for (sj, b) in s[..sl.cnt[l]].iter_mut().zip(&brow[b0..]) {
+                sj[l] += b.to_f32();
+            }
+        }
+    } else {
+        for (sj, b) in s.iter_mut().zip(&brow[sl.query_bias_start(0, k, ii0)..]) {
+            let b = b.to_f32();
+            for v in sj.iter_mut() {
+                *v += b;
+            }
+        }
+    }
+}
+
 /// `v[l] = x[l]`, or `x[0]` in every lane when `BC`.
 #[inline(always)]
 fn lanes_of<const L: usize, const BC: bool>(x: &[f32]) -> [f32; L] {
@@ -728,24 +767,7 @@ fn forward_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
                 let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
                 let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
                 let brow = g.bias_row(rpb, t.h, r0, r1);
-                if BC {
-                    for l in 0..t.n {
-                        // Bias index of slot o: (st0 + idx + o) - (ii0 + l) + k - 1.
-                        let b0 = sl.st0 + sl.idx[l] as usize + k2 - 1 - (t.ii0 + l);
-                        for (sj, b) in s[..sl.cnt[l]].iter_mut().zip(&brow[b0..]) {
-                            sj[l] += b.to_f32();
-                        }
-                    }
-                } else {
-                    // Slot o of every lane has bias index st0 + o - ii0 + k - 1.
-                    let b0 = sl.st0 + k2 - 1 - t.ii0;
-                    for (sj, b) in s.iter_mut().zip(&brow[b0..]) {
-                        let b = b.to_f32();
-                        for v in sj.iter_mut() {
-                            *v += b;
-                        }
-                    }
-                }
+                add_query_bias::<T, L, BC>(s, brow, sl, k2, t.ii0, t.n);
             }
             if sl.ragged {
                 add_mask(s, madd);
@@ -918,23 +940,9 @@ fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
         let vo = g.t_offset(dv, t0, t1, t.h, t.grp) + sl.st0;
         diag_dot::<S, L, BC>(vx, &kt[ko..], lg, dk, t.qt, sc);
         let brow = x.rpb.map(|rpb| g.bias_row(rpb, t.h, r0, r1));
-        // Bias index of lane l, slot o: (st0 + idx[l] + o) - (ii0 + l) + k - 1.
-        let b0 = |l: usize| sl.st0 + sl.idx[l] as usize + k2 - 1 - (t.ii0 + l);
+        let b0 = |l: usize| sl.query_bias_start(l, k2, t.ii0);
         if let Some(brow) = brow {
-            if BC {
-                for l in 0..t.n {
-                    for (sj, b) in sc[..sl.cnt[l]].iter_mut().zip(&brow[b0(l)..]) {
-                        sj[l] += b.to_f32();
-                    }
-                }
-            } else {
-                for (sj, b) in sc.iter_mut().zip(&brow[b0(0)..]) {
-                    let b = b.to_f32();
-                    for v in sj.iter_mut() {
-                        *v += b;
-                    }
-                }
-            }
+            add_query_bias::<T, L, BC>(sc, brow, sl, k2, t.ii0, t.n);
         }
         if sl.ragged {
             add_mask(sc, madd);
