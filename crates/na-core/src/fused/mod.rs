@@ -136,11 +136,13 @@ impl Isa {
     /// one group, so 16-lane tiles leave lanes idle on short groups (a
     /// group of 7 in `dinat-l0` fills 7 of 16), and on CPUs that split
     /// 512-bit operations in two (AMD Zen 4) the wider vector gains nothing
-    /// to make up for it. Measured on Zen 4 (AMD EPYC, 2 cores,
-    /// `na bench --isa avx2|avx512`, 2 threads, forward medians): `seq-1d`
-    /// 23.6 ms (AVX2) vs 18.7 ms (AVX-512), `hires` 38.7 vs 35.7 ms, but
-    /// `nat-l0` 1.40 vs 1.49 ms, `dinat-l0` 1.03 vs 1.80 ms, `nat-l2` 0.30
-    /// vs 0.72 ms, `vol-3d` 5.0 vs 6.9 ms.
+    /// to make up for it. Measured on Zen 4 (AMD EPYC, 2 cores, 2 threads,
+    /// forward medians of `na bench --isa avx2|avx512`, files under
+    /// `bench/results/isa/`): `dinat-l0` 1.34 ms (AVX2) vs 2.78 ms
+    /// (AVX-512), `nat-l2` 0.43 vs 0.79, `vol-3d` 5.3 vs 7.1, `nat-l0` 1.15
+    /// vs 1.46 (`cpu-*-small-fwd-na.json`, back to back); `seq-1d` 28.5 vs
+    /// 25.5 and `hires` 41.6 vs 33.8 (`cpu-avx2-fwd-na.json`,
+    /// `cpu-avx512-fwd-na.json`, a noisier pair).
     pub fn best_for(p: &Problem) -> Isa {
         let best = Isa::best();
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
