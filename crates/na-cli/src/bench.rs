@@ -329,50 +329,11 @@ pub(crate) fn stats(times: &[f64]) -> (f64, f64, f64) {
     (median, s[0], s[n - 1])
 }
 
-/// f32 GEMM peak of this machine with `threads` threads: the best of several
-/// 1024^3 products by the `gemm` crate (2.1 GFLOP each).
-pub(crate) fn gemm_peak(threads: usize) -> f64 {
-    let n = 1024;
-    let a = normal(n * n, 7);
-    let b = normal(n * n, 8);
-    let mut c = vec![0.0f32; n * n];
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    let mut best = f64::INFINITY;
-    for _ in 0..6 {
-        let t = Instant::now();
-        // SAFETY: a, b and c are n*n row-major f32 buffers that outlive the call;
-        // strides (column 1, row n) stay inside them, and c does not alias a or b.
-        unsafe {
-            gemm::gemm(
-                n,
-                n,
-                n,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                n as isize,
-                b.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(&c);
-    2.0 * (n as f64).powi(3) / best / 1e9
+/// f32 GEMM peak of this machine on the current rayon pool: the best of
+/// several 1024^3 products through the models' GEMM wrapper
+/// ([`na_model::ops::gemm::peak_gflops`]).
+pub(crate) fn gemm_peak() -> f64 {
+    na_model::ops::gemm::peak_gflops()
 }
 
 /// `git rev-parse --short HEAD` of the working directory (with `-dirty`), or `unknown`.
@@ -533,7 +494,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("f32 GEMM peak");
-    let peak = pool.install(|| gemm_peak(threads));
+    let peak = pool.install(gemm_peak);
     bar.inc(1);
 
     let pass = if args.backward {

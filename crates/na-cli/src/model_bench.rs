@@ -59,7 +59,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("f32 GEMM peak");
-    let peak = cpu.install(|| gemm_peak(threads));
+    let peak = cpu.install(gemm_peak);
     bar.inc(1);
     let mut results = Vec::new();
     for (name, cfg) in &models {

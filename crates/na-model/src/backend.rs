@@ -1,10 +1,18 @@
-//! What a device must provide to run the models, and the tensors it owns.
+//! What a device must provide to run the models ([`Backend`]) and to train
+//! them ([`Backward`]), and the tensors it owns.
 //!
-//! Model code only calls these operations, so it makes no assumption about
-//! where the data lives: a tensor is a shape plus the backend's own buffer.
+//! The architecture walk ([`crate::net`]) only calls these operations, so it
+//! makes no assumption about where the data lives: a tensor is a shape plus
+//! the backend's own buffer, and a model's parameters are one flat tensor
+//! that the layers ([`crate::ops`]'s descriptors) address by range. A GPU
+//! backend keeps every activation and the parameters device-resident; only
+//! [`Backend::upload`] and [`Backend::download`] cross to the host.
 //! Activations are channels-last (`[B, H, W, C]`) inside the network.
 
+use core::ops::Range;
+
 use crate::error::Result;
+use crate::ops::{Act, Attention, Conv2d, LayerNorm, Linear};
 
 /// A tensor: a row-major shape and a device buffer of `f32`.
 pub struct Tensor<B: Backend + ?Sized> {
@@ -32,19 +40,10 @@ impl<B: Backend + ?Sized> core::fmt::Debug for Tensor<B> {
     }
 }
 
-/// Neighborhood-attention settings of one block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NaSpec {
-    /// Attention heads.
-    pub heads: usize,
-    /// Kernel size (both axes).
-    pub kernel: usize,
-    /// Dilation (both axes).
-    pub dilation: usize,
-}
-
-/// The operations a device provides. Every method validates its shapes and
-/// returns a typed error rather than panicking.
+/// The forward operations a device provides (inference). Every method
+/// validates its shapes and returns a typed error rather than panicking.
+/// `p` is always the model's flat parameter tensor; layers address their
+/// weights in it by range.
 pub trait Backend: Send + Sync {
     /// The device buffer type.
     type Buf: Send + Sync;
@@ -55,6 +54,12 @@ pub trait Backend: Send + Sync {
     /// Copies host data to a new tensor of shape `shape`.
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor<Self>>;
 
+    /// Moves host data into a new tensor of shape `shape` (a host backend
+    /// keeps the buffer; a device copies it like [`Backend::upload`]).
+    fn upload_vec(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor<Self>> {
+        self.upload(shape, &data)
+    }
+
     /// Copies a tensor back to the host.
     fn download(&self, x: &Tensor<Self>) -> Result<Vec<f32>>;
 
@@ -64,52 +69,57 @@ pub trait Backend: Send + Sync {
         drop(x);
     }
 
+    /// Runs `f` in the backend's execution context (the CPU backend's
+    /// thread pool); the model's entry points wrap whole passes in it.
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
+    /// A copy of `x`.
+    fn copy(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+
     /// `[B, C, H, W]` → `[B, H, W, C]`.
     fn nchw_to_nhwc(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
 
     /// `[B, H, W, C]` → `[B, C, H, W]`.
     fn nhwc_to_nchw(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
 
-    /// 2D convolution of a channels-last input `[B, H, W, Cin]` with a
-    /// PyTorch-layout weight `[Cout, Cin, kh, kw]`, zero padding `pad` on every
-    /// side, stride `stride`; output `[B, Ho, Wo, Cout]` with
-    /// `Ho = (H + 2 pad - kh) / stride + 1`.
-    fn conv2d(
-        &self,
-        x: &Tensor<Self>,
-        w: &Tensor<Self>,
-        b: Option<&Tensor<Self>>,
-        stride: usize,
-        pad: usize,
-    ) -> Result<Tensor<Self>>;
+    /// [`Conv2d`] of a channels-last `[B, H, W, cin]`: `[B, Ho, Wo, cout]`.
+    fn conv2d(&self, p: &Tensor<Self>, l: &Conv2d, x: &Tensor<Self>) -> Result<Tensor<Self>>;
 
-    /// `y = x W^T + b` over the last axis: `x [.., in]`, `w [out, in]`, `b [out]`.
+    /// [`Linear`] over the last axis with the activation `act` fused; with
+    /// `keep_pre`, also the values before the activation (for training).
     fn linear(
         &self,
+        p: &Tensor<Self>,
+        l: &Linear,
         x: &Tensor<Self>,
-        w: &Tensor<Self>,
-        b: Option<&Tensor<Self>>,
-    ) -> Result<Tensor<Self>>;
+        act: Act,
+        keep_pre: bool,
+    ) -> Result<(Tensor<Self>, Option<Tensor<Self>>)>;
 
-    /// LayerNorm over the last axis with weight and bias `[C]`.
+    /// The end of a residual branch, fused: `resid += γ ⊙ (x Wᵀ + b)` (`γ`
+    /// at `gamma`; `None`: 1). With `keep`, returns `x Wᵀ + b` (the
+    /// layer-scale backward needs it).
+    fn linear_residual(
+        &self,
+        p: &Tensor<Self>,
+        l: &Linear,
+        x: &Tensor<Self>,
+        gamma: Option<&Range<usize>>,
+        resid: &mut Tensor<Self>,
+        keep: bool,
+    ) -> Result<Option<Tensor<Self>>>;
+
+    /// [`LayerNorm`] over the last axis; with `keep_stats`, each row's mean
+    /// and inverse standard deviation `[rows, 2]` too.
     fn layer_norm(
         &self,
+        p: &Tensor<Self>,
+        l: &LayerNorm,
         x: &Tensor<Self>,
-        w: &Tensor<Self>,
-        b: &Tensor<Self>,
-        eps: f32,
-    ) -> Result<Tensor<Self>>;
-
-    /// Exact (erf) GELU, in place.
-    fn gelu(&self, x: &mut Tensor<Self>) -> Result<()>;
-
-    /// `x += gamma ⊙ y` (gamma `[C]` broadcast over the last axis; `None`: 1).
-    fn add_scaled(
-        &self,
-        x: &mut Tensor<Self>,
-        y: &Tensor<Self>,
-        gamma: Option<&Tensor<Self>>,
-    ) -> Result<()>;
+        keep_stats: bool,
+    ) -> Result<(Tensor<Self>, Option<Tensor<Self>>)>;
 
     /// Zero-pads `[B, H, W, C]` at the end of H and W to `(h, w)`.
     fn pad_hw(&self, x: &Tensor<Self>, h: usize, w: usize) -> Result<Tensor<Self>>;
@@ -117,16 +127,15 @@ pub trait Backend: Send + Sync {
     /// Keeps the first `(h, w)` rows and columns of `[B, H, W, C]`.
     fn crop_hw(&self, x: &Tensor<Self>, h: usize, w: usize) -> Result<Tensor<Self>>;
 
-    /// Neighborhood attention of a fused projection `qkv [B, H, W, 3C]`
-    /// (q | k | v, head `h` on channels `h*hd .. (h+1)*hd` of each), with
-    /// relative positional bias `rpb [heads, 2k-1, 2k-1]` and scale
-    /// `hd^-0.5`; output `[B, H, W, C]`.
-    fn neighborhood_attention(
+    /// [`Attention`] of a fused projection `qkv [B, H, W, 3C]`: output
+    /// `[B, H, W, C]`; with `keep_lse`, the log-sum-exp `[B, H, W, heads]`.
+    fn attention(
         &self,
+        p: &Tensor<Self>,
+        l: &Attention,
         qkv: &Tensor<Self>,
-        rpb: &Tensor<Self>,
-        spec: NaSpec,
-    ) -> Result<Tensor<Self>>;
+        keep_lse: bool,
+    ) -> Result<(Tensor<Self>, Option<Tensor<Self>>)>;
 
     /// Swin patch merging of `[B, H, W, C]` (odd sizes zero-padded at the
     /// end): `[B, ceil(H/2), ceil(W/2), 4C]` with the quadrants in the order
@@ -135,4 +144,82 @@ pub trait Backend: Send + Sync {
 
     /// Mean over the middle axes: `[B, .., C]` → `[B, C]`.
     fn mean_tokens(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+}
+
+/// The backward operations a device provides for training. Parameter
+/// gradients are **added** into `g`, a tensor laid out like the parameters.
+pub trait Backward: Backend {
+    /// A tensor of zeros.
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor<Self>>;
+
+    /// `x += y`.
+    fn add(&self, x: &mut Tensor<Self>, y: &Tensor<Self>) -> Result<()>;
+
+    /// [`Backend::conv2d`]'s backward; `dx` when `need_dx`.
+    fn conv2d_backward(
+        &self,
+        p: &Tensor<Self>,
+        l: &Conv2d,
+        x: &Tensor<Self>,
+        dy: &Tensor<Self>,
+        g: &mut Tensor<Self>,
+        need_dx: bool,
+    ) -> Result<Option<Tensor<Self>>>;
+
+    /// [`Backend::linear`]'s backward for [`Act::None`] (`dy` is the
+    /// gradient of the product; see [`Backward::gelu_backward`]); `dx` when
+    /// `need_dx`.
+    fn linear_backward(
+        &self,
+        p: &Tensor<Self>,
+        l: &Linear,
+        x: &Tensor<Self>,
+        dy: &Tensor<Self>,
+        g: &mut Tensor<Self>,
+        need_dx: bool,
+    ) -> Result<Option<Tensor<Self>>>;
+
+    /// `dy *= GELU'(pre)` in place.
+    fn gelu_backward(&self, pre: &Tensor<Self>, dy: &mut Tensor<Self>) -> Result<()>;
+
+    /// The layer-scale part of a residual `x + γ ⊙ y`: returns `γ ⊙ dout`
+    /// and adds `Σ_rows dout ⊙ y` to γ's gradient.
+    fn scale_backward(
+        &self,
+        p: &Tensor<Self>,
+        gamma: &Range<usize>,
+        y: &Tensor<Self>,
+        dout: &Tensor<Self>,
+        g: &mut Tensor<Self>,
+    ) -> Result<Tensor<Self>>;
+
+    /// [`Backend::layer_norm`]'s backward.
+    fn layer_norm_backward(
+        &self,
+        p: &Tensor<Self>,
+        l: &LayerNorm,
+        x: &Tensor<Self>,
+        stats: &Tensor<Self>,
+        dy: &Tensor<Self>,
+        g: &mut Tensor<Self>,
+    ) -> Result<Tensor<Self>>;
+
+    /// [`Backend::attention`]'s backward: `d_qkv`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        p: &Tensor<Self>,
+        l: &Attention,
+        qkv: &Tensor<Self>,
+        out: &Tensor<Self>,
+        lse: &Tensor<Self>,
+        d_out: &Tensor<Self>,
+        g: &mut Tensor<Self>,
+    ) -> Result<Tensor<Self>>;
+
+    /// [`Backend::patch_merge`]'s backward to an input of shape `shape`.
+    fn patch_merge_backward(&self, dy: &Tensor<Self>, shape: &[usize]) -> Result<Tensor<Self>>;
+
+    /// [`Backend::mean_tokens`]'s backward to an input of shape `shape`.
+    fn mean_tokens_backward(&self, dy: &Tensor<Self>, shape: &[usize]) -> Result<Tensor<Self>>;
 }

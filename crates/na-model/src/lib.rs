@@ -7,6 +7,9 @@
 //!   the HuggingFace port's key names (detected).
 //! - [`Model`]: the network over a device-neutral [`Backend`]; [`Cpu`] runs
 //!   it on `gemm` and `na-core`'s fused kernels.
+//! - [`ops`]: the op set, every layer's forward and backward in one place;
+//!   [`Net`]: the one architecture walk, used by inference and (with a
+//!   [`Tape`]) by training ([`train`]).
 //!
 //! ```no_run
 //! use na_model::{Backend, Config, Cpu, Model, WeightMap};
@@ -33,14 +36,19 @@ pub mod cpu;
 pub mod error;
 pub mod labels;
 pub mod model;
+pub mod net;
+pub mod ops;
+pub mod params;
 pub mod preprocess;
 pub mod pth;
 pub mod train;
 pub mod weights;
 
-pub use backend::{Backend, NaSpec, Tensor};
+pub use backend::{Backend, Backward, Tensor};
 pub use config::{Arch, Config};
 pub use cpu::Cpu;
 pub use error::{ModelError, Result};
 pub use model::{analyze, param_shapes, Model, ModelInfo};
+pub use net::{Net, Tape};
+pub use params::{ParamEntry, ParamSet};
 pub use weights::{HostTensor, Naming, WeightMap};

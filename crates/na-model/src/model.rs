@@ -5,9 +5,11 @@
 //! checks a file against it before anything is built, so a wrong file gives
 //! one error listing every problem.
 
-use crate::backend::{Backend, NaSpec, Tensor};
+use crate::backend::{Backend, Tensor};
 use crate::config::{Arch, Config};
 use crate::error::{ModelError, Result};
+use crate::net::Net;
+use crate::params::ParamSet;
 use crate::weights::WeightMap;
 
 /// LayerNorm epsilon of every norm in the models.
@@ -106,102 +108,11 @@ pub(crate) fn block_prefix(cfg: &Config, i: usize, j: usize) -> String {
     }
 }
 
-struct Linear<B: Backend> {
-    w: Tensor<B>,
-    b: Option<Tensor<B>>,
-}
-
-struct Norm<B: Backend> {
-    w: Tensor<B>,
-    b: Tensor<B>,
-}
-
-struct Block<B: Backend> {
-    norm1: Norm<B>,
-    qkv: Linear<B>,
-    rpb: Tensor<B>,
-    proj: Linear<B>,
-    norm2: Norm<B>,
-    fc1: Linear<B>,
-    fc2: Linear<B>,
-    gamma1: Option<Tensor<B>>,
-    gamma2: Option<Tensor<B>>,
-    spec: NaSpec,
-}
-
-enum Down<B: Backend> {
-    /// NAT: 3×3 stride-2 convolution (no bias), then LayerNorm.
-    Conv { w: Tensor<B>, norm: Norm<B> },
-    /// DiNAT_s: patch merging, LayerNorm(4C), Linear(4C → 2C, no bias).
-    Merge { norm: Norm<B>, reduction: Linear<B> },
-}
-
-struct Level<B: Backend> {
-    blocks: Vec<Block<B>>,
-    down: Option<Down<B>>,
-    /// Backbone mode: the LayerNorm of this level's output (`norm{i}`).
-    out_norm: Option<Norm<B>>,
-}
-
-enum Stem<B: Backend> {
-    /// NAT: two 3×3 stride-2 convolutions (`proj.0`, `proj.1`).
-    Conv2(Linear<B>, Linear<B>),
-    /// DiNAT_s and isotropic: one `p`×`p` stride-`p` convolution of the
-    /// input zero-padded (right, bottom) to a multiple of `p`.
-    Patch {
-        proj: Linear<B>,
-        p: usize,
-        pad: bool,
-    },
-}
-
-/// A loaded model on backend `B`.
+/// A loaded model on backend `B`: its structure ([`Net`]) and its
+/// parameters, one flat tensor on the device.
 pub struct Model<B: Backend> {
-    cfg: Config,
-    stem: Stem<B>,
-    stem_norm: Norm<B>,
-    levels: Vec<Level<B>>,
-    /// Classifier mode: final `norm` and (when `num_classes > 0`) `head`.
-    norm: Option<Norm<B>>,
-    head: Option<Linear<B>>,
-}
-
-/// Takes tensors out of a checked weight map onto the backend.
-struct Take<'a, B: Backend> {
-    be: &'a B,
-    w: WeightMap,
-}
-
-impl<B: Backend> Take<'_, B> {
-    fn t(&mut self, name: &str) -> Result<Tensor<B>> {
-        let t = self
-            .w
-            .take(name)
-            .ok_or_else(|| ModelError::WeightsMismatch {
-                missing: vec![name.to_string()],
-                unexpected: vec![],
-                mis_shaped: vec![],
-            })?;
-        self.be.upload(&t.shape, &t.data)
-    }
-
-    fn linear(&mut self, p: &str, bias: bool) -> Result<Linear<B>> {
-        Ok(Linear {
-            w: self.t(&format!("{p}.weight"))?,
-            b: if bias {
-                Some(self.t(&format!("{p}.bias"))?)
-            } else {
-                None
-            },
-        })
-    }
-
-    fn norm(&mut self, p: &str) -> Result<Norm<B>> {
-        Ok(Norm {
-            w: self.t(&format!("{p}.weight"))?,
-            b: self.t(&format!("{p}.bias"))?,
-        })
-    }
+    net: Net,
+    params: Tensor<B>,
 }
 
 impl<B: Backend> Model<B> {
@@ -216,130 +127,46 @@ impl<B: Backend> Model<B> {
                 "isotropic models have no multi-level backbone mode".into(),
             ));
         }
-        weights.check(&param_shapes(cfg, backbone))?;
-        let mut tk = Take { be, w: weights };
-        let stem = match cfg.arch {
-            Arch::Nat | Arch::Dinat => Stem::Conv2(
-                tk.linear("patch_embed.proj.0", true)?,
-                tk.linear("patch_embed.proj.1", true)?,
-            ),
-            Arch::DinatS => Stem::Patch {
-                proj: tk.linear("patch_embed.proj", true)?,
-                p: 4,
-                pad: true,
-            },
-            Arch::Isotropic => Stem::Patch {
-                proj: tk.linear("patch_embed.proj", true)?,
-                p: 16,
-                pad: true,
-            },
-        };
-        let stem_norm = tk.norm("patch_embed.norm")?;
-        let group = if cfg.arch.is_nat() {
-            "levels"
-        } else {
-            "layers"
-        };
-        let mut levels = Vec::new();
-        for i in 0..cfg.levels() {
-            let l = cfg.level(i);
-            let mut blocks = Vec::new();
-            for j in 0..l.depth {
-                let p = block_prefix(cfg, i, j);
-                let ls = cfg.layer_scale.is_some();
-                blocks.push(Block {
-                    norm1: tk.norm(&format!("{p}.norm1"))?,
-                    qkv: tk.linear(&format!("{p}.attn.qkv"), true)?,
-                    rpb: tk.t(&format!("{p}.attn.rpb"))?,
-                    proj: tk.linear(&format!("{p}.attn.proj"), true)?,
-                    norm2: tk.norm(&format!("{p}.norm2"))?,
-                    fc1: tk.linear(&format!("{p}.mlp.fc1"), true)?,
-                    fc2: tk.linear(&format!("{p}.mlp.fc2"), true)?,
-                    gamma1: if ls {
-                        Some(tk.t(&format!("{p}.gamma1"))?)
-                    } else {
-                        None
-                    },
-                    gamma2: if ls {
-                        Some(tk.t(&format!("{p}.gamma2"))?)
-                    } else {
-                        None
-                    },
-                    spec: NaSpec {
-                        heads: l.heads,
-                        kernel: cfg.kernel_size,
-                        dilation: cfg.dilation(i, j),
-                    },
-                });
-            }
-            let down = if i + 1 < cfg.levels() {
-                let p = format!("{group}.{i}.downsample");
-                Some(match cfg.arch {
-                    Arch::DinatS => Down::Merge {
-                        norm: tk.norm(&format!("{p}.norm"))?,
-                        reduction: tk.linear(&format!("{p}.reduction"), false)?,
-                    },
-                    _ => Down::Conv {
-                        w: tk.t(&format!("{p}.reduction.weight"))?,
-                        norm: tk.norm(&format!("{p}.norm"))?,
-                    },
-                })
-            } else {
-                None
-            };
-            let out_norm = if backbone {
-                Some(tk.norm(&format!("norm{i}"))?)
-            } else {
-                None
-            };
-            levels.push(Level {
-                blocks,
-                down,
-                out_norm,
-            });
-        }
-        let (norm, head) = if backbone {
-            (None, None)
-        } else {
-            let norm = tk.norm("norm")?;
-            let head = if cfg.num_classes > 0 {
-                Some(tk.linear("head", true)?)
-            } else {
-                None
-            };
-            (Some(norm), head)
-        };
-        Ok(Model {
-            cfg: cfg.clone(),
-            stem,
-            stem_norm,
-            levels,
-            norm,
-            head,
-        })
+        let mut ps = ParamSet::zeros_for(cfg, backbone)?;
+        ps.fill_from(weights)?;
+        let net = Net::new(&ps)?;
+        let params = be.upload_vec(&[ps.len()], std::mem::take(&mut ps.data))?;
+        Ok(Model { net, params })
+    }
+
+    /// The model of a [`ParamSet`] (e.g. one being trained).
+    pub fn from_params(be: &B, ps: &ParamSet) -> Result<Self> {
+        let net = Net::new(ps)?;
+        let params = be.upload(&[ps.len()], &ps.data)?;
+        Ok(Model { net, params })
     }
 
     /// The configuration.
     pub fn config(&self) -> &Config {
-        &self.cfg
+        self.net.config()
+    }
+
+    /// The architecture walk.
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// The parameters, one flat tensor in [`ParamSet`] order.
+    pub fn params(&self) -> &Tensor<B> {
+        &self.params
     }
 
     /// Whether the model was loaded in backbone mode.
     pub fn is_backbone(&self) -> bool {
-        self.norm.is_none()
+        self.net.is_backbone()
     }
 
     /// Checks an input `[B, in_chans, H, W]`.
     fn check_input(&self, x: &Tensor<B>) -> Result<()> {
-        let min = 1;
+        let cfg = self.config();
         let ok = match x.shape[..] {
             [b, c, h, w] => {
-                b > 0
-                    && c == self.cfg.in_chans
-                    && h >= min
-                    && w >= min
-                    && h <= 1 << 15
-                    && w <= 1 << 15
+                b > 0 && c == cfg.in_chans && h >= 1 && w >= 1 && h <= 1 << 15 && w <= 1 << 15
             }
             _ => false,
         };
@@ -348,8 +175,8 @@ impl<B: Backend> Model<B> {
         } else {
             Err(ModelError::InputShape {
                 expected: format!(
-                    "[batch >= 1, {}, H, W] with {min} <= H, W <= 32768",
-                    self.cfg.in_chans
+                    "[batch >= 1, {}, H, W] with 1 <= H, W <= 32768",
+                    cfg.in_chans
                 ),
                 got: x.shape.clone(),
             })
@@ -359,19 +186,16 @@ impl<B: Backend> Model<B> {
     /// The classifier: input `[B, in_chans, H, W]`, output logits
     /// `[B, num_classes]` (pooled features `[B, C]` when `num_classes` is 0).
     pub fn forward(&self, be: &B, x: &Tensor<B>) -> Result<Tensor<B>> {
-        let norm = self.norm.as_ref().ok_or_else(|| {
-            ModelError::Config("this model was loaded as a backbone; use features()".into())
-        })?;
-        let mut x = self.embed(be, x)?;
-        for level in &self.levels {
-            x = self.run_level(be, level, x, &mut |_| Ok(()))?;
+        if self.is_backbone() {
+            return Err(ModelError::Config(
+                "this model was loaded as a backbone; use features()".into(),
+            ));
         }
-        let x = be.layer_norm(&x, &norm.w, &norm.b, LN_EPS)?;
-        let x = be.mean_tokens(&x)?;
-        match &self.head {
-            Some(h) => be.linear(&x, &h.w, h.b.as_ref()),
-            None => Ok(x),
-        }
+        self.check_input(x)?;
+        be.install(|| {
+            let x = be.nchw_to_nhwc(x)?;
+            self.net.forward(be, &self.params, x, None, None)
+        })
     }
 
     /// Backbone mode: the four levels' outputs (before each downsample), each
@@ -382,106 +206,17 @@ impl<B: Backend> Model<B> {
                 "this model was loaded as a classifier; load it with backbone = true".into(),
             ));
         }
-        let mut x = self.embed(be, x)?;
-        let mut feats = Vec::new();
-        for level in &self.levels {
-            x = self.run_level(be, level, x, &mut |f| {
-                feats.push(f);
-                Ok(())
-            })?;
-        }
-        Ok(feats)
-    }
-
-    fn embed(&self, be: &B, x: &Tensor<B>) -> Result<Tensor<B>> {
         self.check_input(x)?;
-        let mut x = be.nchw_to_nhwc(x)?;
-        match &self.stem {
-            Stem::Conv2(a, b) => {
-                let [s0, s1] = self.cfg.stem_strides();
-                x = be.conv2d(&x, &a.w, a.b.as_ref(), s0, 1)?;
-                x = be.conv2d(&x, &b.w, b.b.as_ref(), s1, 1)?;
-            }
-            Stem::Patch { proj, p, pad } => {
-                let (h, w) = (x.shape[1], x.shape[2]);
-                if *pad && (h % p != 0 || w % p != 0) {
-                    x = be.pad_hw(&x, h.next_multiple_of(*p), w.next_multiple_of(*p))?;
-                }
-                x = be.conv2d(&x, &proj.w, proj.b.as_ref(), *p, 0)?;
-            }
-        }
-        be.layer_norm(&x, &self.stem_norm.w, &self.stem_norm.b, LN_EPS)
+        be.install(|| {
+            let x = be.nchw_to_nhwc(x)?;
+            let mut feats = Vec::new();
+            let last = self
+                .net
+                .forward(be, &self.params, x, None, Some(&mut feats))?;
+            be.recycle(last);
+            Ok(feats)
+        })
     }
-
-    fn run_level(
-        &self,
-        be: &B,
-        level: &Level<B>,
-        mut x: Tensor<B>,
-        out: &mut dyn FnMut(Tensor<B>) -> Result<()>,
-    ) -> Result<Tensor<B>> {
-        for b in &level.blocks {
-            x = block(be, b, x)?;
-        }
-        if let Some(n) = &level.out_norm {
-            let f = be.layer_norm(&x, &n.w, &n.b, LN_EPS)?;
-            out(be.nhwc_to_nchw(&f)?)?;
-        }
-        match &level.down {
-            None => Ok(x),
-            Some(Down::Conv { w, norm }) => {
-                let y = be.conv2d(&x, w, None, 2, 1)?;
-                be.layer_norm(&y, &norm.w, &norm.b, LN_EPS)
-            }
-            Some(Down::Merge { norm, reduction }) => {
-                let y = be.patch_merge(&x)?;
-                let y = be.layer_norm(&y, &norm.w, &norm.b, LN_EPS)?;
-                be.linear(&y, &reduction.w, None)
-            }
-        }
-    }
-}
-
-/// One transformer block on `[B, H, W, C]`:
-/// `x + γ1 ⊙ proj(NA(qkv(norm1(x))))`, then `x + γ2 ⊙ fc2(gelu(fc1(norm2(x))))`.
-/// Maps smaller than `kernel × dilation` are zero-padded after `norm1` and
-/// cropped before `proj` (SPEC.md, model-level rules).
-fn block<B: Backend>(be: &B, b: &Block<B>, mut x: Tensor<B>) -> Result<Tensor<B>> {
-    let (h, w) = (x.shape[1], x.shape[2]);
-    let kd = b.spec.kernel * b.spec.dilation;
-    let y = be.layer_norm(&x, &b.norm1.w, &b.norm1.b, LN_EPS)?;
-    let padded = h < kd || w < kd;
-    let y = if padded {
-        let p = be.pad_hw(&y, h.max(kd), w.max(kd))?;
-        be.recycle(y);
-        p
-    } else {
-        y
-    };
-    let qkv = be.linear(&y, &b.qkv.w, b.qkv.b.as_ref())?;
-    be.recycle(y);
-    let a = be.neighborhood_attention(&qkv, &b.rpb, b.spec)?;
-    be.recycle(qkv);
-    let a = if padded {
-        let c = be.crop_hw(&a, h, w)?;
-        be.recycle(a);
-        c
-    } else {
-        a
-    };
-    let p = be.linear(&a, &b.proj.w, b.proj.b.as_ref())?;
-    be.recycle(a);
-    be.add_scaled(&mut x, &p, b.gamma1.as_ref())?;
-    be.recycle(p);
-    let y = be.layer_norm(&x, &b.norm2.w, &b.norm2.b, LN_EPS)?;
-    let mut hid = be.linear(&y, &b.fc1.w, b.fc1.b.as_ref())?;
-    be.recycle(y);
-    be.gelu(&mut hid)?;
-    let y = be.linear(&hid, &b.fc2.w, b.fc2.b.as_ref())?;
-    be.recycle(hid);
-    be.add_scaled(&mut x, &y, b.gamma2.as_ref())?;
-    be.recycle(y);
-    Ok(x)
 }
 
 /// Shapes of one level at a given input size.

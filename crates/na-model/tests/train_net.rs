@@ -1,5 +1,6 @@
-//! The whole training network ([`TrainNet`]) on tiny models of every
-//! architecture: its forward gives the inference model's logits, and its
+//! The whole network's training walk ([`Net`] with a [`Tape`]) on tiny
+//! models of every architecture: its forward gives the inference model's
+//! logits, and its
 //! backward matches central differences of the loss for a sample of every
 //! parameter tensor.
 //!
@@ -14,8 +15,29 @@
 //! gradient is nearly zero are judged on the model's scale): bound **2e-2**
 //! (measured at most 4.9e-3; `--nocapture` prints them).
 
-use na_model::train::{CrossEntropy, ParamSet, Rng, TrainNet};
-use na_model::{Arch, Backend, Config, Cpu, Model};
+use na_model::ops::CrossEntropy;
+use na_model::train::Rng;
+use na_model::{Arch, Backend, Backward, Config, Cpu, Model, Net, ParamSet, Tape, Tensor};
+
+/// The logits of `x [B, side, side, 1]` and the forward's tape.
+fn forward(net: &Net, p: &ParamSet, x: &[f32], [b, h, w]: [usize; 3]) -> (Vec<f32>, Tape<Cpu>) {
+    let cpu = Cpu::current();
+    let pt = cpu.upload(&[p.len()], &p.data).unwrap();
+    let xt = cpu.upload(&[b, h, w, 1], x).unwrap();
+    let mut tape = Tape::new();
+    let y = net.forward(&cpu, &pt, xt, Some(&mut tape), None).unwrap();
+    (y.buf, tape)
+}
+
+/// Adds the parameter gradient of `dlogits` into `grad`.
+fn backward(net: &Net, p: &ParamSet, tape: &Tape<Cpu>, dlogits: &[f32], grad: &mut [f32]) {
+    let cpu = Cpu::current();
+    let pt = cpu.upload(&[p.len()], &p.data).unwrap();
+    let d = cpu.upload(&[dlogits.len() / 5, 5], dlogits).unwrap();
+    let mut g: Tensor<Cpu> = cpu.zeros(&[p.len()]).unwrap();
+    net.backward(&cpu, &pt, tape, &d, &mut g).unwrap();
+    grad.iter_mut().zip(&g.buf).for_each(|(a, b)| *a += b);
+}
 
 fn cfg(arch: Arch, depths: Vec<usize>, heads: Vec<usize>, dil: Vec<Vec<usize>>) -> Config {
     Config {
@@ -77,13 +99,12 @@ fn forward_matches_the_inference_model() {
     let cpu = Cpu::new(0);
     for (name, c, side) in cases() {
         let (p, x, _) = setup(&c, side, 1);
-        let net = TrainNet::new(&p).unwrap();
-        let tape = net.forward(&p, &x, [3, side, side]).unwrap();
+        let net = Net::new(&p).unwrap();
+        let (logits, _) = forward(&net, &p, &x, [3, side, side]);
         let model = Model::load(&cpu, &c, p.to_weight_map(), false).unwrap();
         let xt = cpu.upload(&[3, 1, side, side], &x).unwrap();
         let want = cpu.download(&model.forward(&cpu, &xt).unwrap()).unwrap();
-        let err = tape
-            .logits
+        let err = logits
             .iter()
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
@@ -101,12 +122,12 @@ fn backward_matches_central_differences() {
     };
     for (name, c, side) in cases() {
         let (mut p, x, labels) = setup(&c, side, 2);
-        let net = TrainNet::new(&p).unwrap();
+        let net = Net::new(&p).unwrap();
         let dims = [3, side, side];
-        let tape = net.forward(&p, &x, dims).unwrap();
-        let out = ce.forward_backward(&tape.logits, &labels).unwrap();
+        let (logits, tape) = forward(&net, &p, &x, dims);
+        let out = ce.forward_backward(&logits, &labels).unwrap();
         let mut grad = vec![0.0f32; p.len()];
-        net.backward(&p, &tape, &out.dlogits, &mut grad).unwrap();
+        backward(&net, &p, &tape, &out.dlogits, &mut grad);
         let mut rng = Rng::new(5);
         let entries = p.entries.clone();
         let mut per = Vec::new();
@@ -118,12 +139,12 @@ fn backward_matches_central_differences() {
                 let (tp, tm) = (t + 1e-2, t - 1e-2);
                 p.data[i] = tp;
                 let lp = ce
-                    .forward_backward(&net.forward(&p, &x, dims).unwrap().logits, &labels)
+                    .forward_backward(&forward(&net, &p, &x, dims).0, &labels)
                     .unwrap()
                     .loss;
                 p.data[i] = tm;
                 let lm = ce
-                    .forward_backward(&net.forward(&p, &x, dims).unwrap().logits, &labels)
+                    .forward_backward(&forward(&net, &p, &x, dims).0, &labels)
                     .unwrap()
                     .loss;
                 p.data[i] = t;

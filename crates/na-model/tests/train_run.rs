@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use na_model::train::idx::Dataset;
 use na_model::train::optim::{AdamW, Schedule};
-use na_model::train::{train, Event, ParamSet, RunPaths, TrainOptions, TrainResult};
+use na_model::train::{train, Event, RunPaths, TrainOptions, TrainResult};
+use na_model::ParamSet;
 use na_model::{Arch, Config};
 
 /// 12×12 images of 10 classes: class `c` is a bright 3×3 square at one of

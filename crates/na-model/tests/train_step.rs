@@ -17,8 +17,9 @@
 
 use std::path::PathBuf;
 
-use na_model::train::{AdamW, CrossEntropy, ParamSet, TrainNet};
-use na_model::{Config, WeightMap};
+use na_model::ops::CrossEntropy;
+use na_model::train::AdamW;
+use na_model::{Backend, Backward, Config, Cpu, Net, ParamSet, Tape, WeightMap};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -52,24 +53,29 @@ fn one_step_matches_pytorch() {
     )
     .unwrap();
 
-    let net = TrainNet::new(&params).unwrap();
-    let side = x.shape[2];
-    let tape = net
-        .forward(&params, &x.data, [x.shape[0], side, x.shape[3]])
+    let net = Net::new(&params).unwrap();
+    let cpu = Cpu::current();
+    let pt = cpu.upload(&[params.len()], &params.data).unwrap();
+    // The fixture's input is [B, 1, H, W]: with one channel, also NHWC.
+    let xt = cpu
+        .upload(&[x.shape[0], x.shape[2], x.shape[3], 1], &x.data)
         .unwrap();
+    let mut tape = Tape::new();
+    let logits = net.forward(&cpu, &pt, xt, Some(&mut tape), None).unwrap();
     let ce = CrossEntropy {
         classes: cfg.num_classes,
         smoothing: meta["label_smoothing"].as_f64().unwrap() as f32,
     };
-    let out = ce.forward_backward(&tape.logits, &labels).unwrap();
+    let out = ce.forward_backward(&logits.buf, &labels).unwrap();
     let want_loss = meta["loss"].as_f64().unwrap();
     let rel = (out.loss - want_loss).abs() / want_loss;
     println!("loss {} vs {want_loss} (relative {rel:.1e})", out.loss);
     assert!(rel < 1e-5);
 
-    let mut grad = vec![0.0f32; params.len()];
-    net.backward(&params, &tape, &out.dlogits, &mut grad)
-        .unwrap();
+    let dl = cpu.upload(&logits.shape, &out.dlogits).unwrap();
+    let mut g = cpu.zeros(&[params.len()]).unwrap();
+    net.backward(&cpu, &pt, &tape, &dl, &mut g).unwrap();
+    let grad = g.buf;
     let mut worst = (0.0f32, String::new());
     for e in &params.entries {
         let (g, r) = (&grad[e.range.clone()], &grads_ref.data[e.range.clone()]);

@@ -1,9 +1,9 @@
 //! AdamW (decoupled weight decay) and the learning-rate schedule (linear
 //! warm-up, then cosine decay).
 
-use super::layers::shape_err;
-use super::net::ParamSet;
 use crate::error::Result;
+use crate::ops::shape_err;
+use crate::params::ParamSet;
 
 /// AdamW as PyTorch's `torch.optim.AdamW` computes it (non-fused, no
 /// `amsgrad`): per step `t` (from 1), for each parameter `p` with gradient

@@ -13,16 +13,16 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::idx::Dataset;
-use super::layers::shape_err;
-use super::loss::CrossEntropy;
-use super::net::{ParamSet, TrainNet};
 use super::optim::{AdamW, Schedule};
 use super::rng::Rng;
-use crate::backend::Backend;
+use crate::backend::{Backend, Backward, Tensor};
 use crate::config::Config;
 use crate::cpu::Cpu;
 use crate::error::{ModelError, Result};
 use crate::model::Model;
+use crate::net::{Net, Tape};
+use crate::ops::{shape_err, CrossEntropy};
+use crate::params::ParamSet;
 use crate::weights::{write_atomic, WeightMap};
 
 /// Fashion-MNIST's pixel mean (of `pixel / 255` over the training set).
@@ -315,7 +315,7 @@ pub fn logits_parallel(
     std::thread::scope(|s| {
         for pool in &pools {
             s.spawn(|| {
-                let one = Cpu::new(1);
+                let one = Cpu::current();
                 pool.install(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= chunks {
@@ -470,8 +470,8 @@ pub const MICRO_BATCH: usize = 16;
 /// Returns the mean loss and the number of correct predictions.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_gradient(
-    net: &TrainNet,
-    params: &ParamSet,
+    net: &Net,
+    params: &Tensor<Cpu>,
     ce: &CrossEntropy,
     x: &[f32],
     labels: &[usize],
@@ -482,41 +482,49 @@ pub fn batch_gradient(
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     let b = labels.len();
-    let npx = rows * cols * params.cfg.in_chans;
-    if b == 0 || x.len() != b * npx || grad.len() != params.len() {
+    let cin = net.config().in_chans;
+    let npx = rows * cols * cin;
+    let n = params.numel();
+    if b == 0 || x.len() != b * npx || grad.len() != n {
         return Err(shape_err(format!(
-            "batch_gradient: {} values for {b} images of {npx}, gradient of {} for {}",
+            "batch_gradient: {} values for {b} images of {npx}, gradient of {} for {n}",
             x.len(),
             grad.len(),
-            params.len()
         )));
     }
     let n_micro = b.div_ceil(MICRO_BATCH);
     type Part = Result<(Vec<f32>, f64, usize)>;
     let parts: Vec<Mutex<Option<Part>>> = (0..n_micro).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let work = |i: usize| -> Part {
+    let work = |be: &Cpu, i: usize| -> Part {
         let lo = i * MICRO_BATCH;
         let hi = (lo + MICRO_BATCH).min(b);
-        let tape = net.forward(params, &x[lo * npx..hi * npx], [hi - lo, rows, cols])?;
-        let mut out = ce.forward_backward(&tape.logits, &labels[lo..hi])?;
+        let xt = be.upload(&[hi - lo, rows, cols, cin], &x[lo * npx..hi * npx])?;
+        let mut tape = Tape::new();
+        let logits = net.forward(be, params, xt, Some(&mut tape), None)?;
+        let mut out = ce.forward_backward(&logits.buf, &labels[lo..hi])?;
         // The loss is the mean over the whole batch.
         let share = (hi - lo) as f32 / b as f32;
         out.dlogits.iter_mut().for_each(|d| *d *= share);
-        let mut g = vec![0.0f32; params.len()];
-        net.backward(params, &tape, &out.dlogits, &mut g)?;
-        Ok((g, out.loss * f64::from(share), out.correct))
+        let dlogits = be.upload(&logits.shape, &out.dlogits)?;
+        let mut g = be.zeros(&[n])?;
+        net.backward(be, params, &tape, &dlogits, &mut g)?;
+        tape.recycle(be);
+        Ok((g.buf, out.loss * f64::from(share), out.correct))
     };
     std::thread::scope(|s| {
         for pool in pools.iter().take(n_micro) {
             s.spawn(|| {
-                pool.install(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n_micro {
-                        break;
+                pool.install(|| {
+                    let be = Cpu::current();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n_micro {
+                            break;
+                        }
+                        let r = work(&be, i);
+                        *parts[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                     }
-                    let r = work(i);
-                    *parts[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 })
             });
         }
@@ -616,7 +624,12 @@ pub fn train(
         };
         (p, o, s, rng)
     };
-    let net = TrainNet::new(&params)?;
+    let net = Net::new(&params)?;
+    // The parameters as the backend's tensor, refreshed after every update.
+    let mut ptensor = Tensor::<Cpu> {
+        shape: vec![params.len()],
+        buf: params.data.clone(),
+    };
     let sched = Schedule {
         base: opts.lr,
         min: opts.min_lr,
@@ -674,7 +687,7 @@ pub fn train(
             }
             let (loss, batch_correct) = batch_gradient(
                 &net,
-                &params,
+                &ptensor,
                 &ce,
                 &x,
                 &labels,
@@ -690,6 +703,7 @@ pub fn train(
             }
             let lr = sched.lr(state.step);
             opt.update(&mut params, &grad, lr)?;
+            ptensor.buf.copy_from_slice(&params.data);
             state.step += 1;
             losses.push(loss);
             sum_loss += loss * chunk.len() as f64;
@@ -712,7 +726,7 @@ pub fn train(
         let test_accuracy =
             if finished && (epoch.is_multiple_of(opts.eval_every) || epoch == opts.epochs) {
                 on(&Event::Evaluating);
-                let model = Model::load(&cpu, cfg, params.to_weight_map(), false)?;
+                let model = Model::from_params(&cpu, &params)?;
                 Some(evaluate(&cpu, &model, test, 64)?.accuracy)
             } else {
                 None

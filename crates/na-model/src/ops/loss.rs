@@ -1,6 +1,6 @@
 //! Softmax cross-entropy with label smoothing, loss and gradient together.
 
-use super::layers::shape_err;
+use super::shape_err;
 use crate::error::Result;
 
 /// Softmax cross-entropy over `classes` logits with label smoothing
