@@ -71,11 +71,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         };
         let weight_bytes = 4 * weights.numel() as u64;
         let model = Model::load(&cpu, cfg, weights, false)?;
+        let load_peak = peak_rss();
         for &b in &args.batch {
             bar.set_message(format!("{name} batch {b}"));
-            if b != args.batch[0] {
-                reset_peak_rss();
-            }
+            // The inference peak (weights resident plus activations); the
+            // load's own peak is recorded apart.
+            reset_peak_rss();
             let n = b * cfg.in_chans * h * w;
             let data: Vec<f32> = (0..n)
                 .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
@@ -101,7 +102,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "median_s": median, "min_s": min, "max_s": max, "times_s": times,
                 "images_per_s": b as f64 / median, "gflop": gflop, "gflops": gflop / median,
                 "gemm_peak_gflops": peak, "params": info.params, "weight_bytes": weight_bytes,
-                "peak_rss_bytes": peak_rss(), "commit": commit, "cpu": cpu_desc,
+                "peak_rss_bytes": peak_rss(), "load_peak_rss_bytes": load_peak, "commit": commit, "cpu": cpu_desc,
                 "command": command.join(" "),
             }));
             bar.inc(1);
@@ -129,13 +130,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     for r in &results {
         if let (Some(rss), Some(wb)) = (r["peak_rss_bytes"].as_f64(), r["weight_bytes"].as_f64()) {
+            let load = r["load_peak_rss_bytes"].as_f64().unwrap_or(f64::NAN);
             println!(
-                "{} batch {}: peak resident memory {:.1} MiB ({:.2}x the f32 weights, {:.1} MiB)",
+                "{} batch {}: peak resident memory {:.1} MiB while running ({:.2}x the f32 weights, {:.1} MiB), {:.1} MiB while loading",
                 r["model"].as_str().unwrap_or(""),
                 r["batch"],
                 rss / (1 << 20) as f64,
                 rss / wb,
-                wb / (1 << 20) as f64
+                wb / (1 << 20) as f64,
+                load / (1 << 20) as f64
             );
         }
     }

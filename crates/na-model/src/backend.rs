@@ -42,11 +42,27 @@ impl<B: Backend + ?Sized> core::fmt::Debug for Tensor<B> {
 
 /// The forward operations a device provides (inference). Every method
 /// validates its shapes and returns a typed error rather than panicking.
-/// `p` is always the model's flat parameter tensor; layers address their
-/// weights in it by range.
+/// `p` is always the model's parameters ([`Backend::Params`]); layers
+/// address their weights in them by range.
 pub trait Backend: Send + Sync {
     /// The device buffer type.
     type Buf: Send + Sync;
+
+    /// A model's parameters on the device: the flat layout of a
+    /// [`crate::ParamSet`], addressed by the layers' ranges.
+    type Params: Send + Sync;
+
+    /// Moves a model's parameter tensors onto the device: `parts` are the
+    /// tensors in layout order, each with its range, covering `0..len`
+    /// without gaps (one part spanning everything is fine).
+    fn upload_params(
+        &self,
+        len: usize,
+        parts: Vec<(Range<usize>, Vec<f32>)>,
+    ) -> Result<Self::Params>;
+
+    /// The number of values in the flat layout of `p`.
+    fn params_len(&self, p: &Self::Params) -> usize;
 
     /// A short name for messages (`"cpu"`, `"cuda:0"`).
     fn name(&self) -> String;
@@ -85,13 +101,13 @@ pub trait Backend: Send + Sync {
     fn nhwc_to_nchw(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
 
     /// [`Conv2d`] of a channels-last `[B, H, W, cin]`: `[B, Ho, Wo, cout]`.
-    fn conv2d(&self, p: &Tensor<Self>, l: &Conv2d, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+    fn conv2d(&self, p: &Self::Params, l: &Conv2d, x: &Tensor<Self>) -> Result<Tensor<Self>>;
 
     /// [`Linear`] over the last axis with the activation `act` fused; with
     /// `keep_pre`, also the values before the activation (for training).
     fn linear(
         &self,
-        p: &Tensor<Self>,
+        p: &Self::Params,
         l: &Linear,
         x: &Tensor<Self>,
         act: Act,
@@ -103,7 +119,7 @@ pub trait Backend: Send + Sync {
     /// layer-scale backward needs it).
     fn linear_residual(
         &self,
-        p: &Tensor<Self>,
+        p: &Self::Params,
         l: &Linear,
         x: &Tensor<Self>,
         gamma: Option<&Range<usize>>,
@@ -115,7 +131,7 @@ pub trait Backend: Send + Sync {
     /// and inverse standard deviation `[rows, 2]` too.
     fn layer_norm(
         &self,
-        p: &Tensor<Self>,
+        p: &Self::Params,
         l: &LayerNorm,
         x: &Tensor<Self>,
         keep_stats: bool,
@@ -131,7 +147,7 @@ pub trait Backend: Send + Sync {
     /// `[B, H, W, C]`; with `keep_lse`, the log-sum-exp `[B, H, W, heads]`.
     fn attention(
         &self,
-        p: &Tensor<Self>,
+        p: &Self::Params,
         l: &Attention,
         qkv: &Tensor<Self>,
         keep_lse: bool,
@@ -158,7 +174,7 @@ pub trait Backward: Backend {
     /// [`Backend::conv2d`]'s backward; `dx` when `need_dx`.
     fn conv2d_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &Self::Params,
         l: &Conv2d,
         x: &Tensor<Self>,
         dy: &Tensor<Self>,
@@ -171,7 +187,7 @@ pub trait Backward: Backend {
     /// `need_dx`.
     fn linear_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &Self::Params,
         l: &Linear,
         x: &Tensor<Self>,
         dy: &Tensor<Self>,
@@ -186,7 +202,7 @@ pub trait Backward: Backend {
     /// and adds `Σ_rows dout ⊙ y` to γ's gradient.
     fn scale_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &Self::Params,
         gamma: &Range<usize>,
         y: &Tensor<Self>,
         dout: &Tensor<Self>,
@@ -196,7 +212,7 @@ pub trait Backward: Backend {
     /// [`Backend::layer_norm`]'s backward.
     fn layer_norm_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &Self::Params,
         l: &LayerNorm,
         x: &Tensor<Self>,
         stats: &Tensor<Self>,
@@ -208,7 +224,7 @@ pub trait Backward: Backend {
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &Self::Params,
         l: &Attention,
         qkv: &Tensor<Self>,
         out: &Tensor<Self>,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::backend::{Backend, Backward, Tensor};
 use crate::error::{ModelError, Result};
-use crate::ops::{self, layout, Act, Attention, Conv2d, LayerNorm, Linear};
+use crate::ops::{self, layout, Act, Attention, Conv2d, LayerNorm, Linear, Weights};
 
 /// Buffers kept for reuse at most.
 const POOL_MAX: usize = 48;
@@ -154,8 +154,102 @@ fn host(x: Vec<f32>, shape: Vec<usize>) -> Tensor<Cpu> {
     Tensor { shape, buf: x }
 }
 
+/// A model's parameters on the CPU: the tensors as loaded, each at its
+/// range of the flat layout (no copy at load), or one flat buffer (a model
+/// built from a [`crate::ParamSet`], e.g. during training).
+#[derive(Clone, Debug, Default)]
+pub struct CpuParams {
+    /// Where each part starts in the flat layout (ascending, first 0).
+    starts: Vec<usize>,
+    /// The parts, contiguous in the layout.
+    parts: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl CpuParams {
+    /// The parameters from `parts` covering `0..len` in order without gaps.
+    pub fn new(len: usize, parts: Vec<(Range<usize>, Vec<f32>)>) -> Result<Self> {
+        let mut next = 0;
+        let (mut starts, mut bufs) = (
+            Vec::with_capacity(parts.len()),
+            Vec::with_capacity(parts.len()),
+        );
+        for (r, v) in parts {
+            if r.start != next || r.len() != v.len() {
+                return Err(ModelError::Backend {
+                    backend: "cpu".into(),
+                    reason: format!(
+                        "parameters: a part at {r:?} of {} values does not continue the layout at {next}",
+                        v.len()
+                    ),
+                });
+            }
+            next = r.end;
+            if !v.is_empty() {
+                starts.push(r.start);
+                bufs.push(v);
+            }
+        }
+        if next != len {
+            return Err(ModelError::Backend {
+                backend: "cpu".into(),
+                reason: format!("parameters: the parts cover {next} of {len} values"),
+            });
+        }
+        Ok(CpuParams {
+            starts,
+            parts: bufs,
+            len,
+        })
+    }
+
+    /// One flat buffer of every value.
+    pub fn flat(data: Vec<f32>) -> Self {
+        let len = data.len();
+        CpuParams {
+            starts: if len > 0 { vec![0] } else { vec![] },
+            parts: if len > 0 { vec![data] } else { vec![] },
+            len,
+        }
+    }
+
+    /// The single flat buffer, when the parameters are stored as one (for
+    /// an optimiser step in place).
+    pub fn as_flat_mut(&mut self) -> Option<&mut [f32]> {
+        match &mut self.parts[..] {
+            [one] if one.len() == self.len => Some(one),
+            _ => None,
+        }
+    }
+}
+
+impl Weights for CpuParams {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, r: &Range<usize>) -> &[f32] {
+        // The part that starts at or before r.start.
+        let i = self.starts.partition_point(|&s| s <= r.start);
+        let Some(i) = i.checked_sub(1) else {
+            return &[];
+        };
+        let off = r.start - self.starts[i];
+        self.parts[i].get(off..off + r.len()).unwrap_or(&[])
+    }
+}
+
 impl Backend for Cpu {
     type Buf = Vec<f32>;
+    type Params = CpuParams;
+
+    fn upload_params(&self, len: usize, parts: Vec<(Range<usize>, Vec<f32>)>) -> Result<CpuParams> {
+        CpuParams::new(len, parts)
+    }
+
+    fn params_len(&self, p: &CpuParams) -> usize {
+        p.len
+    }
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads)
@@ -228,7 +322,7 @@ impl Backend for Cpu {
         })
     }
 
-    fn conv2d(&self, p: &Tensor<Self>, l: &Conv2d, x: &Tensor<Self>) -> Result<Tensor<Self>> {
+    fn conv2d(&self, p: &CpuParams, l: &Conv2d, x: &Tensor<Self>) -> Result<Tensor<Self>> {
         let (dims, c) = self.bhw(x, "conv2d input")?;
         if c != l.cin {
             return Err(self.err(format!(
@@ -236,13 +330,12 @@ impl Backend for Cpu {
                 x.shape, l.cin
             )));
         }
-        let od = l.check(x.numel(), dims, p.numel())?;
+        let od = l.check(x.numel(), dims, p)?;
         let rows = od[0] * od[1] * od[2];
         let cols = self.make(vec![rows, l.kk()], |_| Ok(()))?;
         let mut cols = cols;
         let y = self.make(vec![od[0], od[1], od[2], l.cout], |y| {
-            l.forward(&p.buf, &x.buf, dims, y, &mut cols.buf)
-                .map(|_| ())
+            l.forward(p, &x.buf, dims, y, &mut cols.buf).map(|_| ())
         });
         self.recycle(cols);
         y
@@ -250,7 +343,7 @@ impl Backend for Cpu {
 
     fn linear(
         &self,
-        p: &Tensor<Self>,
+        p: &CpuParams,
         l: &Linear,
         x: &Tensor<Self>,
         act: Act,
@@ -265,13 +358,11 @@ impl Backend for Cpu {
         let shape = Self::with_last(&x.shape, l.dout);
         if keep_pre {
             let mut pre = self.make(shape.clone(), |_| Ok(()))?;
-            let y = self.make(shape, |y| {
-                l.forward(&p.buf, &x.buf, act, y, Some(&mut pre.buf))
-            })?;
+            let y = self.make(shape, |y| l.forward(p, &x.buf, act, y, Some(&mut pre.buf)))?;
             Ok((y, Some(pre)))
         } else {
             Ok((
-                self.make(shape, |y| l.forward(&p.buf, &x.buf, act, y, None))?,
+                self.make(shape, |y| l.forward(p, &x.buf, act, y, None))?,
                 None,
             ))
         }
@@ -279,7 +370,7 @@ impl Backend for Cpu {
 
     fn linear_residual(
         &self,
-        p: &Tensor<Self>,
+        p: &CpuParams,
         l: &Linear,
         x: &Tensor<Self>,
         gamma: Option<&Range<usize>>,
@@ -296,7 +387,7 @@ impl Backend for Cpu {
             )));
         }
         let tmp = self.make(resid.shape.clone(), |t| {
-            l.forward_residual(&p.buf, &x.buf, gamma, &mut resid.buf, t)
+            l.forward_residual(p, &x.buf, gamma, &mut resid.buf, t)
         })?;
         if keep {
             Ok(Some(tmp))
@@ -308,7 +399,7 @@ impl Backend for Cpu {
 
     fn layer_norm(
         &self,
-        p: &Tensor<Self>,
+        p: &CpuParams,
         l: &LayerNorm,
         x: &Tensor<Self>,
         keep_stats: bool,
@@ -323,12 +414,12 @@ impl Backend for Cpu {
             let rows = x.numel() / l.c.max(1);
             let mut st = self.make(vec![rows, 2], |_| Ok(()))?;
             let y = self.make(x.shape.clone(), |y| {
-                l.forward(&p.buf, &x.buf, y, Some(&mut st.buf))
+                l.forward(p, &x.buf, y, Some(&mut st.buf))
             })?;
             Ok((y, Some(st)))
         } else {
             Ok((
-                self.make(x.shape.clone(), |y| l.forward(&p.buf, &x.buf, y, None))?,
+                self.make(x.shape.clone(), |y| l.forward(p, &x.buf, y, None))?,
                 None,
             ))
         }
@@ -356,13 +447,13 @@ impl Backend for Cpu {
 
     fn attention(
         &self,
-        p: &Tensor<Self>,
+        p: &CpuParams,
         l: &Attention,
         qkv: &Tensor<Self>,
         keep_lse: bool,
     ) -> Result<(Tensor<Self>, Option<Tensor<Self>>)> {
         let (d, c3) = self.bhw(qkv, "neighborhood_attention")?;
-        let (c, pr) = l.check(qkv.numel(), d, p.numel())?;
+        let (c, pr) = l.check(qkv.numel(), d, p)?;
         debug_assert_eq!(3 * c, c3);
         let mut scratch = self.make(vec![3 * pr.qk_len()], |_| Ok(()))?;
         let mut lse = if keep_lse {
@@ -372,7 +463,7 @@ impl Backend for Cpu {
         };
         let out = self.make(vec![d[0], d[1], d[2], c], |o| {
             l.forward(
-                &p.buf,
+                p,
                 &qkv.buf,
                 d,
                 o,
@@ -413,7 +504,7 @@ impl Backward for Cpu {
 
     fn conv2d_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &CpuParams,
         l: &Conv2d,
         x: &Tensor<Self>,
         dy: &Tensor<Self>,
@@ -421,13 +512,13 @@ impl Backward for Cpu {
         need_dx: bool,
     ) -> Result<Option<Tensor<Self>>> {
         let (d, _) = self.bhw(x, "conv2d input")?;
-        let dx = l.backward(&p.buf, &x.buf, d, &dy.buf, &mut g.buf, need_dx)?;
+        let dx = l.backward(p, &x.buf, d, &dy.buf, &mut g.buf, need_dx)?;
         Ok(dx.map(|v| host(v, x.shape.clone())))
     }
 
     fn linear_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &CpuParams,
         l: &Linear,
         x: &Tensor<Self>,
         dy: &Tensor<Self>,
@@ -436,11 +527,11 @@ impl Backward for Cpu {
     ) -> Result<Option<Tensor<Self>>> {
         if need_dx {
             let dx = self.make(x.shape.clone(), |dx| {
-                l.backward(&p.buf, &x.buf, &dy.buf, &mut g.buf, Some(dx))
+                l.backward(p, &x.buf, &dy.buf, &mut g.buf, Some(dx))
             })?;
             Ok(Some(dx))
         } else {
-            l.backward(&p.buf, &x.buf, &dy.buf, &mut g.buf, None)?;
+            l.backward(p, &x.buf, &dy.buf, &mut g.buf, None)?;
             Ok(None)
         }
     }
@@ -451,18 +542,18 @@ impl Backward for Cpu {
 
     fn scale_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &CpuParams,
         gamma: &Range<usize>,
         y: &Tensor<Self>,
         dout: &Tensor<Self>,
         g: &mut Tensor<Self>,
     ) -> Result<Tensor<Self>> {
         let c = y.last_dim();
-        ops::check_slot("add_scaled", "γ", gamma, c, p.numel())?;
+        ops::check_slot("add_scaled", "γ", gamma, c, p)?;
         let dy = ops::residual::add_scaled_backward(
             &y.buf,
             &dout.buf,
-            Some(&p.buf[gamma.clone()]),
+            Some(p.get(gamma)),
             Some(&mut g.buf[gamma.clone()]),
             c,
         )?;
@@ -471,20 +562,20 @@ impl Backward for Cpu {
 
     fn layer_norm_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &CpuParams,
         l: &LayerNorm,
         x: &Tensor<Self>,
         stats: &Tensor<Self>,
         dy: &Tensor<Self>,
         g: &mut Tensor<Self>,
     ) -> Result<Tensor<Self>> {
-        let dx = l.backward(&p.buf, &x.buf, &stats.buf, &dy.buf, &mut g.buf)?;
+        let dx = l.backward(p, &x.buf, &stats.buf, &dy.buf, &mut g.buf)?;
         Ok(host(dx, x.shape.clone()))
     }
 
     fn attention_backward(
         &self,
-        p: &Tensor<Self>,
+        p: &CpuParams,
         l: &Attention,
         qkv: &Tensor<Self>,
         out: &Tensor<Self>,
@@ -493,9 +584,7 @@ impl Backward for Cpu {
         g: &mut Tensor<Self>,
     ) -> Result<Tensor<Self>> {
         let (d, _) = self.bhw(qkv, "neighborhood_attention")?;
-        let dqkv = l.backward(
-            &p.buf, &qkv.buf, d, &out.buf, &lse.buf, &d_out.buf, &mut g.buf,
-        )?;
+        let dqkv = l.backward(p, &qkv.buf, d, &out.buf, &lse.buf, &d_out.buf, &mut g.buf)?;
         Ok(host(dqkv, qkv.shape.clone()))
     }
 

@@ -46,7 +46,7 @@ pub mod weights;
 
 pub use backend::{Backend, Backward, Tensor};
 pub use config::{Arch, Config};
-pub use cpu::Cpu;
+pub use cpu::{Cpu, CpuParams};
 pub use error::{ModelError, Result};
 pub use model::{analyze, param_shapes, Model, ModelInfo};
 pub use net::{Net, Tape};

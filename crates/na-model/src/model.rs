@@ -112,7 +112,7 @@ pub(crate) fn block_prefix(cfg: &Config, i: usize, j: usize) -> String {
 /// parameters, one flat tensor on the device.
 pub struct Model<B: Backend> {
     net: Net,
-    params: Tensor<B>,
+    params: B::Params,
 }
 
 impl<B: Backend> Model<B> {
@@ -127,17 +127,19 @@ impl<B: Backend> Model<B> {
                 "isotropic models have no multi-level backbone mode".into(),
             ));
         }
-        let mut ps = ParamSet::zeros_for(cfg, backbone)?;
-        ps.fill_from(weights)?;
-        let net = Net::new(&ps)?;
-        let params = be.upload_vec(&[ps.len()], std::mem::take(&mut ps.data))?;
+        // The layout only: the tensors move from the map to the backend
+        // without a flat copy (weights are never resident twice).
+        let layout = ParamSet::layout_for(cfg, backbone)?;
+        let net = Net::new(&layout)?;
+        let parts = layout.take_parts(weights)?;
+        let params = be.upload_params(layout.len(), parts)?;
         Ok(Model { net, params })
     }
 
     /// The model of a [`ParamSet`] (e.g. one being trained).
     pub fn from_params(be: &B, ps: &ParamSet) -> Result<Self> {
         let net = Net::new(ps)?;
-        let params = be.upload(&[ps.len()], &ps.data)?;
+        let params = be.upload_params(ps.len(), vec![(0..ps.len(), ps.data.clone())])?;
         Ok(Model { net, params })
     }
 
@@ -151,8 +153,8 @@ impl<B: Backend> Model<B> {
         &self.net
     }
 
-    /// The parameters, one flat tensor in [`ParamSet`] order.
-    pub fn params(&self) -> &Tensor<B> {
+    /// The parameters, in [`ParamSet`]'s layout.
+    pub fn params(&self) -> &B::Params {
         &self.params
     }
 

@@ -372,15 +372,15 @@ impl Net {
     pub fn forward<B: Backend>(
         &self,
         be: &B,
-        p: &Tensor<B>,
+        p: &B::Params,
         x: Tensor<B>,
         mut tape: Option<&mut Tape<B>>,
         mut feats: Option<&mut Vec<Tensor<B>>>,
     ) -> Result<Tensor<B>> {
-        if p.numel() != self.params {
+        if be.params_len(p) != self.params {
             return Err(shape_err(format!(
                 "forward: {} parameters for a model of {}",
-                p.numel(),
+                be.params_len(p),
                 self.params
             )));
         }
@@ -529,7 +529,7 @@ impl Net {
     fn block<B: Backend>(
         &self,
         be: &B,
-        p: &Tensor<B>,
+        p: &B::Params,
         b: &Block,
         x: Tensor<B>,
         keep: bool,
@@ -604,15 +604,15 @@ impl Net {
     pub fn backward<B: Backward>(
         &self,
         be: &B,
-        p: &Tensor<B>,
+        p: &B::Params,
         tape: &Tape<B>,
         dout: &Tensor<B>,
         g: &mut Tensor<B>,
     ) -> Result<()> {
-        if p.numel() != self.params || g.numel() != self.params {
+        if be.params_len(p) != self.params || g.numel() != self.params {
             return Err(shape_err(format!(
                 "backward: {} parameters and a gradient buffer of {} for a model of {}",
-                p.numel(),
+                be.params_len(p),
                 g.numel(),
                 self.params
             )));
@@ -710,7 +710,7 @@ impl Net {
     fn block_backward<B: Backward>(
         &self,
         be: &B,
-        p: &Tensor<B>,
+        p: &B::Params,
         b: &Block,
         t: &BlockTape<B>,
         dout: Tensor<B>,

@@ -36,8 +36,9 @@ pub struct ParamSet {
     pub backbone: bool,
     /// The tensors, in order, with their ranges.
     pub entries: Vec<ParamEntry>,
-    /// All values.
+    /// All values (empty for a bare layout, [`ParamSet::layout_for`]).
     pub data: Vec<f32>,
+    len: usize,
     index: HashMap<String, usize>,
 }
 
@@ -56,6 +57,14 @@ impl ParamSet {
     /// Zeros for every parameter of `cfg`, as a classifier or (`backbone`)
     /// with `norm0..norm3` instead of the final norm and head.
     pub fn zeros_for(cfg: &Config, backbone: bool) -> Result<Self> {
+        let mut p = Self::layout_for(cfg, backbone)?;
+        p.data = vec![0.0; p.len];
+        Ok(p)
+    }
+
+    /// The layout of `cfg`'s parameters (names, shapes, ranges) without
+    /// values: [`ParamSet::data`] is empty.
+    pub fn layout_for(cfg: &Config, backbone: bool) -> Result<Self> {
         cfg.validate()?;
         let mut entries = Vec::new();
         let mut off = 0;
@@ -79,7 +88,8 @@ impl ParamSet {
             cfg: cfg.clone(),
             backbone,
             entries,
-            data: vec![0.0; off],
+            data: Vec::new(),
+            len: off,
             index,
         })
     }
@@ -134,6 +144,7 @@ impl ParamSet {
     pub fn fill_from(&mut self, mut weights: WeightMap) -> Result<()> {
         let p = self;
         weights.check(&param_shapes(&p.cfg, p.backbone))?;
+        p.data.resize(p.len, 0.0);
         for e in &p.entries {
             let t = weights
                 .take(&e.name)
@@ -174,12 +185,32 @@ impl ParamSet {
 
     /// Number of parameters.
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.len
     }
 
     /// Whether there are no parameters (never, for a valid config).
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.len == 0
+    }
+
+    /// Moves the tensors of `weights` (checked against the expected names
+    /// and shapes first) out of the map, in layout order, each with its
+    /// range: the parts of [`crate::Backend::upload_params`].
+    pub fn take_parts(&self, mut weights: WeightMap) -> Result<Vec<(Range<usize>, Vec<f32>)>> {
+        weights.check(&param_shapes(&self.cfg, self.backbone))?;
+        self.entries
+            .iter()
+            .map(|e| {
+                let t = weights
+                    .take(&e.name)
+                    .ok_or_else(|| ModelError::WeightsMismatch {
+                        missing: vec![e.name.clone()],
+                        unexpected: vec![],
+                        mis_shaped: vec![],
+                    })?;
+                Ok((e.range.clone(), t.data))
+            })
+            .collect()
     }
 
     /// The range of a tensor by name.

@@ -17,12 +17,14 @@
 
 use na_model::ops::CrossEntropy;
 use na_model::train::Rng;
-use na_model::{Arch, Backend, Backward, Config, Cpu, Model, Net, ParamSet, Tape, Tensor};
+use na_model::{
+    Arch, Backend, Backward, Config, Cpu, CpuParams, Model, Net, ParamSet, Tape, Tensor,
+};
 
 /// The logits of `x [B, side, side, 1]` and the forward's tape.
 fn forward(net: &Net, p: &ParamSet, x: &[f32], [b, h, w]: [usize; 3]) -> (Vec<f32>, Tape<Cpu>) {
     let cpu = Cpu::current();
-    let pt = cpu.upload(&[p.len()], &p.data).unwrap();
+    let pt = CpuParams::flat(p.data.clone());
     let xt = cpu.upload(&[b, h, w, 1], x).unwrap();
     let mut tape = Tape::new();
     let y = net.forward(&cpu, &pt, xt, Some(&mut tape), None).unwrap();
@@ -32,7 +34,7 @@ fn forward(net: &Net, p: &ParamSet, x: &[f32], [b, h, w]: [usize; 3]) -> (Vec<f3
 /// Adds the parameter gradient of `dlogits` into `grad`.
 fn backward(net: &Net, p: &ParamSet, tape: &Tape<Cpu>, dlogits: &[f32], grad: &mut [f32]) {
     let cpu = Cpu::current();
-    let pt = cpu.upload(&[p.len()], &p.data).unwrap();
+    let pt = CpuParams::flat(p.data.clone());
     let d = cpu.upload(&[dlogits.len() / 5, 5], dlogits).unwrap();
     let mut g: Tensor<Cpu> = cpu.zeros(&[p.len()]).unwrap();
     net.backward(&cpu, &pt, tape, &d, &mut g).unwrap();

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use na_model::ops::CrossEntropy;
 use na_model::train::AdamW;
-use na_model::{Backend, Backward, Config, Cpu, Net, ParamSet, Tape, WeightMap};
+use na_model::{Backend, Backward, Config, Cpu, CpuParams, Net, ParamSet, Tape, WeightMap};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,7 +55,7 @@ fn one_step_matches_pytorch() {
 
     let net = Net::new(&params).unwrap();
     let cpu = Cpu::current();
-    let pt = cpu.upload(&[params.len()], &params.data).unwrap();
+    let pt = CpuParams::flat(params.data.clone());
     // The fixture's input is [B, 1, H, W]: with one channel, also NHWC.
     let xt = cpu
         .upload(&[x.shape[0], x.shape[2], x.shape[3], 1], &x.data)

@@ -6,7 +6,7 @@ use core::ops::Range;
 use na_core::{Grads, Inputs, Par, Params, Problem, Saved};
 use rayon::prelude::*;
 
-use super::{check_len, check_slot, shape_err, Bhw, ROWS_PER_TASK};
+use super::{check_len, check_slot, shape_err, Bhw, Weights, ROWS_PER_TASK};
 use crate::error::Result;
 
 /// 2D neighborhood attention on a fused projection: input `qkv [B, H, W,
@@ -67,8 +67,13 @@ impl Attention {
     }
 
     /// The channels `C` of a `qkv` of `len` values on a `dims` map, and the
-    /// problem (slots checked against `plen` parameters).
-    pub fn check(&self, len: usize, dims: Bhw, plen: usize) -> Result<(usize, Problem)> {
+    /// problem (slots checked against the parameters `p`).
+    pub fn check(
+        &self,
+        len: usize,
+        dims: Bhw,
+        p: &(impl Weights + ?Sized),
+    ) -> Result<(usize, Problem)> {
         let n = dims[0] * dims[1] * dims[2];
         if n == 0 || !len.is_multiple_of(3 * n) {
             return Err(shape_err(format!(
@@ -76,15 +81,9 @@ impl Attention {
             )));
         }
         let c = len / (3 * n);
-        let p = self.problem(dims, c)?;
-        check_slot(
-            "neighborhood_attention",
-            "rpb",
-            &self.rpb,
-            p.rpb_len(),
-            plen,
-        )?;
-        Ok((c, p))
+        let pr = self.problem(dims, c)?;
+        check_slot("neighborhood_attention", "rpb", &self.rpb, pr.rpb_len(), p)?;
+        Ok((c, pr))
     }
 
     /// Forward into `out [B, H, W, C]`, with `lse [B, H, W, heads]` kept for
@@ -92,14 +91,14 @@ impl Attention {
     /// values).
     pub fn forward(
         &self,
-        p: &[f32],
+        p: &(impl Weights + ?Sized),
         qkv: &[f32],
         dims: Bhw,
         out: &mut [f32],
         lse: Option<&mut [f32]>,
         scratch: &mut [f32],
     ) -> Result<()> {
-        let (c, pr) = self.check(qkv.len(), dims, p.len())?;
+        let (c, pr) = self.check(qkv.len(), dims, p)?;
         let nc = pr.qk_len();
         check_len("neighborhood_attention", "output", out.len(), nc)?;
         check_len("neighborhood_attention", "scratch", scratch.len(), 3 * nc)?;
@@ -110,7 +109,7 @@ impl Attention {
             query: q,
             key: k,
             value: v,
-            rpb: Some(&p[self.rpb.clone()]),
+            rpb: Some(p.get(&self.rpb)),
         };
         na_core::fused::forward(&pr, x, out, lse, Par::rayon(0))?;
         Ok(())
@@ -121,7 +120,7 @@ impl Attention {
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
-        p: &[f32],
+        p: &(impl Weights + ?Sized),
         qkv: &[f32],
         dims: Bhw,
         out: &[f32],
@@ -129,7 +128,7 @@ impl Attention {
         d_out: &[f32],
         grads: &mut [f32],
     ) -> Result<Vec<f32>> {
-        let (c, pr) = self.check(qkv.len(), dims, p.len())?;
+        let (c, pr) = self.check(qkv.len(), dims, p)?;
         check_len(
             "neighborhood_attention",
             "gradient buffer",
@@ -151,7 +150,7 @@ impl Attention {
                 query: q,
                 key: k,
                 value: v,
-                rpb: Some(&p[self.rpb.clone()]),
+                rpb: Some(p.get(&self.rpb)),
             },
             Saved { out, lse, d_out },
             Grads {

@@ -6,7 +6,7 @@ use core::ops::Range;
 use rayon::prelude::*;
 
 use super::gemm::{add_col_sums, matmul, matmul_wt_fused, Mat, Threads};
-use super::{check_len, check_slot, numel, shape_err, two_mut, Bhw};
+use super::{check_len, check_slot, numel, shape_err, two_mut, Bhw, Weights};
 use crate::error::Result;
 
 /// A 2D convolution of `[B, H, W, cin]` with a PyTorch-layout weight
@@ -58,7 +58,7 @@ impl Conv2d {
     }
 
     /// Checks the input and the slots; the output dims.
-    pub fn check(&self, x_len: usize, dims: Bhw, plen: usize) -> Result<Bhw> {
+    pub fn check(&self, x_len: usize, dims: Bhw, p: &(impl Weights + ?Sized)) -> Result<Bhw> {
         let what = "conv2d";
         let od = self.out_dims(dims)?;
         check_len(
@@ -72,10 +72,10 @@ impl Conv2d {
             "weight",
             &self.w,
             numel(what, &[self.cout, self.kk()])?,
-            plen,
+            p,
         )?;
         if let Some(b) = &self.b {
-            check_slot(what, "bias", b, self.cout, plen)?;
+            check_slot(what, "bias", b, self.cout, p)?;
         }
         numel(what, &[od[0], od[1], od[2], self.kk().max(self.cout)])?;
         Ok(od)
@@ -112,33 +112,26 @@ impl Conv2d {
     /// values) as the im2col scratch; returns `[B, Ho, Wo]`.
     pub fn forward(
         &self,
-        p: &[f32],
+        p: &(impl Weights + ?Sized),
         x: &[f32],
         dims: Bhw,
         y: &mut [f32],
         cols: &mut [f32],
     ) -> Result<Bhw> {
-        let od = self.check(x.len(), dims, p.len())?;
+        let od = self.check(x.len(), dims, p)?;
         let rows = od[0] * od[1] * od[2];
         let (kk, n) = (self.kk(), self.cout);
         check_len("conv2d", "output", y.len(), rows * n)?;
         check_len("conv2d", "im2col scratch", cols.len(), rows * kk)?;
         self.im2col(x, dims, od, cols);
-        let b = self.b.clone().map(|r| &p[r]);
-        matmul_wt_fused(
-            cols,
-            &p[self.w.clone()],
-            y,
-            None,
-            [rows, n, kk],
-            |_, blk, _| {
-                if let Some(b) = b {
-                    for row in blk.chunks_exact_mut(n) {
-                        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-                    }
+        let b = self.b.clone().map(|r| p.get(&r));
+        matmul_wt_fused(cols, p.get(&self.w), y, None, [rows, n, kk], |_, blk, _| {
+            if let Some(b) = b {
+                for row in blk.chunks_exact_mut(n) {
+                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
                 }
-            },
-        );
+            }
+        });
         Ok(od)
     }
 
@@ -147,14 +140,14 @@ impl Conv2d {
     /// rebuilt from `x` rather than kept from the forward.
     pub fn backward(
         &self,
-        p: &[f32],
+        p: &(impl Weights + ?Sized),
         x: &[f32],
         dims: Bhw,
         dy: &[f32],
         grads: &mut [f32],
         need_dx: bool,
     ) -> Result<Option<Vec<f32>>> {
-        let od = self.check(x.len(), dims, p.len())?;
+        let od = self.check(x.len(), dims, p)?;
         let rows = od[0] * od[1] * od[2];
         let kk = self.kk();
         check_len("conv2d", "dy", dy.len(), rows * self.cout)?;
@@ -183,7 +176,7 @@ impl Conv2d {
         }
         // (rows, kk) = (rows, cout) · (cout, kk), reusing the buffer.
         let mut dcols = cols;
-        let wm = Mat::rm(&p[self.w.clone()], self.cout, kk);
+        let wm = Mat::rm(p.get(&self.w), self.cout, kk);
         matmul(&mut dcols, dym, wm, false, Threads::Pool);
         let [_, h, wd] = dims;
         let (ho, wo, cin) = (od[1], od[2], self.cin);

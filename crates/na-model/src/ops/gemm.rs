@@ -1,35 +1,33 @@
-//! The one checked wrapper around `gemm::gemm` (the only `unsafe` GEMM call
-//! of the workspace), strided matrix views, and the threaded `x · Wᵀ`
-//! product with a fused per-block epilogue that every linear layer and
-//! convolution goes through.
+//! The one GEMM entry point of the workspace ([`matmul`], on the `faer`
+//! crate's matrix multiplication, chosen by measurement over `gemm`: see
+//! `bench/results/gemm-shapes.json`), matrix views, and the threaded
+//! `x · Wᵀ` product with a fused per-block epilogue that every linear layer
+//! and convolution goes through. No `unsafe`: views are built from checked
+//! slices.
 
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-/// A read-only strided matrix view: element `(i, j)` is
-/// `data[i * rs + j * cs]`.
+/// A read-only view of a row-major `rows × cols` matrix, or of the
+/// transpose of one.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a> {
-    /// The values the view reads.
-    pub data: &'a [f32],
-    /// Rows.
-    pub rows: usize,
-    /// Columns.
-    pub cols: usize,
-    /// Row stride.
-    pub rs: usize,
-    /// Column stride.
-    pub cs: usize,
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    /// Whether `data` holds the `cols × rows` matrix this view transposes.
+    trans: bool,
 }
 
 impl<'a> Mat<'a> {
-    /// A row-major `rows × cols` matrix.
+    /// A row-major `rows × cols` matrix (the first `rows · cols` values of
+    /// `data`).
     pub fn rm(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Mat {
             data,
             rows,
             cols,
-            rs: cols,
-            cs: 1,
+            trans: false,
         }
     }
 
@@ -39,25 +37,30 @@ impl<'a> Mat<'a> {
             data: self.data,
             rows: self.cols,
             cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
+            trans: !self.trans,
         }
     }
 
-    /// Whether every element lies inside `data`.
-    fn in_bounds(&self) -> bool {
-        in_bounds(self.data.len(), self.rows, self.cols, self.rs, self.cs)
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
-}
 
-fn in_bounds(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
-    if rows == 0 || cols == 0 {
-        return true;
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
     }
-    let last = (rows - 1)
-        .checked_mul(rs)
-        .and_then(|a| (cols - 1).checked_mul(cs).and_then(|b| a.checked_add(b)));
-    matches!(last, Some(l) if l < len && l <= isize::MAX as usize)
+
+    /// The `faer` view, or `None` when `data` is too short.
+    fn view(&self) -> Option<MatRef<'a, f32>> {
+        let n = self.rows.checked_mul(self.cols)?;
+        let d = self.data.get(..n)?;
+        Some(if self.trans {
+            MatRef::from_row_major_slice(d, self.cols, self.rows).transpose()
+        } else {
+            MatRef::from_row_major_slice(d, self.rows, self.cols)
+        })
+    }
 }
 
 /// How many threads a product may use.
@@ -69,63 +72,37 @@ pub enum Threads {
     Pool,
 }
 
-fn parallelism(t: Threads) -> gemm::Parallelism {
+fn par(t: Threads) -> Par {
     match (t, rayon::current_num_threads()) {
-        (Threads::One, _) | (_, 0 | 1) => gemm::Parallelism::None,
-        (Threads::Pool, n) => gemm::Parallelism::Rayon(n),
+        (Threads::One, _) | (_, 0 | 1) => Par::Seq,
+        (Threads::Pool, n) => Par::rayon(n),
     }
 }
 
 /// `dst = a · b` (or `dst += a · b` with `accumulate`), `dst` row-major
 /// `a.rows × b.cols`, on the threads `threads` allows.
 ///
-/// Panics if the shapes disagree or a view reaches outside its slice: every
+/// Panics if the shapes disagree or a view is longer than its slice: every
 /// caller computes its shapes from checked arguments, so a failure here is a
 /// bug, not bad input.
 pub fn matmul(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, threads: Threads) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner sizes differ");
-    assert!(
-        a.in_bounds() && b.in_bounds() && in_bounds(dst.len(), m, n, n, 1),
-        "matmul: a view reaches outside its slice"
-    );
+    let (av, bv) = (a.view(), b.view());
+    let d = m.checked_mul(n).and_then(|mn| dst.get_mut(..mn));
+    let (Some(av), Some(bv), Some(d)) = (av, bv, d) else {
+        panic!("matmul: a view reaches outside its slice");
+    };
     if m == 0 || n == 0 {
         return;
     }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: every index gemm forms is `i * rs + j * cs` for `i < rows`,
-    // `j < cols` of one of the three views, which `in_bounds` checked to be
-    // below the slice's length (and to fit an isize); `dst` is a distinct
-    // `&mut` borrow, so it aliases neither `a` nor `b`. With `read_dst`
-    // false gemm does not read `dst`, so its old values do not matter.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(threads),
-        );
-    }
+    let dv = MatMut::from_row_major_slice_mut(d, m, n);
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    faer::linalg::matmul::matmul(dv, accum, av, bv, 1.0f32, par(threads));
 }
 
 /// Target rows of one block of [`matmul_wt_fused`].

@@ -3,9 +3,9 @@
 
 use core::ops::Range;
 
-use super::act::gelu1;
+use super::act::{gelu_into, gelu_slice};
 use super::gemm::{add_col_sums, matmul, matmul_wt_fused, Mat, Threads};
-use super::{check_len, check_slot, shape_err, two_mut};
+use super::{check_len, check_slot, shape_err, simd, two_mut, Weights};
 use crate::error::Result;
 
 /// The activation fused after a [`Linear`]'s bias.
@@ -33,8 +33,8 @@ pub struct Linear {
 
 impl Linear {
     /// The rows of an input of `len` values, after checking the layer's
-    /// slots against a parameter buffer of `plen` values.
-    pub fn rows(&self, len: usize, plen: usize) -> Result<usize> {
+    /// slots against the parameters `p`.
+    pub fn rows(&self, len: usize, p: &(impl Weights + ?Sized)) -> Result<usize> {
         let what = "linear";
         if self.din == 0 || !len.is_multiple_of(self.din) {
             return Err(shape_err(format!(
@@ -42,9 +42,9 @@ impl Linear {
                 self.din
             )));
         }
-        check_slot(what, "weight", &self.w, self.din * self.dout, plen)?;
+        check_slot(what, "weight", &self.w, self.din * self.dout, p)?;
         if let Some(b) = &self.b {
-            check_slot(what, "bias", b, self.dout, plen)?;
+            check_slot(what, "bias", b, self.dout, p)?;
         }
         Ok(len / self.din)
     }
@@ -53,22 +53,24 @@ impl Linear {
     /// activation are written there too (the GELU backward needs them).
     pub fn forward(
         &self,
-        p: &[f32],
+        p: &(impl Weights + ?Sized),
         x: &[f32],
         act: Act,
         y: &mut [f32],
         pre: Option<&mut [f32]>,
     ) -> Result<()> {
-        let m = self.rows(x.len(), p.len())?;
+        let m = self.rows(x.len(), p)?;
         let n = self.dout;
         check_len("linear", "output", y.len(), m * n)?;
-        let w = &p[self.w.clone()];
-        let b = self.b.clone().map(|r| &p[r]);
+        let w = p.get(&self.w);
+        let b = self.b.clone().map(|r| p.get(&r));
         let bias = |blk: &mut [f32]| {
             if let Some(b) = b {
-                for row in blk.chunks_exact_mut(n) {
-                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-                }
+                simd(|| {
+                    for row in blk.chunks_exact_mut(n) {
+                        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                    }
+                })
             }
         };
         match (act, pre) {
@@ -82,7 +84,7 @@ impl Linear {
             (Act::Gelu, None) => {
                 matmul_wt_fused(x, w, y, None, [m, n, self.din], |_, blk, _| {
                     bias(blk);
-                    blk.iter_mut().for_each(|v| *v = gelu1(*v));
+                    gelu_slice(blk);
                 });
             }
             (Act::Gelu, Some(pre)) => {
@@ -90,7 +92,7 @@ impl Linear {
                 matmul_wt_fused(x, w, pre, Some(y), [m, n, self.din], |_, blk, out| {
                     bias(blk);
                     if let Some(out) = out {
-                        out.iter_mut().zip(&*blk).for_each(|(o, &v)| *o = gelu1(v));
+                        gelu_into(out, blk);
                     }
                 });
             }
@@ -103,37 +105,39 @@ impl Linear {
     /// layer-scale backward needs it).
     pub fn forward_residual(
         &self,
-        p: &[f32],
+        p: &(impl Weights + ?Sized),
         x: &[f32],
         gamma: Option<&Range<usize>>,
         resid: &mut [f32],
         tmp: &mut [f32],
     ) -> Result<()> {
-        let m = self.rows(x.len(), p.len())?;
+        let m = self.rows(x.len(), p)?;
         let n = self.dout;
         check_len("linear", "residual", resid.len(), m * n)?;
         check_len("linear", "product", tmp.len(), m * n)?;
         if let Some(g) = gamma {
-            check_slot("linear", "layer scale", g, n, p.len())?;
+            check_slot("linear", "layer scale", g, n, p)?;
         }
-        let b = self.b.clone().map(|r| &p[r]);
-        let g = gamma.map(|r| &p[r.clone()]);
-        let w = &p[self.w.clone()];
+        let b = self.b.clone().map(|r| p.get(&r));
+        let g = gamma.map(|r| p.get(r));
+        let w = p.get(&self.w);
         matmul_wt_fused(x, w, tmp, Some(resid), [m, n, self.din], |_, blk, out| {
             let Some(out) = out else { return };
-            for (yr, orow) in blk.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)) {
-                if let Some(b) = b {
-                    yr.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            simd(|| {
+                for (yr, orow) in blk.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)) {
+                    if let Some(b) = b {
+                        yr.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                    }
+                    match g {
+                        None => orow.iter_mut().zip(&*yr).for_each(|(o, v)| *o += v),
+                        Some(g) => orow
+                            .iter_mut()
+                            .zip(&*yr)
+                            .zip(g)
+                            .for_each(|((o, v), g)| *o += g * v),
+                    }
                 }
-                match g {
-                    None => orow.iter_mut().zip(&*yr).for_each(|(o, v)| *o += v),
-                    Some(g) => orow
-                        .iter_mut()
-                        .zip(&*yr)
-                        .zip(g)
-                        .for_each(|((o, v), g)| *o += g * v),
-                }
-            }
+            });
         });
         Ok(())
     }
@@ -143,17 +147,17 @@ impl Linear {
     /// `dx` is given.
     pub fn backward(
         &self,
-        p: &[f32],
+        p: &(impl Weights + ?Sized),
         x: &[f32],
         dy: &[f32],
         grads: &mut [f32],
         dx: Option<&mut [f32]>,
     ) -> Result<()> {
-        let m = self.rows(x.len(), p.len())?;
+        let m = self.rows(x.len(), p)?;
         check_len("linear", "dy", dy.len(), m * self.dout)?;
         check_len("linear", "gradient buffer", grads.len(), p.len())?;
         let dym = Mat::rm(dy, m, self.dout);
-        let wm = Mat::rm(&p[self.w.clone()], self.dout, self.din);
+        let wm = Mat::rm(p.get(&self.w), self.dout, self.din);
         match &self.b {
             Some(b) => {
                 let (gw, gb) = two_mut(grads, self.w.clone(), b.clone());

@@ -53,6 +53,15 @@ pub use linear::{Act, Linear};
 pub use loss::{CrossEntropy, LossOutput};
 pub use norm::LayerNorm;
 
+/// Runs `f` compiled for the best SIMD instruction set of this CPU
+/// (`pulp`'s run-time dispatch: AVX2+FMA or AVX-512 on x86-64), so the
+/// element-wise loops inside it (GELU, LayerNorm, bias and residual
+/// epilogues) are vectorised for it rather than for the baseline target.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
 /// A map's leading sizes `[B, H, W]` (batch, height, width).
 pub type Bhw = [usize; 3];
 
@@ -82,21 +91,49 @@ pub(crate) fn numel(layer: &str, dims: &[usize]) -> Result<usize> {
         .ok_or_else(|| shape_err(format!("{layer}: sizes {dims:?} overflow")))
 }
 
-/// Checks that `r` lies inside a parameter buffer of `len` values and has
-/// `n` values.
+/// A model's parameters as the CPU ops read them: one flat layout
+/// ([`crate::ParamSet`]'s) addressed by range, stored as one slice or as the
+/// loaded tensors themselves ([`crate::cpu::CpuParams`]).
+pub trait Weights: Sync {
+    /// Values in the flat layout.
+    fn len(&self) -> usize;
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values at `r`, or an empty slice when `r` is not stored in one
+    /// piece ([`check_slot`] refuses such a range before any op reads it).
+    fn get(&self, r: &Range<usize>) -> &[f32];
+}
+
+impl Weights for [f32] {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
+    }
+
+    fn get(&self, r: &Range<usize>) -> &[f32] {
+        <[f32]>::get(self, r.clone()).unwrap_or(&[])
+    }
+}
+
+/// Checks that `r` holds `n` values stored in one piece of `p`.
 pub(crate) fn check_slot(
     layer: &str,
     what: &str,
     r: &Range<usize>,
     n: usize,
-    len: usize,
+    p: &(impl Weights + ?Sized),
 ) -> Result<()> {
-    if r.end > len || r.start > r.end {
+    check_len(layer, what, r.len(), n)?;
+    if r.start > r.end || p.get(r).len() != r.len() {
         return Err(shape_err(format!(
-            "{layer}: {what} at {r:?} is outside the {len} parameters"
+            "{layer}: {what} at {r:?} is not a tensor of the {} parameters",
+            p.len()
         )));
     }
-    check_len(layer, what, r.len(), n)
+    Ok(())
 }
 
 /// Two disjoint mutable ranges of one buffer (a weight's and a bias's

@@ -4,7 +4,7 @@ use core::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{check_len, check_slot, shape_err, two_mut, ROWS_PER_TASK};
+use super::{check_len, check_slot, shape_err, simd, two_mut, Weights, ROWS_PER_TASK};
 use crate::error::Result;
 
 /// LayerNorm over the last axis of `x [rows, c]` with weight `γ [c]` (at
@@ -22,18 +22,37 @@ pub struct LayerNorm {
     pub b: Range<usize>,
 }
 
+/// `Σ f(x_i)` in eight interleaved partial sums added pairwise at the end:
+/// a fixed order (the same on every machine and thread count) that the
+/// compiler can keep in SIMD registers, unlike one running sum.
+#[inline(always)]
+fn sum8(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut it = x.chunks_exact(8);
+    for ch in &mut it {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += f(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(it.remainder()) {
+        *a += f(v);
+    }
+    let [a, b, c, d, e, g, h, i] = acc;
+    ((a + e) + (c + h)) + ((b + g) + (d + i))
+}
+
 impl LayerNorm {
     /// The rows of an input of `len` values (slots checked against a
-    /// parameter buffer of `plen` values).
-    pub fn rows(&self, len: usize, plen: usize) -> Result<usize> {
+    /// parameters `p`).
+    pub fn rows(&self, len: usize, p: &(impl Weights + ?Sized)) -> Result<usize> {
         if self.c == 0 || !len.is_multiple_of(self.c) {
             return Err(shape_err(format!(
                 "layer_norm: input of {len} values is not rows of {}",
                 self.c
             )));
         }
-        check_slot("layer_norm", "weight", &self.w, self.c, plen)?;
-        check_slot("layer_norm", "bias", &self.b, self.c, plen)?;
+        check_slot("layer_norm", "weight", &self.w, self.c, p)?;
+        check_slot("layer_norm", "bias", &self.b, self.c, p)?;
         Ok(len / self.c)
     }
 
@@ -41,18 +60,18 @@ impl LayerNorm {
     /// `1 / sqrt(var + eps)` are kept for the backward.
     pub fn forward(
         &self,
-        p: &[f32],
+        p: &(impl Weights + ?Sized),
         x: &[f32],
         y: &mut [f32],
         stats: Option<&mut [f32]>,
     ) -> Result<()> {
-        let m = self.rows(x.len(), p.len())?;
+        let m = self.rows(x.len(), p)?;
         check_len("layer_norm", "output", y.len(), x.len())?;
         let c = self.c;
-        let (g, b) = (&p[self.w.clone()], &p[self.b.clone()]);
+        let (g, b) = (p.get(&self.w), p.get(&self.b));
         let row = |yr: &mut [f32], xr: &[f32]| -> (f32, f32) {
-            let mean = xr.iter().sum::<f32>() / c as f32;
-            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+            let mean = sum8(xr, |v| v) / c as f32;
+            let var = sum8(xr, |v| (v - mean) * (v - mean)) / c as f32;
             let inv = 1.0 / (var + self.eps).sqrt();
             for (((o, &v), &gg), &bb) in yr.iter_mut().zip(xr).zip(g).zip(b) {
                 *o = (v - mean) * inv * gg + bb;
@@ -65,9 +84,11 @@ impl LayerNorm {
                 .par_chunks_mut(chunk)
                 .zip(x.par_chunks(chunk))
                 .for_each(|(yb, xb)| {
-                    for (yr, xr) in yb.chunks_mut(c).zip(xb.chunks(c)) {
-                        row(yr, xr);
-                    }
+                    simd(|| {
+                        for (yr, xr) in yb.chunks_mut(c).zip(xb.chunks(c)) {
+                            row(yr, xr);
+                        }
+                    })
                 }),
             Some(st) => {
                 check_len("layer_norm", "statistics", st.len(), 2 * m)?;
@@ -91,18 +112,18 @@ impl LayerNorm {
     /// `dx = rstd · (dy·γ - mean(dy·γ) - x̂ · mean(dy·γ·x̂))`.
     pub fn backward(
         &self,
-        p: &[f32],
+        p: &(impl Weights + ?Sized),
         x: &[f32],
         stats: &[f32],
         dy: &[f32],
         grads: &mut [f32],
     ) -> Result<Vec<f32>> {
-        let m = self.rows(x.len(), p.len())?;
+        let m = self.rows(x.len(), p)?;
         let c = self.c;
         check_len("layer_norm", "gradient buffer", grads.len(), p.len())?;
         check_len("layer_norm", "dy", dy.len(), x.len())?;
         check_len("layer_norm", "statistics", stats.len(), 2 * m)?;
-        let g = &p[self.w.clone()];
+        let g = p.get(&self.w);
         let mut dx = vec![0.0; x.len()];
         let parts: Vec<Vec<f32>> = dx
             .par_chunks_mut(c * ROWS_PER_TASK)

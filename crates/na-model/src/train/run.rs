@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 use super::idx::Dataset;
 use super::optim::{AdamW, Schedule};
 use super::rng::Rng;
-use crate::backend::{Backend, Backward, Tensor};
+use crate::backend::{Backend, Backward};
 use crate::config::Config;
 use crate::cpu::Cpu;
+use crate::cpu::CpuParams;
 use crate::error::{ModelError, Result};
 use crate::model::Model;
 use crate::net::{Net, Tape};
+use crate::ops::Weights;
 use crate::ops::{shape_err, CrossEntropy};
 use crate::params::ParamSet;
 use crate::weights::{write_atomic, WeightMap};
@@ -471,7 +473,7 @@ pub const MICRO_BATCH: usize = 16;
 #[allow(clippy::too_many_arguments)]
 pub fn batch_gradient(
     net: &Net,
-    params: &Tensor<Cpu>,
+    params: &CpuParams,
     ce: &CrossEntropy,
     x: &[f32],
     labels: &[usize],
@@ -484,7 +486,7 @@ pub fn batch_gradient(
     let b = labels.len();
     let cin = net.config().in_chans;
     let npx = rows * cols * cin;
-    let n = params.numel();
+    let n = params.len();
     if b == 0 || x.len() != b * npx || grad.len() != n {
         return Err(shape_err(format!(
             "batch_gradient: {} values for {b} images of {npx}, gradient of {} for {n}",
@@ -626,10 +628,7 @@ pub fn train(
     };
     let net = Net::new(&params)?;
     // The parameters as the backend's tensor, refreshed after every update.
-    let mut ptensor = Tensor::<Cpu> {
-        shape: vec![params.len()],
-        buf: params.data.clone(),
-    };
+    let mut ptensor = CpuParams::flat(params.data.clone());
     let sched = Schedule {
         base: opts.lr,
         min: opts.min_lr,
@@ -703,7 +702,10 @@ pub fn train(
             }
             let lr = sched.lr(state.step);
             opt.update(&mut params, &grad, lr)?;
-            ptensor.buf.copy_from_slice(&params.data);
+            ptensor
+                .as_flat_mut()
+                .ok_or_else(|| shape_err("training parameters are not one buffer".into()))?
+                .copy_from_slice(&params.data);
             state.step += 1;
             losses.push(loss);
             sum_loss += loss * chunk.len() as f64;
