@@ -235,7 +235,7 @@ impl Weights for CpuParams {
             return &[];
         };
         let off = r.start - self.starts[i];
-        self.parts[i].get(off..off + r.len()).unwrap_or(&[])
+        <[f32]>::get(&self.parts[i], off..off + r.len()).unwrap_or(&[])
     }
 }
 

@@ -5,7 +5,7 @@ use core::ops::Range;
 
 use super::act::{gelu_into, gelu_slice};
 use super::gemm::{add_col_sums, matmul, matmul_wt_fused, Mat, Threads};
-use super::{check_len, check_slot, shape_err, simd, two_mut, Weights};
+use super::{check_len, check_slot, shape_err, two_mut, Weights};
 use crate::error::Result;
 
 /// The activation fused after a [`Linear`]'s bias.
@@ -66,11 +66,11 @@ impl Linear {
         let b = self.b.clone().map(|r| p.get(&r));
         let bias = |blk: &mut [f32]| {
             if let Some(b) = b {
-                simd(|| {
+                {
                     for row in blk.chunks_exact_mut(n) {
                         row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
                     }
-                })
+                }
             }
         };
         match (act, pre) {
@@ -123,7 +123,7 @@ impl Linear {
         let w = p.get(&self.w);
         matmul_wt_fused(x, w, tmp, Some(resid), [m, n, self.din], |_, blk, out| {
             let Some(out) = out else { return };
-            simd(|| {
+            {
                 for (yr, orow) in blk.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)) {
                     if let Some(b) = b {
                         yr.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -137,7 +137,7 @@ impl Linear {
                             .for_each(|((o, v), g)| *o += g * v),
                     }
                 }
-            });
+            }
         });
         Ok(())
     }

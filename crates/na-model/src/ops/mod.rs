@@ -11,7 +11,7 @@
 //! - [`linear`]: [`Linear`] (bias, bias + GELU, bias + layer scale +
 //!   residual fused into the product).
 //! - [`conv`]: [`Conv2d`] (im2col + the same product).
-//! - [`norm`]: [`LayerNorm`].
+//! - [`norm`]: LayerNorm ([`LayerNorm`]).
 //! - [`act`]: exact GELU and the vectorisable `erf`.
 //! - [`residual`]: `x += γ ⊙ y` and its backward.
 //! - [`layout`]: padding, cropping, patch merging, token mean, NCHW ↔ NHWC.
@@ -52,15 +52,6 @@ pub use conv::Conv2d;
 pub use linear::{Act, Linear};
 pub use loss::{CrossEntropy, LossOutput};
 pub use norm::LayerNorm;
-
-/// Runs `f` compiled for the best SIMD instruction set of this CPU
-/// (`pulp`'s run-time dispatch: AVX2+FMA or AVX-512 on x86-64), so the
-/// element-wise loops inside it (GELU, LayerNorm, bias and residual
-/// epilogues) are vectorised for it rather than for the baseline target.
-#[inline(always)]
-pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
-}
 
 /// A map's leading sizes `[B, H, W]` (batch, height, width).
 pub type Bhw = [usize; 3];
@@ -118,6 +109,16 @@ impl Weights for [f32] {
     }
 }
 
+impl Weights for Vec<f32> {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
+    }
+
+    fn get(&self, r: &Range<usize>) -> &[f32] {
+        <[f32]>::get(self, r.clone()).unwrap_or(&[])
+    }
+}
+
 /// Checks that `r` holds `n` values stored in one piece of `p`.
 pub(crate) fn check_slot(
     layer: &str,
@@ -138,11 +139,11 @@ pub(crate) fn check_slot(
 
 /// Two disjoint mutable ranges of one buffer (a weight's and a bias's
 /// gradients).
-pub(crate) fn two_mut<'a>(
-    g: &'a mut [f32],
+pub(crate) fn two_mut(
+    g: &mut [f32],
     a: Range<usize>,
     b: Range<usize>,
-) -> (&'a mut [f32], &'a mut [f32]) {
+) -> (&mut [f32], &mut [f32]) {
     assert!(a.end <= b.start || b.end <= a.start, "overlapping slots");
     if a.end <= b.start {
         let (lo, hi) = g.split_at_mut(b.start);

@@ -4,7 +4,7 @@ use core::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{check_len, check_slot, shape_err, simd, two_mut, Weights, ROWS_PER_TASK};
+use super::{check_len, check_slot, shape_err, two_mut, Weights, ROWS_PER_TASK};
 use crate::error::Result;
 
 /// LayerNorm over the last axis of `x [rows, c]` with weight `γ [c]` (at
@@ -84,11 +84,9 @@ impl LayerNorm {
                 .par_chunks_mut(chunk)
                 .zip(x.par_chunks(chunk))
                 .for_each(|(yb, xb)| {
-                    simd(|| {
-                        for (yr, xr) in yb.chunks_mut(c).zip(xb.chunks(c)) {
-                            row(yr, xr);
-                        }
-                    })
+                    for (yr, xr) in yb.chunks_mut(c).zip(xb.chunks(c)) {
+                        row(yr, xr);
+                    }
                 }),
             Some(st) => {
                 check_len("layer_norm", "statistics", st.len(), 2 * m)?;

@@ -461,6 +461,29 @@ pub fn load_checkpoint(dir: &Path, weight_decay: f32) -> Result<(ParamSet, AdamW
     Ok((params, opt, state))
 }
 
+/// One training thread: a single-threaded rayon pool and the CPU backend
+/// whose buffers it reuses from one step to the next.
+pub struct Worker {
+    pool: rayon::ThreadPool,
+    cpu: Cpu,
+}
+
+impl Worker {
+    /// `n` workers.
+    pub fn spawn(n: usize) -> Result<Vec<Worker>> {
+        (0..n.max(1))
+            .map(|_| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .map_err(|e| shape_err(format!("cannot start the training threads: {e}")))?;
+                let cpu = pool.install(Cpu::current);
+                Ok(Worker { pool, cpu })
+            })
+            .collect()
+    }
+}
+
 /// Images per micro-batch: a batch is cut into micro-batches of this size
 /// (the last one smaller), each run forward and backward on one core, and
 /// their gradients added in micro-batch order. The cut does not depend on the
@@ -468,7 +491,7 @@ pub fn load_checkpoint(dir: &Path, weight_decay: f32) -> Result<(ParamSet, AdamW
 pub const MICRO_BATCH: usize = 16;
 
 /// The mean loss and the gradient (into `grad`, overwritten) of one batch
-/// `x [B, rows, cols]`, cut into [`MICRO_BATCH`]es spread over `pools`.
+/// `x [B, rows, cols]`, cut into [`MICRO_BATCH`]es spread over `workers`.
 /// Returns the mean loss and the number of correct predictions.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_gradient(
@@ -478,7 +501,7 @@ pub fn batch_gradient(
     x: &[f32],
     labels: &[usize],
     [rows, cols]: [usize; 2],
-    pools: &[rayon::ThreadPool],
+    workers: &[Worker],
     grad: &mut [f32],
 ) -> Result<(f64, usize)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -515,16 +538,16 @@ pub fn batch_gradient(
         Ok((g.buf, out.loss * f64::from(share), out.correct))
     };
     std::thread::scope(|s| {
-        for pool in pools.iter().take(n_micro) {
+        for w in workers.iter().take(n_micro) {
             s.spawn(|| {
-                pool.install(|| {
-                    let be = Cpu::current();
+                w.pool.install(|| {
+                    let be = &w.cpu;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= n_micro {
                             break;
                         }
-                        let r = work(&be, i);
+                        let r = work(be, i);
                         *parts[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                     }
                 })
@@ -647,10 +670,7 @@ pub fn train(
     let cpu = Cpu::new(rayon::current_num_threads());
     // One single-threaded pool per worker: each micro-batch runs on one
     // core without any synchronisation inside the layers.
-    let pools = (0..rayon::current_num_threads().max(1))
-        .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
-        .collect::<core::result::Result<Vec<_>, _>>()
-        .map_err(|e| shape_err(format!("cannot start the training threads: {e}")))?;
+    let workers = Worker::spawn(rayon::current_num_threads())?;
     let (rows, cols) = (train.rows, train.cols);
     let npx = rows * cols;
     let mut grad = vec![0.0f32; params.len()];
@@ -691,7 +711,7 @@ pub fn train(
                 &x,
                 &labels,
                 [rows, cols],
-                &pools,
+                &workers,
                 &mut grad,
             )?;
             if !loss.is_finite() {
