@@ -23,7 +23,7 @@
 //! - Activations are row-major `[B, H, W, C]` (or `[rows, C]`); maps are
 //!   described by [`Bhw`] `= [B, H, W]` and a channel count.
 //! - Parameters live in one flat buffer (a model's [`crate::ParamSet`]
-//!   layout); a layer holds the [`Range`](core::ops::Range)s of its tensors
+//!   layout); a layer holds the [`Range`]s of its tensors
 //!   in it. Parameter gradients are **added** into a buffer of the same
 //!   layout, so several micro-batches accumulate in place.
 //! - A backward takes what its forward kept plus `dy`, the gradient of the
@@ -95,7 +95,7 @@ pub trait Weights: Sync {
     }
 
     /// The values at `r`, or an empty slice when `r` is not stored in one
-    /// piece ([`check_slot`] refuses such a range before any op reads it).
+    /// piece (every op checks its ranges before it reads them).
     fn get(&self, r: &Range<usize>) -> &[f32];
 }
 
@@ -139,11 +139,7 @@ pub(crate) fn check_slot(
 
 /// Two disjoint mutable ranges of one buffer (a weight's and a bias's
 /// gradients).
-pub(crate) fn two_mut(
-    g: &mut [f32],
-    a: Range<usize>,
-    b: Range<usize>,
-) -> (&mut [f32], &mut [f32]) {
+pub(crate) fn two_mut(g: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&mut [f32], &mut [f32]) {
     assert!(a.end <= b.start || b.end <= a.start, "overlapping slots");
     if a.end <= b.start {
         let (lo, hi) = g.split_at_mut(b.start);

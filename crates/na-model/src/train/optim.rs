@@ -7,7 +7,7 @@ use crate::params::ParamSet;
 
 /// AdamW as PyTorch's `torch.optim.AdamW` computes it (non-fused, no
 /// `amsgrad`): per step `t` (from 1), for each parameter `p` with gradient
-/// `g`: `p ← p·(1 - lr·wd)` (only where [`super::ParamEntry::decay`]),
+/// `g`: `p ← p·(1 - lr·wd)` (only where [`crate::ParamEntry::decay`]),
 /// `m ← β1 m + (1-β1) g`, `v ← β2 v + (1-β2) g²`,
 /// `p ← p - (lr / (1-β1^t)) · m / (sqrt(v) / sqrt(1-β2^t) + ε)`.
 #[derive(Clone, Debug, PartialEq)]
