@@ -233,7 +233,7 @@ impl Config {
 
     /// The parameter count of the model (with its head), from the shapes.
     pub fn param_count(&self) -> usize {
-        crate::model::param_shapes(self, false)
+        param_shapes(self, false)
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum()
@@ -384,5 +384,101 @@ fn isotropic(e: usize, h: usize, d: usize) -> Config {
         num_classes: 1000,
         in_chans: 3,
         stem_strides: None,
+    }
+}
+
+/// LayerNorm epsilon of every norm in the models.
+pub const LN_EPS: f32 = 1e-5;
+
+/// Names and shapes of every weight of `cfg` (authors' key names), with the
+/// classification head, or with the backbone's `norm0..norm3` instead.
+pub fn param_shapes(cfg: &Config, backbone: bool) -> Vec<(String, Vec<usize>)> {
+    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut push = |n: String, s: Vec<usize>| v.push((n, s));
+    let (e, cin) = (cfg.embed_dim, cfg.in_chans);
+    let norm = |push: &mut dyn FnMut(String, Vec<usize>), p: &str, c: usize| {
+        push(format!("{p}.weight"), vec![c]);
+        push(format!("{p}.bias"), vec![c]);
+    };
+    match cfg.arch {
+        Arch::Nat | Arch::Dinat => {
+            push("patch_embed.proj.0.weight".into(), vec![e / 2, cin, 3, 3]);
+            push("patch_embed.proj.0.bias".into(), vec![e / 2]);
+            push("patch_embed.proj.1.weight".into(), vec![e, e / 2, 3, 3]);
+            push("patch_embed.proj.1.bias".into(), vec![e]);
+        }
+        Arch::DinatS => {
+            push("patch_embed.proj.weight".into(), vec![e, cin, 4, 4]);
+            push("patch_embed.proj.bias".into(), vec![e]);
+        }
+        Arch::Isotropic => {
+            push("patch_embed.proj.weight".into(), vec![e, cin, 16, 16]);
+            push("patch_embed.proj.bias".into(), vec![e]);
+        }
+    }
+    norm(&mut push, "patch_embed.norm", e);
+    let group = if cfg.arch.is_nat() {
+        "levels"
+    } else {
+        "layers"
+    };
+    let k = cfg.kernel_size;
+    for i in 0..cfg.levels() {
+        let l = cfg.level(i);
+        let c = l.dim;
+        let hid = cfg.mlp_hidden(c);
+        for j in 0..l.depth {
+            let p = block_prefix(cfg, i, j);
+            norm(&mut push, &format!("{p}.norm1"), c);
+            push(format!("{p}.attn.qkv.weight"), vec![3 * c, c]);
+            push(format!("{p}.attn.qkv.bias"), vec![3 * c]);
+            push(format!("{p}.attn.rpb"), vec![l.heads, 2 * k - 1, 2 * k - 1]);
+            push(format!("{p}.attn.proj.weight"), vec![c, c]);
+            push(format!("{p}.attn.proj.bias"), vec![c]);
+            norm(&mut push, &format!("{p}.norm2"), c);
+            push(format!("{p}.mlp.fc1.weight"), vec![hid, c]);
+            push(format!("{p}.mlp.fc1.bias"), vec![hid]);
+            push(format!("{p}.mlp.fc2.weight"), vec![c, hid]);
+            push(format!("{p}.mlp.fc2.bias"), vec![c]);
+            if cfg.layer_scale.is_some() {
+                push(format!("{p}.gamma1"), vec![c]);
+                push(format!("{p}.gamma2"), vec![c]);
+            }
+        }
+        if i + 1 < cfg.levels() {
+            let p = format!("{group}.{i}.downsample");
+            match cfg.arch {
+                Arch::DinatS => {
+                    norm(&mut push, &format!("{p}.norm"), 4 * c);
+                    push(format!("{p}.reduction.weight"), vec![2 * c, 4 * c]);
+                }
+                _ => {
+                    push(format!("{p}.reduction.weight"), vec![2 * c, c, 3, 3]);
+                    norm(&mut push, &format!("{p}.norm"), 2 * c);
+                }
+            }
+        }
+        if backbone {
+            norm(&mut push, &format!("norm{i}"), c);
+        }
+    }
+    if !backbone {
+        let f = cfg.num_features();
+        norm(&mut push, "norm", f);
+        if cfg.num_classes > 0 {
+            push("head.weight".into(), vec![cfg.num_classes, f]);
+            push("head.bias".into(), vec![cfg.num_classes]);
+        }
+    }
+    v
+}
+
+/// Key prefix of block `j` of level `i`: `levels.{i}.blocks.{j}` (NAT,
+/// DiNAT), `layers.{i}.blocks.{j}` (DiNAT_s), `layers.{j}` (isotropic).
+pub(crate) fn block_prefix(cfg: &Config, i: usize, j: usize) -> String {
+    match cfg.arch {
+        Arch::Nat | Arch::Dinat => format!("levels.{i}.blocks.{j}"),
+        Arch::DinatS => format!("layers.{i}.blocks.{j}"),
+        Arch::Isotropic => format!("layers.{j}"),
     }
 }

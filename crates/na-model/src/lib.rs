@@ -41,14 +41,16 @@ pub mod ops;
 pub mod params;
 pub mod preprocess;
 pub mod pth;
+mod rng;
 pub mod train;
 pub mod weights;
 
 pub use backend::{Backend, Backward, Tensor};
+pub use config::param_shapes;
 pub use config::{Arch, Config};
 pub use cpu::{Cpu, CpuParams};
 pub use error::{ModelError, Result};
-pub use model::{analyze, param_shapes, Model, ModelInfo};
+pub use model::{analyze, Model, ModelInfo};
 pub use net::{Net, Tape};
 pub use params::{ParamEntry, ParamSet};
 pub use weights::{HostTensor, Naming, WeightMap};

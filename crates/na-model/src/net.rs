@@ -15,9 +15,9 @@
 use core::ops::Range;
 
 use crate::backend::{Backend, Backward, Tensor};
+use crate::config::{block_prefix, LN_EPS};
 use crate::config::{Arch, Config};
 use crate::error::{ModelError, Result};
-use crate::model::{block_prefix, LN_EPS};
 use crate::ops::{shape_err, Act, Attention, Conv2d, LayerNorm, Linear};
 use crate::params::ParamSet;
 

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use crate::config::param_shapes;
 use crate::config::Config;
 use crate::error::{ModelError, Result};
-use crate::model::param_shapes;
-use crate::train::rng::Rng;
+use crate::rng::Rng;
 use crate::weights::{HostTensor, WeightMap};
 
 /// One named tensor inside a [`ParamSet`].

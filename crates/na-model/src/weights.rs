@@ -145,7 +145,7 @@ impl WeightMap {
     pub fn random(cfg: &Config, backbone: bool, seed: u64) -> Self {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut tensors = BTreeMap::new();
-        for (name, shape) in crate::model::param_shapes(cfg, backbone) {
+        for (name, shape) in crate::config::param_shapes(cfg, backbone) {
             let n: usize = shape.iter().product();
             let is_norm = name.contains("norm");
             let data = if name.ends_with("gamma1") || name.ends_with("gamma2") {

@@ -15,12 +15,11 @@
 
 pub mod idx;
 pub mod optim;
-pub mod rng;
 pub mod run;
 
+pub use crate::rng::Rng;
 pub use idx::{find_fashion_mnist, DataError, Dataset};
 pub use optim::{AdamW, Schedule};
-pub use rng::Rng;
 pub use run::{
     evaluate, train, EvalReport, Event, RunPaths, TrainOptions, TrainResult, TrainState,
     FASHION_CLASSES,

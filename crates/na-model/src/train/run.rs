@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use super::idx::Dataset;
 use super::optim::{AdamW, Schedule};
-use super::rng::Rng;
 use crate::backend::{Backend, Backward};
 use crate::config::Config;
 use crate::cpu::Cpu;
@@ -25,6 +24,7 @@ use crate::net::{Net, Tape};
 use crate::ops::Weights;
 use crate::ops::{shape_err, CrossEntropy};
 use crate::params::ParamSet;
+use crate::rng::Rng;
 use crate::weights::{write_atomic, WeightMap};
 
 /// Fashion-MNIST's pixel mean (of `pixel / 255` over the training set).
