@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use na_core::fused;
 use na_core::npy::{self, NpyArray};
 use na_core::{bf16, f16, Element, Par, Params, Problem};
 use na_core::{Grads, Inputs, Saved};
@@ -39,38 +38,13 @@ impl DTypeArg {
     }
 }
 
-/// Where the operator runs: `cpu`, `cuda` (device 0) or `cuda:N`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceArg {
-    /// The fused CPU kernels.
-    Cpu,
-    /// The CUDA kernels of `na-cuda` on device `N`.
-    Cuda(usize),
-}
-
-impl DeviceArg {
-    /// Opens the CUDA context for `Cuda(n)` (a clear error without a driver or device).
-    pub fn cuda_context(self) -> Result<Option<na_cuda::CudaContext>> {
-        match self {
-            DeviceArg::Cpu => Ok(None),
-            DeviceArg::Cuda(n) => Ok(Some(
-                na_cuda::CudaContext::new(n).with_context(|| format!("--device cuda:{n}"))?,
-            )),
-        }
-    }
-}
+/// Where the operator runs: `cpu`, `cuda` (device 0) or `cuda:N`
+/// ([`na_cuda::DeviceSpec`]).
+pub type DeviceArg = na_cuda::DeviceSpec;
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> std::result::Result<DeviceArg, String> {
-    match s {
-        "cpu" => Ok(DeviceArg::Cpu),
-        "cuda" => Ok(DeviceArg::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(DeviceArg::Cuda)
-            .ok_or_else(|| format!("expected cpu, cuda or cuda:N, got `{s}`")),
-    }
+    s.parse()
 }
 
 /// Arguments of `na attn`.
@@ -240,8 +214,7 @@ fn compute<T: Element>(
     rpb: Option<&NpyArray>,
     d_out: Option<&NpyArray>,
     want_drpb: bool,
-    par: Par,
-    cuda: Option<&na_cuda::CudaContext>,
+    device: &na_cuda::Device,
 ) -> Result<Outputs> {
     let [q, k, v] = arrays.map(|a| convert::<T>(&a.data));
     let rpb = rpb.map(|r| convert::<T>(&r.data));
@@ -253,10 +226,7 @@ fn compute<T: Element>(
     };
     let mut out = vec![T::default(); p.v_len()];
     let mut lse = vec![0.0f32; p.lse_len()];
-    match cuda {
-        None => fused::forward(p, x, &mut out, Some(&mut lse), par)?,
-        Some(ctx) => na_cuda::forward_host(ctx, p, x, &mut out, Some(&mut lse))?,
-    }
+    device.forward(p, x, &mut out, Some(&mut lse))?;
     let grads = match d_out {
         None => None,
         Some(d) => {
@@ -278,10 +248,7 @@ fn compute<T: Element>(
                 lse: &lse,
                 d_out: &d_out,
             };
-            match cuda {
-                None => fused::backward(p, x, s, g, par)?,
-                Some(ctx) => na_cuda::backward_host(ctx, p, x, s, g)?,
-            }
+            device.backward(p, x, s, g)?;
             Some(GradOutputs {
                 dq: widen(&dq),
                 dk: widen(&dk),
@@ -373,13 +340,13 @@ pub fn run(args: &AttnArgs) -> Result<()> {
     let start = Instant::now();
     let arrays = [&q, &k, &v];
     let want_drpb = args.grad_rpb.is_some();
-    let cuda = args.device.cuda_context()?;
-    let cuda = cuda.as_ref();
+    let device = na_cuda::Device::open(args.device, par)
+        .with_context(|| format!("--device {}", args.device))?;
     let (rpb, d_out) = (rpb.as_ref(), d_out.as_ref());
     let res = pool.install(|| match args.dtype {
-        DTypeArg::F32 => compute::<f32>(&p, arrays, rpb, d_out, want_drpb, par, cuda),
-        DTypeArg::F16 => compute::<f16>(&p, arrays, rpb, d_out, want_drpb, par, cuda),
-        DTypeArg::Bf16 => compute::<bf16>(&p, arrays, rpb, d_out, want_drpb, par, cuda),
+        DTypeArg::F32 => compute::<f32>(&p, arrays, rpb, d_out, want_drpb, &device),
+        DTypeArg::F16 => compute::<f16>(&p, arrays, rpb, d_out, want_drpb, &device),
+        DTypeArg::Bf16 => compute::<bf16>(&p, arrays, rpb, d_out, want_drpb, &device),
     })?;
     let elapsed = start.elapsed();
 
@@ -429,10 +396,7 @@ pub fn run(args: &AttnArgs) -> Result<()> {
             "forward"
         },
         elapsed.as_secs_f64() * 1e3,
-        match cuda {
-            Some(ctx) => format!("{} (cuda:{})", ctx.info().name, ctx.info().ordinal),
-            None => format!("{} CPU thread(s)", par.threads()),
-        }
+        device.describe()
     );
     Ok(())
 }

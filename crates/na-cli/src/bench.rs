@@ -571,7 +571,12 @@ pub(crate) fn write_results(path: Option<&std::path::Path>, results: Vec<Value>)
 /// `na bench --device cuda`: the same cases on a GPU through `na-cuda`, timed
 /// with CUDA events; the JSON adds `"gpu"` and `"driver"`.
 fn run_cuda(args: &BenchArgs, cases: &[Case], problems: &[Problem]) -> Result<()> {
-    let ctx = args.device.cuda_context()?.context("no CUDA context")?;
+    let ctx = match args.device {
+        DeviceArg::Cuda(n) => {
+            na_cuda::CudaContext::new(n).with_context(|| format!("--device cuda:{n}"))?
+        }
+        DeviceArg::Cpu => anyhow::bail!("--device cpu has no CUDA context"),
+    };
     let info = ctx.info().clone();
     let dtype = match args.dtype {
         DTypeArg::F32 => na_core::DType::F32,

@@ -58,6 +58,7 @@
 pub mod bench;
 pub mod cache;
 mod context;
+mod device;
 mod error;
 mod host;
 pub mod nvrtc;
@@ -67,6 +68,7 @@ pub use context::{
     device_count, driver_present, CudaContext, DeviceGrads, DeviceInfo, DeviceInputs, DeviceSaved,
     DeviceTensor,
 };
+pub use device::{Device, DeviceSpec};
 pub use error::CudaError;
 pub use host::{backward_host, forward_host};
 pub use spec::KernelSpec;
