@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Whole-model CPU inference baselines in PyTorch eager, timed like `na bench --model`.
 
-f32, 224x224, forward under torch.inference_mode(), batch sizes from --batch
-(default 1,16). Every record has the fields `na bench --model` writes ("case" is
-"<model>-b<batch>"), so the two JSON files can be put side by side.
+f32, forward under torch.inference_mode(), batch sizes from --batch (default 1,16),
+224x224 RGB except fashion_dinat (28x28 grey). Every record has the fields
+`na bench --model` writes ("case" is "<model>-b<batch>"), so the two JSON files can
+be put side by side.
 
 Implementations (each one `impl` value in the results):
 
@@ -20,15 +21,29 @@ Implementations (each one `impl` value in the results):
   timm                timm's convnext_tiny and swin_tiny_patch4_window7_224
                       (pretrained=False, random weights), the usual ConvNeXt-T /
                       Swin-T reference points.
+  torch-transcription fashion_dinat (the built-in Fashion-MNIST DiNAT: 1 x 28 x 28
+                      input, 10 classes, 866,944 parameters) built by
+                      tools/fashion_torch/model.py, a plain-PyTorch transcription
+                      of the Rust model (no NATTEN; neighborhood attention as dense
+                      scores with an rpb / -inf window bias, `"attention": "dense"`
+                      in the record). Random weights. Needs only torch: any venv
+                      with torch runs it (.venv-torch, see
+                      tools/fashion_torch/README.md). Compare with
+                      `na bench --model fashion_dinat --image-size 28`.
 
 Input: the same deterministic image `na bench --model` uses,
-x[i] = ((i * 7919) % 255) / 255 - 0.5 over the flat [B, 3, 224, 224] tensor.
+x[i] = ((i * 7919) % 255) / 255 - 0.5 over the flat [B, C, H, W] tensor
+([B, 3, 224, 224]; [B, 1, 28, 28] for fashion_dinat).
 
 gflop = 2 x multiply-adds of one image x batch:
   - nat_mini / dinat_mini: 5.390 GFLOP per image, what `na info nat_mini` prints
     (2.695 G multiply-adds). Cross-check: torch.utils.flop_counter counts 5.109
     GFLOP of Conv2d/Linear in models.py's nat_mini, plus neighborhood attention
     4 * N * 49 * C summed over the 18 blocks = 0.280 GFLOP, total 5.389.
+  - fashion_dinat: 0.04993 GFLOP per 28x28 image, what
+    `na info fashion_dinat --size 28` prints (24.96 M multiply-adds; neighborhood
+    attention counted over its k*k window, though the dense form computes all
+    N x N scores).
   - timm models: counted with torch.utils.flop_counter.FlopCounterMode (built into
     torch; fvcore/thop are not installed) over one batch-1 forward, untimed. It
     counts 2 x MACs of convolutions and matmuls (addmm/mm/bmm, so Swin's window
@@ -54,6 +69,8 @@ Examples:
   .venv-natten0175/bin/python bench/model_baselines.py --batch 1,16 \\
       --json bench/results/cpu-models-baselines.json
   .venv-natten0175/bin/python bench/model_baselines.py --impl timm --batch 1 --iters 5
+  .venv-torch/bin/python bench/model_baselines.py --impl torch-transcription \\
+      --batch 1,16,256 --json bench/results/cpu-models-fashion-baselines.json
 """
 
 import argparse
@@ -81,13 +98,21 @@ MODELS = [
     ("dinat_mini", "authors-natten0175"),
     ("convnext_tiny", "timm"),
     ("swin_tiny_patch4_window7_224", "timm"),
+    ("fashion_dinat", "torch-transcription"),
 ]
-IMPLS = ["authors-natten0175", "timm"]
+IMPLS = ["authors-natten0175", "timm", "torch-transcription"]
 NATTEN_IMPL = "authors-natten0175"
+FASHION_MODEL = os.path.join(REPO, "tools", "fashion_torch", "model.py")
 
-# 2 x multiply-adds of one 224x224 image, from `na info <model>`.
-NA_INFO_GFLOP = {"nat_mini": 5.390, "dinat_mini": 5.390}
+# 2 x multiply-adds of one image (224x224; fashion_dinat 28x28), from `na info <model>`.
+NA_INFO_GFLOP = {"nat_mini": 5.390, "dinat_mini": 5.390, "fashion_dinat": 0.049928704}
 IMAGE_SIZE = [224, 224]
+# (channels, [H, W]) of the models whose input is not 3 x 224 x 224.
+MODEL_INPUT = {"fashion_dinat": (1, [28, 28])}
+
+
+def model_input(model):
+    return MODEL_INPUT.get(model, (3, list(IMAGE_SIZE)))
 
 
 # --------------------------------------------------------------------------
@@ -172,28 +197,39 @@ def build(model, impl):
         import timm
 
         return timm.create_model(model, pretrained=False).eval(), None
+    if impl == "torch-transcription":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("fashion_torch_model", FASHION_MODEL)
+        fm = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fm)  # tools/fashion_torch/model.py (needs only torch)
+        m = fm.build(model, seed=0)
+        n = fm.count_params(m)
+        if n != fm.FASHION_PARAMS:
+            raise ValueError(f"{model}: {n} parameters, `na info` says {fm.FASHION_PARAMS}")
+        return m.eval(), NA_INFO_GFLOP.get(model)
     raise ValueError(f"unknown impl {impl}")
 
 
-def count_gflop(m, channels):
+def count_gflop(m, channels, size=IMAGE_SIZE):
     """2 x MACs of one image, by torch.utils.flop_counter (conv + matmuls)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, channels, *IMAGE_SIZE)
+    x = torch.zeros(1, channels, *size)
     with torch.inference_mode(), FlopCounterMode(display=False) as fc:
         m(x)
     return fc.get_total_flops() / 1e9
 
 
-def make_input(batch, channels):
+def make_input(batch, channels, size=IMAGE_SIZE):
     """The image `na bench --model` uses: ((i * 7919) % 255) / 255 - 0.5."""
     import torch
 
-    n = batch * channels * IMAGE_SIZE[0] * IMAGE_SIZE[1]
+    n = batch * channels * size[0] * size[1]
     i = torch.arange(n, dtype=torch.int64)
     x = ((i * 7919) % 255).to(torch.float32) / 255.0 - 0.5
-    return x.reshape(batch, channels, *IMAGE_SIZE)
+    return x.reshape(batch, channels, *size)
 
 
 # --------------------------------------------------------------------------
@@ -232,16 +268,16 @@ def worker_model(spec):
     rss_before = proc_status_bytes("VmHWM")
     try:
         m, gflop1 = build(spec["model"], spec["impl"])
-        channels = 3
+        channels, size = model_input(spec["model"])
         params = sum(p.numel() for p in m.parameters())
         weight_bytes = sum(p.numel() * p.element_size() for p in m.parameters())
         if gflop1 is None:
-            gflop1 = count_gflop(m, channels)
+            gflop1 = count_gflop(m, channels, size)
     except Exception as e:  # noqa: BLE001 - recorded as skipped
         msg = f"cannot build: {type(e).__name__}: {e}".strip().splitlines()[0][:300]
         emit("error", json.dumps(msg))
         return
-    x = make_input(spec["batch"], channels)
+    x = make_input(spec["batch"], channels, size)
     budget, run_limit = spec["max_seconds"], spec["run_limit"]
 
     def once():
@@ -370,7 +406,7 @@ def importable(mod):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
-        description="Time whole-model PyTorch eager CPU baselines (f32, 224x224, forward).",
+        description="Time whole-model PyTorch eager CPU baselines (f32, forward).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Models: " + ", ".join(f"{m} ({i})" for m, i in MODELS),
     )
@@ -438,7 +474,8 @@ def main(argv=None):
                ".venv-natten0175/bin/python, see bench/README.md)",
                "timm": None if importable("timm") else
                f"timm is not importable by {sys.executable} "
-               "(.venv-natten0175/bin/pip install timm torchvision==<torch's>)"}
+               "(.venv-natten0175/bin/pip install timm torchvision==<torch's>)",
+               "torch-transcription": None}
 
     commit, cpu = git_commit(REPO), cpu_name()
     exe = sys.executable
@@ -465,8 +502,10 @@ def main(argv=None):
         is_natten = impl == NATTEN_IMPL
         for b in batches:
             rec = {"case": f"{model}-b{b}", "impl": impl, "model": model, "batch": b,
-                   "image_size": list(IMAGE_SIZE), "dtype": "f32", "pass": "forward",
+                   "image_size": model_input(model)[1], "dtype": "f32", "pass": "forward",
                    "threads": threads}
+            if impl == "torch-transcription":
+                rec["attention"] = "dense"
             skip = missing[impl]
             if skip is None and is_natten and b not in natten_batches:
                 skip = (f"batch {b} not run for {impl}: NATTEN 0.17.5's CPU ops take seconds "

@@ -159,7 +159,7 @@ impl Conv2d {
         let colm = Mat::rm(&cols, rows, kk);
         match &self.b {
             Some(b) => {
-                let (gw, gb) = two_mut(grads, self.w.clone(), b.clone());
+                let (gw, gb) = two_mut(grads, self.w.clone(), b.clone())?;
                 matmul(gw, dym.t(), colm, true, Threads::Pool);
                 add_col_sums(gb, dy, self.cout);
             }

@@ -73,6 +73,9 @@ impl Linear {
                 }
             }
         };
+        if let Some(pre) = pre.as_deref() {
+            check_len("linear", "pre-activation", pre.len(), m * n)?;
+        }
         match (act, pre) {
             (Act::None, pre) => {
                 matmul_wt_fused(x, w, y, None, [m, n, self.din], |_, blk, _| bias(blk));
@@ -156,11 +159,14 @@ impl Linear {
         let m = self.rows(x.len(), p)?;
         check_len("linear", "dy", dy.len(), m * self.dout)?;
         check_len("linear", "gradient buffer", grads.len(), p.len())?;
+        if let Some(dx) = dx.as_deref() {
+            check_len("linear", "dx", dx.len(), x.len())?;
+        }
         let dym = Mat::rm(dy, m, self.dout);
         let wm = Mat::rm(p.get(&self.w), self.dout, self.din);
         match &self.b {
             Some(b) => {
-                let (gw, gb) = two_mut(grads, self.w.clone(), b.clone());
+                let (gw, gb) = two_mut(grads, self.w.clone(), b.clone())?;
                 matmul(gw, dym.t(), Mat::rm(x, m, self.din), true, Threads::Pool);
                 add_col_sums(gb, dy, self.dout);
             }

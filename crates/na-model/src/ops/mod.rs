@@ -139,13 +139,23 @@ pub(crate) fn check_slot(
 
 /// Two disjoint mutable ranges of one buffer (a weight's and a bias's
 /// gradients).
-pub(crate) fn two_mut(g: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&mut [f32], &mut [f32]) {
-    assert!(a.end <= b.start || b.end <= a.start, "overlapping slots");
-    if a.end <= b.start {
+pub(crate) fn two_mut(
+    g: &mut [f32],
+    a: Range<usize>,
+    b: Range<usize>,
+) -> Result<(&mut [f32], &mut [f32])> {
+    let disjoint = a.end <= b.start || b.end <= a.start;
+    if !disjoint || a.end.max(b.end) > g.len() {
+        return Err(shape_err(format!(
+            "parameter slots {a:?} and {b:?} overlap or leave the {} gradients",
+            g.len()
+        )));
+    }
+    Ok(if a.end <= b.start {
         let (lo, hi) = g.split_at_mut(b.start);
         (&mut lo[a], &mut hi[..b.len()])
     } else {
         let (lo, hi) = g.split_at_mut(a.start);
         (&mut hi[..a.len()], &mut lo[b])
-    }
+    })
 }

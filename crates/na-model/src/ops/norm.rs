@@ -157,7 +157,7 @@ impl LayerNorm {
                 part
             })
             .collect();
-        let (gw, gb) = two_mut(grads, self.w.clone(), self.b.clone());
+        let (gw, gb) = two_mut(grads, self.w.clone(), self.b.clone())?;
         for p in parts {
             gw.iter_mut().zip(&p[..c]).for_each(|(o, v)| *o += v);
             gb.iter_mut().zip(&p[c..]).for_each(|(o, v)| *o += v);
