@@ -70,12 +70,6 @@ pub trait Backend: Send + Sync {
     /// Copies host data to a new tensor of shape `shape`.
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor<Self>>;
 
-    /// Moves host data into a new tensor of shape `shape` (a host backend
-    /// keeps the buffer; a device copies it like [`Backend::upload`]).
-    fn upload_vec(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor<Self>> {
-        self.upload(shape, &data)
-    }
-
     /// Copies a tensor back to the host.
     fn download(&self, x: &Tensor<Self>) -> Result<Vec<f32>>;
 

@@ -266,17 +266,6 @@ impl Backend for Cpu {
         Ok(host(data.to_vec(), shape.to_vec()))
     }
 
-    fn upload_vec(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor<Self>> {
-        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if n != Some(data.len()) {
-            return Err(self.err(format!(
-                "upload: shape {shape:?} does not hold {} elements",
-                data.len()
-            )));
-        }
-        Ok(host(data, shape.to_vec()))
-    }
-
     fn download(&self, x: &Tensor<Self>) -> Result<Vec<f32>> {
         Ok(x.buf.clone())
     }

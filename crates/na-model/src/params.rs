@@ -146,13 +146,7 @@ impl ParamSet {
         weights.check(&param_shapes(&p.cfg, p.backbone))?;
         p.data.resize(p.len, 0.0);
         for e in &p.entries {
-            let t = weights
-                .take(&e.name)
-                .ok_or_else(|| ModelError::WeightsMismatch {
-                    missing: vec![e.name.clone()],
-                    unexpected: vec![],
-                    mis_shaped: vec![],
-                })?;
+            let t = take(&mut weights, &e.name)?;
             p.data[e.range.clone()].copy_from_slice(&t.data);
         }
         Ok(())
@@ -201,13 +195,7 @@ impl ParamSet {
         self.entries
             .iter()
             .map(|e| {
-                let t = weights
-                    .take(&e.name)
-                    .ok_or_else(|| ModelError::WeightsMismatch {
-                        missing: vec![e.name.clone()],
-                        unexpected: vec![],
-                        mis_shaped: vec![],
-                    })?;
+                let t = take(&mut weights, &e.name)?;
                 Ok((e.range.clone(), t.data))
             })
             .collect()
@@ -225,4 +213,16 @@ impl ParamSet {
     pub fn get(&self, name: &str) -> Result<&[f32]> {
         Ok(&self.data[self.range(name)?])
     }
+}
+
+/// Moves tensor `name` out of `weights` (checked beforehand, so a missing
+/// one is a mismatch listing it).
+fn take(weights: &mut WeightMap, name: &str) -> Result<HostTensor> {
+    weights
+        .take(name)
+        .ok_or_else(|| ModelError::WeightsMismatch {
+            missing: vec![name.to_string()],
+            unexpected: vec![],
+            mis_shaped: vec![],
+        })
 }

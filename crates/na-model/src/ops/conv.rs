@@ -81,6 +81,24 @@ impl Conv2d {
         Ok(od)
     }
 
+    /// The kernel taps of output pixel `(oy, ox)` that fall inside an
+    /// `h × w` map: `(ky, kx, iy, ix)`.
+    fn taps(
+        &self,
+        oy: usize,
+        ox: usize,
+        h: usize,
+        w: usize,
+    ) -> impl Iterator<Item = [usize; 4]> + '_ {
+        (0..self.kh).flat_map(move |ky| {
+            let iy = (oy * self.stride + ky).wrapping_sub(self.pad);
+            (0..self.kw).filter_map(move |kx| {
+                let ix = (ox * self.stride + kx).wrapping_sub(self.pad);
+                (iy < h && ix < w).then_some([ky, kx, iy, ix])
+            })
+        })
+    }
+
     /// The im2col matrix `[B·Ho·Wo, cin·kh·kw]` in the weight's
     /// `(cin, ky, kx)` order (zero where the window leaves the map), into
     /// `cols`.
@@ -89,20 +107,10 @@ impl Conv2d {
         cols.par_chunks_mut(kk).enumerate().for_each(|(r, row)| {
             row.fill(0.0);
             let (bi, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
-            for ky in 0..self.kh {
-                let iy = (oy * self.stride + ky).wrapping_sub(self.pad);
-                if iy >= h {
-                    continue;
-                }
-                for kx in 0..self.kw {
-                    let ix = (ox * self.stride + kx).wrapping_sub(self.pad);
-                    if ix >= w {
-                        continue;
-                    }
-                    let src = &x[((bi * h + iy) * w + ix) * cin..][..cin];
-                    for (ci, &v) in src.iter().enumerate() {
-                        row[(ci * self.kh + ky) * self.kw + kx] = v;
-                    }
+            for [ky, kx, iy, ix] in self.taps(oy, ox, h, w) {
+                let src = &x[((bi * h + iy) * w + ix) * cin..][..cin];
+                for (ci, &v) in src.iter().enumerate() {
+                    row[(ci * self.kh + ky) * self.kw + kx] = v;
                 }
             }
         });
@@ -189,20 +197,10 @@ impl Conv2d {
                     for oy in 0..ho {
                         for ox in 0..wo {
                             let row = &dcols[((bi * ho + oy) * wo + ox) * kk..][..kk];
-                            for ky in 0..self.kh {
-                                let iy = (oy * self.stride + ky).wrapping_sub(self.pad);
-                                if iy >= h {
-                                    continue;
-                                }
-                                for kx in 0..self.kw {
-                                    let ix = (ox * self.stride + kx).wrapping_sub(self.pad);
-                                    if ix >= wd {
-                                        continue;
-                                    }
-                                    let dst = &mut dxb[(iy * wd + ix) * cin..][..cin];
-                                    for (ci, d) in dst.iter_mut().enumerate() {
-                                        *d += row[(ci * self.kh + ky) * self.kw + kx];
-                                    }
+                            for [ky, kx, iy, ix] in self.taps(oy, ox, h, wd) {
+                                let dst = &mut dxb[(iy * wd + ix) * cin..][..cin];
+                                for (ci, d) in dst.iter_mut().enumerate() {
+                                    *d += row[(ci * self.kh + ky) * self.kw + kx];
                                 }
                             }
                         }
