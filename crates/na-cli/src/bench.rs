@@ -446,11 +446,16 @@ fn bench_case<T: Element>(
     )
 }
 
-/// Runs `na bench`.
-pub fn run(args: &BenchArgs) -> Result<()> {
-    if !args.model.is_empty() || args.model_config.is_some() {
-        return crate::model_bench::run(args);
+impl BenchArgs {
+    /// Whether these arguments ask for a model benchmark.
+    pub fn is_model_run(&self) -> bool {
+        !self.model.is_empty() || self.model_config.is_some()
     }
+}
+
+/// Runs `na bench` for the operator (`model_bench::run` takes the model
+/// runs, chosen in `lib.rs` by [`BenchArgs::is_model_run`]).
+pub fn run(args: &BenchArgs) -> Result<()> {
     if args.list {
         println!(
             "{:<16} {:>5} {:<14} {:>9} {:<10} {:<10} {:<8}",

@@ -48,6 +48,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Attn(args) => attn::run(&args),
+        Command::Bench(args) if args.is_model_run() => model_bench::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Run(args) => model_cmd::run(&args),
