@@ -15,6 +15,7 @@ use clap::{Args, ValueEnum};
 use na_core::npy::{self, NpyArray};
 use na_core::{bf16, f16, Element, Par, Params, Problem};
 use na_core::{Grads, Inputs, Saved};
+use na_model::output::{OutputId, Outputs};
 
 /// Storage type used for the computation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -60,16 +61,16 @@ pub struct AttnArgs {
     #[arg(long, value_name = "V.npy")]
     pub value: PathBuf,
     /// Kernel size: one value for every spatial axis, or one per axis.
-    #[arg(long, value_name = "K[,K..]", value_delimiter = ',', required = true)]
+    #[arg(long, value_name = "K[,K..]", value_delimiter = ',', required = true, action = clap::ArgAction::Set)]
     pub kernel_size: Vec<usize>,
     /// Stride: one value, or one per axis [default: 1].
-    #[arg(long, value_name = "S[,..]", value_delimiter = ',')]
+    #[arg(long, value_name = "S[,..]", value_delimiter = ',', action = clap::ArgAction::Set)]
     pub stride: Vec<usize>,
     /// Dilation: one value, or one per axis [default: 1].
-    #[arg(long, value_name = "D[,..]", value_delimiter = ',')]
+    #[arg(long, value_name = "D[,..]", value_delimiter = ',', action = clap::ArgAction::Set)]
     pub dilation: Vec<usize>,
     /// Causal masking per axis: true/false/1/0 [default: false].
-    #[arg(long, value_name = "C[,..]", value_delimiter = ',', value_parser = parse_bool)]
+    #[arg(long, value_name = "C[,..]", value_delimiter = ',', value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub causal: Vec<bool>,
     /// Scale applied to <q, k> [default: head_dim^-0.5].
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
@@ -81,7 +82,7 @@ pub struct AttnArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DTypeArg,
     /// Threads (0: one per core).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = crate::attn::parse_threads)]
     pub threads: usize,
     /// Where to run: cpu, cuda or cuda:N (the CUDA driver and NVRTC are loaded at run time).
     #[arg(long, value_name = "DEV", default_value = "cpu", value_parser = parse_device)]
@@ -107,6 +108,16 @@ pub struct AttnArgs {
     /// Where to write d_rpb (needs --rpb).
     #[arg(long, value_name = "DRPB.npy", requires_all = ["grad_out", "rpb"])]
     pub grad_rpb: Option<PathBuf>,
+}
+
+/// Parses `--threads`: 0 (one per core) up to the limit of
+/// `na_model::limits::max_threads`.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of threads"))?;
+    na_model::limits::check_threads(n)
 }
 
 /// Parses `true`/`false`/`1`/`0` (case-insensitive).
@@ -185,7 +196,7 @@ fn problem_from(args: &AttnArgs, q: &NpyArray, k: &NpyArray, v: &NpyArray) -> Re
 }
 
 /// Everything `na attn` computes, in f32.
-struct Outputs {
+struct Results {
     out: Vec<f32>,
     lse: Vec<f32>,
     grads: Option<GradOutputs>,
@@ -215,7 +226,7 @@ fn compute<T: Element>(
     d_out: Option<&NpyArray>,
     want_drpb: bool,
     device: &na_cuda::Device,
-) -> Result<Outputs> {
+) -> Result<Results> {
     let [q, k, v] = arrays.map(|a| convert::<T>(&a.data));
     let rpb = rpb.map(|r| convert::<T>(&r.data));
     let x = Inputs {
@@ -257,44 +268,41 @@ fn compute<T: Element>(
             })
         }
     };
-    Ok(Outputs {
+    Ok(Results {
         out: widen(&out),
         lse,
         grads,
     })
 }
 
-/// Refuses two outputs that name the same file (the second would silently
-/// replace the first).
-fn check_distinct(outputs: &[(&str, &Path)]) -> Result<()> {
-    for (i, (a, pa)) in outputs.iter().enumerate() {
-        for (b, pb) in &outputs[..i] {
-            if pa == pb {
-                bail!(
-                    "--{b} and --{a} both name {}; every output needs its own file",
-                    pa.display()
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Runs `na attn`.
 pub fn run(args: &AttnArgs) -> Result<()> {
-    let mut outputs: Vec<(&str, &Path)> = vec![("out", &args.out)];
-    for (name, path) in [
-        ("lse", &args.lse),
-        ("grad-query", &args.grad_query),
-        ("grad-key", &args.grad_key),
-        ("grad-value", &args.grad_value),
-        ("grad-rpb", &args.grad_rpb),
+    // Every output is checked (kind, aliases, a writable directory) before
+    // any work; they are published together at the end or not at all.
+    let mut outs = Outputs::new();
+    for (flag, path) in [
+        ("--query", Some(&args.query)),
+        ("--key", Some(&args.key)),
+        ("--value", Some(&args.value)),
+        ("--rpb", args.rpb.as_ref()),
+        ("--grad-out", args.grad_out.as_ref()),
     ] {
         if let Some(p) = path {
-            outputs.push((name, p));
+            outs.input(flag, p);
         }
     }
-    check_distinct(&outputs)?;
+    let out_id = outs.output("--out", &args.out)?;
+    let mut plan = |flag: &str, path: &Option<PathBuf>| -> Result<Option<OutputId>> {
+        Ok(match path {
+            Some(p) => Some(outs.output(flag, p)?),
+            None => None,
+        })
+    };
+    let lse_id = plan("--lse", &args.lse)?;
+    let dq_id = plan("--grad-query", &args.grad_query)?;
+    let dk_id = plan("--grad-key", &args.grad_key)?;
+    let dv_id = plan("--grad-value", &args.grad_value)?;
+    let drpb_id = plan("--grad-rpb", &args.grad_rpb)?;
 
     let q = load("query", &args.query)?;
     let k = load("key", &args.key)?;
@@ -350,41 +358,27 @@ pub fn run(args: &AttnArgs) -> Result<()> {
     })?;
     let elapsed = start.elapsed();
 
-    // Stage every output, then rename them all: nothing appears on failure.
     let out_shape = v.shape.clone();
     let lse_shape = &q.shape[..q.shape.len() - 1];
-    let mut staged = vec![npy::stage_npy_f32(&args.out, &out_shape, &res.out).context("--out")?];
-    if let Some(path) = &args.lse {
-        staged.push(npy::stage_npy_f32(path, lse_shape, &res.lse).context("--lse")?);
-    }
+    let mut stage = |id: Option<OutputId>, shape: &[usize], data: &[f32]| -> Result<()> {
+        if let Some(id) = id {
+            outs.stage(id, &npy::encode_npy_f32(shape, data)?)?;
+        }
+        Ok(())
+    };
+    stage(Some(out_id), &out_shape, &res.out)?;
+    stage(lse_id, lse_shape, &res.lse)?;
     if let Some(GradOutputs { dq, dk, dv, drpb }) = &res.grads {
-        for (name, path, shape, data) in [
-            ("--grad-query", &args.grad_query, &q.shape, dq),
-            ("--grad-key", &args.grad_key, &k.shape, dk),
-            ("--grad-value", &args.grad_value, &v.shape, dv),
-        ] {
-            if let Some(path) = path {
-                staged.push(npy::stage_npy_f32(path, shape, data).context(name)?);
-            }
-        }
-        if let (Some(path), Some(drpb)) = (&args.grad_rpb, drpb) {
+        stage(dq_id, &q.shape, dq)?;
+        stage(dk_id, &k.shape, dk)?;
+        stage(dv_id, &v.shape, dv)?;
+        if let Some(drpb) = drpb {
             let (shape, n) = p.rpb_shape();
-            staged.push(npy::stage_npy_f32(path, &shape[..n], drpb).context("--grad-rpb")?);
+            stage(drpb_id, &shape[..n], drpb)?;
         }
     }
-    let mut committed: Vec<PathBuf> = Vec::with_capacity(staged.len());
-    for s in staged {
-        let target = s.target().to_path_buf();
-        if let Err(e) = s.commit() {
-            // Take back the outputs already renamed: all or nothing.
-            for path in &committed {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(e.into());
-        }
-        committed.push(target);
-    }
-    println!(
+    outs.commit()?;
+    crate::outln!(
         "na attn: {}D, shape {}, kernel {:?}, dtype {}, {} in {:.3} ms on {}",
         p.rank(),
         shape_str(&q.shape),
@@ -397,6 +391,6 @@ pub fn run(args: &AttnArgs) -> Result<()> {
         },
         elapsed.as_secs_f64() * 1e3,
         device.describe()
-    );
+    )?;
     Ok(())
 }

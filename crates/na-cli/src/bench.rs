@@ -15,6 +15,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use na_core::fused::{self, Isa};
 use na_core::{bf16, f16, reference, Element, Grads, Inputs, Par, Params, Problem, Saved};
+use na_model::output::{OutputId, Outputs};
 use serde_json::{json, Value};
 
 use crate::attn::{parse_bool, parse_device, DTypeArg, DeviceArg};
@@ -52,23 +53,24 @@ pub struct BenchArgs {
         long,
         value_delimiter = ',',
         value_name = "B,S..,H,D",
-        conflicts_with = "case"
+        conflicts_with = "case",
+        action = clap::ArgAction::Set
     )]
     pub shape: Vec<usize>,
     /// Custom case: value head dim [default: head_dim].
     #[arg(long, requires = "shape")]
     pub head_dim_v: Option<usize>,
     /// Custom case: kernel size, one value or one per axis.
-    #[arg(long, value_delimiter = ',', requires = "shape")]
+    #[arg(long, value_delimiter = ',', requires = "shape", action = clap::ArgAction::Set)]
     pub kernel_size: Vec<usize>,
     /// Custom case: stride [default: 1].
-    #[arg(long, value_delimiter = ',', requires = "shape")]
+    #[arg(long, value_delimiter = ',', requires = "shape", action = clap::ArgAction::Set)]
     pub stride: Vec<usize>,
     /// Custom case: dilation [default: 1].
-    #[arg(long, value_delimiter = ',', requires = "shape")]
+    #[arg(long, value_delimiter = ',', requires = "shape", action = clap::ArgAction::Set)]
     pub dilation: Vec<usize>,
     /// Custom case: causal per axis (true/false/1/0).
-    #[arg(long, value_delimiter = ',', value_parser = parse_bool, requires = "shape")]
+    #[arg(long, value_delimiter = ',', value_parser = parse_bool, requires = "shape", action = clap::ArgAction::Set)]
     pub causal: Vec<bool>,
     /// Custom case: add a relative positional bias.
     #[arg(long, requires = "shape")]
@@ -88,7 +90,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DTypeArg,
     /// Threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::attn::parse_threads)]
     pub threads: usize,
     /// Where to run the operator: cpu, cuda or cuda:N (timed with CUDA events).
     #[arg(long, value_name = "DEV", default_value = "cpu", value_parser = parse_device)]
@@ -121,7 +123,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub batch: Vec<usize>,
     /// Model input size: `S` or `H,W`.
-    #[arg(long, value_delimiter = ',', default_value = "224")]
+    #[arg(long, value_delimiter = ',', default_value = "224", action = clap::ArgAction::Set)]
     pub image_size: Vec<usize>,
 }
 
@@ -232,6 +234,19 @@ struct Buffers<T> {
     dk: Vec<T>,
     dv: Vec<T>,
     drpb: Vec<T>,
+}
+
+/// The bytes [`Buffers::new`] allocates for a problem (plus the f32 copies
+/// the random inputs are made from), without overflow.
+fn planned_bytes(p: &Problem, rpb: bool, args: &BenchArgs) -> u128 {
+    let elem: u128 = match args.dtype {
+        DTypeArg::F32 => 4,
+        DTypeArg::F16 | DTypeArg::Bf16 => 2,
+    };
+    let (qk, v, lse) = (p.qk_len() as u128, p.v_len() as u128, p.lse_len() as u128);
+    let r = if rpb { p.rpb_len() as u128 } else { 0 };
+    // q, k, dq, dk; v, d_out, out, dv; rpb and drpb; the f32 staging copy.
+    (4 * qk + 4 * v + 2 * r) * elem + 4 * lse + 4 * qk.max(v)
 }
 
 impl<T: Element> Buffers<T> {
@@ -396,6 +411,11 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>> {
         }
         let n = s.len();
         let one = |v: &Vec<usize>| if v.is_empty() { vec![1] } else { v.clone() };
+        // One kernel size stands for every spatial axis, as the help says.
+        let kernel = match args.kernel_size[..] {
+            [k] => vec![k; n - 3],
+            _ => args.kernel_size.clone(),
+        };
         return Ok(vec![Case {
             id: "custom".into(),
             batch: s[0],
@@ -403,7 +423,7 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>> {
             heads: s[n - 2],
             head_dim: s[n - 1],
             head_dim_v: args.head_dim_v.unwrap_or(s[n - 1]),
-            kernel: args.kernel_size.clone(),
+            kernel,
             stride: one(&args.stride),
             dilation: one(&args.dilation),
             causal: if args.causal.is_empty() {
@@ -457,12 +477,18 @@ impl BenchArgs {
 /// runs, chosen in `lib.rs` by [`BenchArgs::is_model_run`]).
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.list {
-        println!(
+        crate::outln!(
             "{:<16} {:>5} {:<14} {:>9} {:<10} {:<10} {:<8}",
-            "case", "batch", "spatial", "heads x D", "window", "dilation", "stride"
-        );
+            "case",
+            "batch",
+            "spatial",
+            "heads x D",
+            "window",
+            "dilation",
+            "stride"
+        )?;
         for c in suite() {
-            println!(
+            crate::outln!(
                 "{:<16} {:>5} {:<14} {:>9} {:<10} {:<10} {:<8}",
                 c.id,
                 c.batch,
@@ -471,17 +497,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 format!("{:?}", c.kernel),
                 format!("{:?}", c.dilation),
                 format!("{:?}", c.stride)
-            );
+            )?;
         }
         return Ok(());
     }
+    if !(args.max_seconds.is_finite() && args.max_seconds > 0.0) {
+        bail!(
+            "--max-seconds {} is not a positive number of seconds",
+            args.max_seconds
+        );
+    }
+    let results_file = ResultsFile::plan(args)?;
     let cases = cases(args)?;
     let problems: Vec<Problem> = cases
         .iter()
         .map(|c| c.problem().with_context(|| format!("case {}", c.id)))
         .collect::<Result<_>>()?;
+    for (c, p) in cases.iter().zip(&problems) {
+        na_model::limits::check_memory(&format!("case {}", c.id), planned_bytes(p, c.rpb, args))
+            .map_err(anyhow::Error::msg)?;
+    }
     if let DeviceArg::Cuda(_) = args.device {
-        return run_cuda(args, &cases, &problems);
+        return run_cuda(args, &cases, &problems, results_file);
     }
     let isa_arg = choose_isa(args.isa.as_deref())?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -537,14 +574,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some(i) => i.name().to_string(),
         None => format!("per case ({} available)", Isa::best()),
     };
-    println!("{cpu}; {threads} thread(s); fused ISA {isa}; commit {commit}; f32 GEMM peak {peak:.1} GFLOP/s");
-    println!(
+    crate::outln!("{cpu}; {threads} thread(s); fused ISA {isa}; commit {commit}; f32 GEMM peak {peak:.1} GFLOP/s")?;
+    crate::outln!(
         "{:<16} {:<13} {:<16} {:>11} {:>11} {:>11} {:>9} {:>8}",
-        "case", "impl", "pass", "median ms", "min ms", "max ms", "GFLOP/s", "% peak"
-    );
+        "case",
+        "impl",
+        "pass",
+        "median ms",
+        "min ms",
+        "max ms",
+        "GFLOP/s",
+        "% peak"
+    )?;
     for r in &results {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        println!(
+        crate::outln!(
             "{:<16} {:<13} {:<16} {:>11.3} {:>11.3} {:>11.3} {:>9.2} {:>7.1}%",
             r["case"].as_str().unwrap_or(""),
             r["impl"].as_str().unwrap_or(""),
@@ -554,28 +598,56 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             f("max_s") * 1e3,
             f("gflops"),
             100.0 * f("gflops") / peak
-        );
+        )?;
     }
-    write_results(args.json.as_deref(), results)
+    write_results(results_file, results)
 }
 
 /// Writes `results` as a JSON list to `path` (if given), through a
 /// temporary file and a rename.
-pub(crate) fn write_results(path: Option<&std::path::Path>, results: Vec<Value>) -> Result<()> {
-    let Some(path) = path else {
+pub(crate) fn write_results(plan: ResultsFile, results: Vec<Value>) -> Result<()> {
+    let Some((mut outs, id)) = plan.0 else {
         return Ok(());
     };
-    let text = serde_json::to_string_pretty(&Value::Array(results))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    println!("wrote {}", path.display());
+    let text = serde_json::to_string_pretty(&Value::Array(results))? + "\n";
+    let path = outs.path(id).to_path_buf();
+    outs.stage(id, text.as_bytes())?;
+    outs.commit()?;
+    crate::outln!("wrote {}", path.display())?;
     Ok(())
+}
+
+/// Where `--json` goes, checked before any timing (see `na_model::output`).
+pub(crate) struct ResultsFile(Option<(Outputs, OutputId)>);
+
+impl ResultsFile {
+    /// Plans `--json` (and registers `--weights` as an input it must not replace).
+    pub(crate) fn plan(args: &BenchArgs) -> Result<Self> {
+        let Some(path) = &args.json else {
+            return Ok(ResultsFile(None));
+        };
+        let mut outs = Outputs::new();
+        for (flag, p) in [
+            ("--weights", &args.weights),
+            ("--config", &args.model_config),
+        ] {
+            if let Some(p) = p {
+                outs.input(flag, p);
+            }
+        }
+        let id = outs.output("--json", path)?;
+        Ok(ResultsFile(Some((outs, id))))
+    }
 }
 
 /// `na bench --device cuda`: the same cases on a GPU through `na-cuda`, timed
 /// with CUDA events; the JSON adds `"gpu"` and `"driver"`.
-fn run_cuda(args: &BenchArgs, cases: &[Case], problems: &[Problem]) -> Result<()> {
+fn run_cuda(
+    args: &BenchArgs,
+    cases: &[Case],
+    problems: &[Problem],
+    results_file: ResultsFile,
+) -> Result<()> {
     let ctx = match args.device {
         DeviceArg::Cuda(n) => {
             na_cuda::CudaContext::new(n).with_context(|| format!("--device cuda:{n}"))?
@@ -616,7 +688,7 @@ fn run_cuda(args: &BenchArgs, cases: &[Case], problems: &[Problem]) -> Result<()
             "gflop": gflop, "gflops": gflop / median, "gemm_peak_gflops": Value::Null, "commit": commit, "cpu": cpu,
             "gpu": info.name, "driver": info.driver(), "command": command.join(" "),
         }));
-        println!(
+        crate::outln!(
             "{:<16} na-cuda {:<16} median {:>9.3} ms  min {:>9.3}  max {:>9.3}  {:>9.1} GFLOP/s",
             c.id,
             pass,
@@ -624,13 +696,13 @@ fn run_cuda(args: &BenchArgs, cases: &[Case], problems: &[Problem]) -> Result<()
             min * 1e3,
             max * 1e3,
             gflop / median
-        );
+        )?;
     }
-    println!(
+    crate::outln!(
         "{} (sm_{}), driver {}; commit {commit}",
         info.name,
         info.arch,
         info.driver()
-    );
-    write_results(args.json.as_deref(), results)
+    )?;
+    write_results(results_file, results)
 }

@@ -14,15 +14,12 @@
 //! Memory: the tensors plus the encoded file, about twice the checkpoint.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use na_core::{bf16, f16};
+use na_model::output::Outputs;
 use na_model::pth::{read_pth, PthDType, PthTensor};
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -121,113 +118,12 @@ fn cast(t: PthTensor, to: PthDType) -> PthTensor {
     }
 }
 
-/// Distinguishes temporary files of one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A temporary file beside its target, removed on drop unless committed.
-struct Staged {
-    temp: PathBuf,
-    target: PathBuf,
-    committed: bool,
-}
-
-impl Staged {
-    /// Creates `.{name}.{pid}.{n}.tmp` exclusively in the target's directory.
-    fn create(target: &Path) -> Result<(Staged, File)> {
-        let Some(name) = target.file_name() else {
-            bail!("the output path has no file name");
-        };
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut attempts = 0;
-        loop {
-            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let mut temp_name = OsString::from(".");
-            temp_name.push(name);
-            temp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-            let temp = dir.join(temp_name);
-            match OpenOptions::new().write(true).create_new(true).open(&temp) {
-                Ok(file) => {
-                    let staged = Staged {
-                        temp,
-                        target: target.to_path_buf(),
-                        committed: false,
-                    };
-                    return Ok((staged, file));
-                }
-                // A stale file of an earlier process with the same pid.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 16 => {
-                    attempts += 1;
-                }
-                Err(e) => return Err(e).with_context(|| format!("creating {}", temp.display())),
-            }
-        }
-    }
-
-    /// Renames the temporary file onto the target.
-    fn commit(mut self) -> Result<()> {
-        fs::rename(&self.temp, &self.target)
-            .with_context(|| format!("renaming {} into place", self.temp.display()))?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.committed {
-            // Best effort: nothing useful can be done with an error in drop.
-            let _ = fs::remove_file(&self.temp);
-        }
-    }
-}
-
-/// Writes `bytes` to `path` atomically (temporary file, then rename).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (staged, mut file) = Staged::create(path)?;
-    file.write_all(bytes)
-        .and_then(|()| file.flush())
-        .with_context(|| format!("writing {}", staged.temp.display()))?;
-    drop(file);
-    staged.commit()
-}
-
-/// `1234567` -> `1.2 MiB`.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-/// Whether `output` names the existing file `input` (converting in place
-/// would replace the checkpoint).
-fn same_file(input: &Path, output: &Path) -> bool {
-    match (fs::canonicalize(input), fs::canonicalize(output)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 /// Runs `na convert`.
 pub fn run(args: &ConvertArgs) -> Result<()> {
     let (input, output) = (&args.input, &args.output);
-    if same_file(input, output) {
-        bail!(
-            "the output {} is the input checkpoint; choose another file",
-            output.display()
-        );
-    }
+    let mut outs = Outputs::new();
+    outs.input("INPUT.pth", input);
+    let out_id = outs.output("OUTPUT.safetensors", output)?;
     let mut tensors =
         read_pth(input).with_context(|| format!("cannot convert {}", input.display()))?;
     if let Some(to) = args.dtype.target() {
@@ -262,19 +158,20 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     ]);
     let bytes = safetensors::tensor::serialize(views, Some(metadata))
         .with_context(|| format!("cannot encode {} as safetensors", input.display()))?;
-    write_atomic(output, &bytes).with_context(|| format!("cannot write {}", output.display()))?;
+    outs.stage(out_id, &bytes)?;
+    outs.commit()?;
 
     let dtype_summary: Vec<String> = dtypes
         .iter()
         .map(|(d, n)| format!("{} x{n}", d.name()))
         .collect();
-    println!(
+    crate::outln!(
         "na convert: {} tensors ({}), {parameters} parameters, wrote {} ({})",
         tensors.len(),
         dtype_summary.join(", "),
         output.display(),
-        human_bytes(bytes.len() as u64)
-    );
+        na_model::limits::human(bytes.len() as u128)
+    )?;
     Ok(())
 }
 
@@ -321,12 +218,5 @@ mod tests {
         assert_eq!(cast(t.clone(), PthDType::F32), t);
         let i = tensor(PthDType::I64, 7i64.to_le_bytes().to_vec());
         assert_eq!(cast(i.clone(), PthDType::F16), i);
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(2048), "2.0 KiB");
-        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }
 }

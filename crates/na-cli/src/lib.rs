@@ -6,7 +6,9 @@
 
 pub mod attn;
 pub mod bench;
+pub mod console;
 pub mod convert;
+pub mod interrupt;
 pub mod model_bench;
 pub mod model_cmd;
 pub mod shipped;

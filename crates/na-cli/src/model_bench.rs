@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use na_model::{analyze, Backend, Config, Cpu, Model, WeightMap};
 use serde_json::json;
 
-use crate::bench::{cpu_name, gemm_peak, git_commit, stats, time_runs, write_results, BenchArgs};
+use crate::bench::{
+    cpu_name, gemm_peak, git_commit, stats, time_runs, write_results, BenchArgs, ResultsFile,
+};
 use crate::model_cmd::load_config_file;
 
 /// Peak resident memory of this process (`VmHWM`), in bytes, where Linux tells it.
@@ -27,6 +29,7 @@ fn reset_peak_rss() {
 
 /// Runs the model benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let results_file = ResultsFile::plan(args)?;
     let models: Vec<(String, Config)> = match &args.model_config {
         Some(p) => vec![(p.display().to_string(), load_config_file(p)?)],
         None => args
@@ -109,14 +112,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    println!("{cpu_desc}; {threads} thread(s); commit {commit}; f32 GEMM peak {peak:.1} GFLOP/s");
-    println!(
+    crate::outln!(
+        "{cpu_desc}; {threads} thread(s); commit {commit}; f32 GEMM peak {peak:.1} GFLOP/s"
+    )?;
+    crate::outln!(
         "{:<24} {:>6} {:>11} {:>11} {:>11} {:>10} {:>9} {:>8}",
-        "model", "batch", "median ms", "min ms", "max ms", "images/s", "GFLOP/s", "% peak"
-    );
+        "model",
+        "batch",
+        "median ms",
+        "min ms",
+        "max ms",
+        "images/s",
+        "GFLOP/s",
+        "% peak"
+    )?;
     for r in &results {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        println!(
+        crate::outln!(
             "{:<24} {:>6} {:>11.2} {:>11.2} {:>11.2} {:>10.1} {:>9.1} {:>7.1}%",
             r["model"].as_str().unwrap_or(""),
             r["batch"],
@@ -126,12 +138,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             f("images_per_s"),
             f("gflops"),
             100.0 * f("gflops") / peak
-        );
+        )?;
     }
     for r in &results {
         if let (Some(rss), Some(wb)) = (r["peak_rss_bytes"].as_f64(), r["weight_bytes"].as_f64()) {
             let load = r["load_peak_rss_bytes"].as_f64().unwrap_or(f64::NAN);
-            println!(
+            crate::outln!(
                 "{} batch {}: peak resident memory {:.1} MiB while running ({:.2}x the f32 weights, {:.1} MiB), {:.1} MiB while loading",
                 r["model"].as_str().unwrap_or(""),
                 r["batch"],
@@ -139,8 +151,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 rss / wb,
                 wb / (1 << 20) as f64,
                 load / (1 << 20) as f64
-            );
+            )?;
         }
     }
-    write_results(args.json.as_deref(), results)
+    write_results(results_file, results)
 }

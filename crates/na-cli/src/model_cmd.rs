@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use na_core::npy::{read_npy, stage_npy_f32, DEFAULT_MAX_ELEMENTS};
+use na_core::npy::{encode_npy_f32, read_npy, DEFAULT_MAX_ELEMENTS};
+use na_model::output::Outputs;
 use na_model::{analyze, Backend, Config, Cpu, Model, WeightMap};
 
 /// Which model: a preset name or a JSON configuration.
@@ -18,7 +19,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "CFG.json")]
     pub config: Option<PathBuf>,
     /// Threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::attn::parse_threads)]
     pub threads: usize,
 }
 
@@ -35,8 +36,10 @@ impl ModelArgs {
 
 /// Reads and validates a JSON configuration file.
 pub fn load_config_file(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
+    let bytes = na_model::limits::read_file(path, na_model::limits::MAX_JSON_BYTES)
         .with_context(|| format!("reading the configuration {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("the configuration {} is not UTF-8 text", path.display()))?;
     Config::from_json(&text).with_context(|| format!("configuration {}", path.display()))
 }
 
@@ -71,30 +74,48 @@ pub struct RunArgs {
 /// Runs `na run`.
 pub fn run(args: &RunArgs) -> Result<()> {
     let cfg = args.model.config()?;
+    // The outputs are checked (kind, aliases, a writable directory) first.
+    let mut outs = Outputs::new();
+    for (flag, p) in [("--input", &args.input), ("--weights", &args.weights)] {
+        outs.input(flag, p);
+    }
+    let targets: Vec<PathBuf> = if args.features {
+        let stem = args.out.with_extension("");
+        (0..cfg.depths.len())
+            .map(|i| PathBuf::from(format!("{}.{i}.npy", stem.display())))
+            .collect()
+    } else {
+        vec![args.out.clone()]
+    };
+    let ids = targets
+        .iter()
+        .map(|t| outs.output("--out", t))
+        .collect::<Result<Vec<_>, _>>()?;
     let cpu = Cpu::new(args.model.threads);
     let x = read_npy(&args.input, DEFAULT_MAX_ELEMENTS)
         .with_context(|| format!("reading {}", args.input.display()))?;
     let model = load_model(&cpu, &cfg, &args.weights, args.features)?;
     let xt = cpu.upload(&x.shape, &x.data)?;
     let ctx = || format!("running the model on {}", args.input.display());
-    if args.features {
-        let feats = cpu
-            .install(|| model.features(&cpu, &xt))
-            .with_context(ctx)?;
-        let stem = args.out.with_extension("");
-        let mut staged = Vec::new();
-        for (i, f) in feats.iter().enumerate() {
-            let path = PathBuf::from(format!("{}.{i}.npy", stem.display()));
-            staged.push((stage_npy_f32(&path, &f.shape, &cpu.download(f)?)?, path));
-        }
-        for (s, path) in staged {
-            s.commit()?;
-            println!("wrote {}", path.display());
-        }
+    let results = if args.features {
+        cpu.install(|| model.features(&cpu, &xt))
+            .with_context(ctx)?
     } else {
-        let y = cpu.install(|| model.forward(&cpu, &xt)).with_context(ctx)?;
-        stage_npy_f32(&args.out, &y.shape, &cpu.download(&y)?)?.commit()?;
-        println!("wrote {} {:?}", args.out.display(), y.shape);
+        vec![cpu.install(|| model.forward(&cpu, &xt)).with_context(ctx)?]
+    };
+    if results.len() != ids.len() {
+        bail!(
+            "the model gave {} outputs, {} were planned",
+            results.len(),
+            ids.len()
+        );
+    }
+    for (&id, y) in ids.iter().zip(&results) {
+        outs.stage(id, &encode_npy_f32(&y.shape, &cpu.download(y)?)?)?;
+    }
+    outs.commit()?;
+    for (t, y) in targets.iter().zip(&results) {
+        crate::outln!("wrote {} {:?}", t.display(), y.shape)?;
     }
     Ok(())
 }
@@ -105,7 +126,7 @@ pub struct InfoArgs {
     /// A preset name or a JSON configuration file.
     pub model: String,
     /// Input size: `S` or `H,W`.
-    #[arg(long, value_delimiter = ',', default_value = "224")]
+    #[arg(long, value_delimiter = ',', default_value = "224", action = clap::ArgAction::Set)]
     pub size: Vec<usize>,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -136,24 +157,26 @@ pub fn info(args: &InfoArgs) -> Result<()> {
             .collect();
         let v = serde_json::json!({"model": args.model, "config": cfg, "input": [h, w],
             "params": info.params, "macs": info.macs, "flops": 2 * info.macs, "levels": levels});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{}: {:?}, {} classes",
-        args.model, cfg.arch, cfg.num_classes
-    );
-    println!(
+        args.model,
+        cfg.arch,
+        cfg.num_classes
+    )?;
+    crate::outln!(
         "parameters: {} ({:.2} M)",
         info.params,
         info.params as f64 / 1e6
-    );
-    println!(
+    )?;
+    crate::outln!(
         "at {h}x{w}: {:.3} G multiply-adds, {:.3} GFLOP",
         info.macs as f64 / 1e9,
         2.0 * info.macs as f64 / 1e9
-    );
-    println!("level  map        channels  heads  dilations");
+    )?;
+    crate::outln!("level  map        channels  heads  dilations")?;
     for (i, l) in info.levels.iter().enumerate() {
         let pad = if l.padded_blocks > 0 {
             format!(
@@ -163,13 +186,13 @@ pub fn info(args: &InfoArgs) -> Result<()> {
         } else {
             String::new()
         };
-        println!(
+        crate::outln!(
             "{i:<6} {:<10} {:<9} {:<6} {:?}{pad}",
             format!("{}x{}", l.height, l.width),
             l.channels,
             l.heads,
             l.dilations
-        );
+        )?;
     }
     Ok(())
 }
@@ -201,7 +224,7 @@ pub struct ClassifyArgs {
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::attn::parse_threads)]
     pub threads: usize,
     /// Classes to print per image.
     #[arg(long, default_value_t = 3)]
@@ -213,9 +236,14 @@ pub struct ClassifyArgs {
     /// run one per core; 8 with all cores for other models].
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Built-in model: invert grey images (it expects a light object on a dark background).
+    /// Grey models (the built-in one, or a trained in_chans-1 model): invert grey images
+    /// (they expect a light object on a dark background).
     #[arg(long, value_enum, default_value = "auto")]
     pub invert: InvertArg,
+    /// Largest decoded image, in MiB (8-bit RGB: 3 bytes per pixel; 16-bit RGBA: 8).
+    #[arg(long, value_name = "MIB", default_value_t = na_model::limits::DEFAULT_MAX_IMAGE_BYTES >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub max_image_mib: u64,
 }
 
 /// Runs `na classify`.
@@ -237,9 +265,12 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         let map = WeightMap::load(w).with_context(|| format!("loading {}", w.display()))?;
         (cfg, map)
     };
-    if cfg.num_classes == 0 || !(cfg.in_chans == 3 || (builtin && cfg.in_chans == 1)) {
+    // Grey (in_chans 1) models take Fashion-MNIST's 28x28 pipeline, as the
+    // built-in one does; RGB models take ImageNet's.
+    let grey = cfg.in_chans == 1;
+    if cfg.num_classes == 0 || !(cfg.in_chans == 3 || grey) {
         bail!(
-            "na classify needs an RGB classifier; this configuration has in_chans {} and num_classes {}",
+            "na classify needs an RGB (in_chans 3) or grey (in_chans 1) classifier; this configuration has in_chans {} and num_classes {}",
             cfg.in_chans,
             cfg.num_classes
         );
@@ -257,10 +288,12 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
             }
             l
         }
-        None if builtin => na_model::train::FASHION_CLASSES
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        None if builtin || (grey && cfg.num_classes == na_model::train::FASHION_CLASSES.len()) => {
+            na_model::train::FASHION_CLASSES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        }
         None if cfg.num_classes == 1000 => labels::imagenet_classes()
             .iter()
             .map(|s| s.to_string())
@@ -268,7 +301,7 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         None => (0..cfg.num_classes).map(|i| format!("class {i}")).collect(),
     };
     // Decode everything first: a bad image is reported before any work.
-    let (side, chans) = if builtin {
+    let (side, chans) = if grey {
         (preprocess::FASHION_SIDE, 1)
     } else {
         (preprocess::Transform::imagenet().crop, 3)
@@ -286,8 +319,8 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         args.images
             .par_iter()
             .map(|p| {
-                let img = preprocess::load_rgb(p)?;
-                Ok(if builtin {
+                let img = preprocess::load_rgb_within(p, args.max_image_mib << 20)?;
+                Ok(if grey {
                     preprocess::to_fashion_mnist(&img, polarity)
                         .into_iter()
                         .map(na_model::train::run::normalize)
@@ -301,7 +334,7 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
     let inputs = decoded.into_iter().collect::<Result<Vec<_>, _>>()?;
     let model = Model::load(&cpu, &cfg, weights, false).context("loading the model")?;
     let data: Vec<f32> = inputs.concat();
-    let logits = if builtin {
+    let logits = if grey {
         let batch = args.batch.unwrap_or(64).max(1);
         na_model::train::run::logits_parallel(&cpu, &model, &data, [chans, side, side], batch)?
     } else {
@@ -315,6 +348,16 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         }
         all
     };
+    // Non-finite logits (NaN or Inf weights, an overflow) have no ranking.
+    for (p, l) in args.images.iter().zip(logits.chunks(cfg.num_classes)) {
+        if let Some(i) = l.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "the model's logit {i} for {} is {}: the weights or the image give no valid classification",
+                p.display(),
+                l[i]
+            );
+        }
+    }
     let mut out = String::new();
     for (p, l) in args.images.iter().zip(logits.chunks(cfg.num_classes)) {
         let top: Vec<String> = labels::top_k(l, args.top_k)
@@ -323,6 +366,6 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
             .collect();
         out.push_str(&format!("{}: {}\n", p.display(), top.join(", ")));
     }
-    print!("{out}");
+    crate::out!("{out}")?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use na_model::output::Outputs;
 use na_model::train::idx::find_fashion_mnist;
 use na_model::train::run::{STATE_FILE, WEIGHTS_FILE};
 use na_model::train::{evaluate, train, Event, RunPaths, TrainOptions, FASHION_CLASSES};
@@ -81,13 +82,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainOptions::default().seed)]
     pub seed: u64,
     /// Stop after this many steps (the schedule stays that of --epochs).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_steps: Option<u64>,
     /// Evaluate on the test set every N epochs (and after the last).
     #[arg(long, default_value_t = TrainOptions::default().eval_every)]
     pub eval_every: usize,
     /// Threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::attn::parse_threads)]
     pub threads: usize,
     /// Also write the per-step losses of this invocation as JSON.
     #[arg(long, value_name = "FILE")]
@@ -128,13 +129,30 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         max_steps: args.max_steps,
         eval_every: args.eval_every,
     };
-    let (train_set, test_set) = find_fashion_mnist(args.data.data.as_deref())?;
-    if !args.resume && args.out.join(STATE_FILE).exists() {
-        bail!(
-            "{} holds a checkpoint already; pass --resume to continue it or choose another --out",
+    // Every output is checked before the data is read or a step is taken.
+    match std::fs::metadata(&args.out) {
+        Ok(m) if !m.is_dir() => bail!(
+            "--out {} is not a directory; name a directory (it is created if missing)",
             args.out.display()
-        );
+        ),
+        Ok(_) if !args.resume && args.out.join(STATE_FILE).exists() => bail!(
+            "--out {} holds a checkpoint already; pass --resume to continue it or choose another --out",
+            args.out.display()
+        ),
+        Ok(_) => {}
+        Err(_) if args.resume => bail!(
+            "--resume: --out {} does not exist; there is no checkpoint to continue",
+            args.out.display()
+        ),
+        Err(_) => std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("--out {}: cannot create the directory", args.out.display()))?,
     }
+    let mut outs = Outputs::new();
+    let losses_id = match &args.losses_json {
+        Some(p) => Some(outs.output("--losses-json", p)?),
+        None => None,
+    };
+    let (train_set, test_set) = find_fashion_mnist(args.data.data.as_deref())?;
     let paths = RunPaths {
         out: args.out.clone(),
         resume: args.resume,
@@ -207,20 +225,29 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .install(|| train(&cfg, &opts, &train_set, &test_set, &paths, &mut on))
         .with_context(|| format!("training into {}", args.out.display()))?;
     bar.finish_and_clear();
-    if let Some(p) = &args.losses_json {
+    if let Some(id) = losses_id {
         let v = serde_json::json!({"losses": res.losses, "options": opts});
-        std::fs::write(p, serde_json::to_vec(&v)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+        outs.stage(id, &serde_json::to_vec(&v)?)?;
+    }
+    outs.commit()?;
+    if res.losses.is_empty() {
+        crate::outln!(
+            "nothing to do: the run in {} has finished its {} epochs ({} steps)",
+            args.out.display(),
+            res.state.epochs_done,
+            res.state.step
+        )?;
+        return Ok(());
     }
     let last = res.state.history.last();
-    println!(
+    crate::outln!(
         "done in {:.1} min: {} steps; test accuracy {}; weights in {}",
         t0.elapsed().as_secs_f64() / 60.0,
         res.state.step,
         last.and_then(|r| r.test_accuracy)
             .map_or("not measured".into(), |a| format!("{:.2}%", 100.0 * a)),
         args.out.join(WEIGHTS_FILE).display()
-    );
+    )?;
     Ok(())
 }
 
@@ -243,26 +270,28 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::attn::parse_threads)]
     pub threads: usize,
     /// Write the report as JSON to FILE (`-`: standard output, instead of the text).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }
 
-/// The configuration of a training output folder's checkpoint.json.
-fn config_beside(weights: &Path) -> Option<Result<Config>> {
+/// The configuration and image size recorded in a training output folder's
+/// checkpoint.json (the image size is absent from older files).
+fn config_beside(weights: &Path) -> Option<Result<(Config, Option<[usize; 2]>)>> {
     let p = weights.with_file_name(STATE_FILE);
     if !p.is_file() {
         return None;
     }
     Some(
         (|| {
-            let text = std::fs::read_to_string(&p)?;
-            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let text = na_model::limits::read_file(&p, na_model::limits::MAX_JSON_BYTES)?;
+            let v: serde_json::Value = serde_json::from_slice(&text)?;
             let cfg: Config = serde_json::from_value(v["config"].clone())?;
             cfg.validate()?;
-            Ok::<Config, anyhow::Error>(cfg)
+            let size = serde_json::from_value(v["image_size"].clone()).ok();
+            Ok::<_, anyhow::Error>((cfg, size))
         })()
         .with_context(|| format!("reading the configuration in {}", p.display())),
     )
@@ -270,23 +299,43 @@ fn config_beside(weights: &Path) -> Option<Result<Config>> {
 
 /// Runs `na eval`.
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
-    let (cfg, weights) = match &args.weights {
+    let mut outs = Outputs::new();
+    if let Some(w) = &args.weights {
+        outs.input("--weights", w);
+    }
+    let json_id = match &args.json {
+        Some(p) if p.as_os_str() != "-" => Some(outs.output("--json", p)?),
+        _ => None,
+    };
+    // The image size the model was trained for, where it is known.
+    let (cfg, weights, trained_size) = match &args.weights {
         Some(w) => {
-            let cfg = match (&args.model, &args.config, config_beside(w)) {
+            let (cfg, size) = match (&args.model, &args.config, config_beside(w)) {
                 (None, None, Some(c)) => c?,
-                (m, c, _) => model_config(m, c)?,
+                (m, c, _) => (model_config(m, c)?, None),
             };
             let map = WeightMap::load(w)?;
-            (cfg, map)
+            (cfg, map, size)
         }
         None => {
             if args.model.is_some() || args.config.is_some() {
                 bail!("--model/--config need --weights (the built-in model has its own)");
             }
-            crate::shipped::model()?
+            let (cfg, map) = crate::shipped::model()?;
+            let side = na_model::preprocess::FASHION_SIDE;
+            (cfg, map, Some([side, side]))
         }
     };
     let (_, test) = find_fashion_mnist(args.data.data.as_deref())?;
+    if let Some([h, w]) = trained_size {
+        if [test.rows, test.cols] != [h, w] {
+            bail!(
+                "the model was trained on {h}x{w} images but the test set's are {}x{}",
+                test.rows,
+                test.cols
+            );
+        }
+    }
     let cpu = Cpu::new(args.threads);
     let model = Model::load(&cpu, &cfg, weights, false).context("loading the model")?;
     let rep = cpu.install(|| evaluate(&cpu, &model, &test, args.batch.max(1)))?;
@@ -307,16 +356,16 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     });
     match &args.json {
         Some(p) if p.as_os_str() == "-" => {
-            println!("{}", serde_json::to_string_pretty(&json)?);
+            crate::outln!("{}", serde_json::to_string_pretty(&json)?)?;
             return Ok(());
         }
-        Some(p) => {
-            na_model::weights::write_atomic(p, serde_json::to_string_pretty(&json)?.as_bytes())
-                .with_context(|| format!("writing {}", p.display()))?;
-        }
-        None => {}
+        _ => {}
     }
-    println!(
+    if let Some(id) = json_id {
+        outs.stage(id, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        outs.commit()?;
+    }
+    crate::outln!(
         "accuracy {:.2}% ({} of {} test images) in {:.2} s ({:.0} images/s, {} threads)",
         100.0 * rep.accuracy,
         rep.correct,
@@ -324,26 +373,26 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         rep.seconds,
         rep.images as f64 / rep.seconds.max(1e-9),
         cpu.threads()
-    );
-    println!("per class:");
+    )?;
+    crate::outln!("per class:")?;
     for (n, a) in FASHION_CLASSES.iter().zip(&rep.per_class) {
-        println!("  {n:<12} {:6.2}%", 100.0 * a);
+        crate::outln!("  {n:<12} {:6.2}%", 100.0 * a)?;
     }
-    println!("confusion (rows: true class, columns: predicted):");
-    print!("{:>12}", "");
+    crate::outln!("confusion (rows: true class, columns: predicted):")?;
+    crate::out!("{:>12}", "")?;
     for i in 0..FASHION_CLASSES.len() {
-        print!(" {i:>5}");
+        crate::out!(" {i:>5}")?;
     }
-    println!();
+    crate::outln!()?;
     for (i, row) in rep.confusion.iter().enumerate() {
-        print!(
+        crate::out!(
             "{:>9} {i:>2}",
             FASHION_CLASSES[i].chars().take(9).collect::<String>()
-        );
+        )?;
         for v in row {
-            print!(" {v:>5}");
+            crate::out!(" {v:>5}")?;
         }
-        println!();
+        crate::outln!()?;
     }
     Ok(())
 }

@@ -112,12 +112,17 @@ fn train_eval_resume_and_errors_on_synthetic_data() {
         "{stdout}"
     );
     assert!(text(&o.stderr).contains("epoch 2:"), "{}", text(&o.stderr));
-    for f in [
-        "model.safetensors",
-        "optimizer.safetensors",
-        "checkpoint.json",
-    ] {
-        assert!(out.join(f).is_file(), "{f}");
+    // The folder: the weights, the manifest and one checkpoint set, nothing else.
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names[0].starts_with("checkpoint-s"), "{names:?}");
+    assert_eq!(names[1..], ["checkpoint.json", "model.safetensors"]);
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(out.join(&names[0]).join(f).is_file(), "{f}");
     }
     let l: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&losses).unwrap()).unwrap();

@@ -8,11 +8,10 @@
 //! checked against the input *before* anything proportional to the declared
 //! shape is allocated.
 //!
-//! The writer produces `'<f4'` files whose bytes are identical to what
-//! `numpy.save` (numpy 2.x) writes for the same C-contiguous `float32` array.
-//! [`stage_npy_f32`] writes to a hidden temporary file next to the target and
-//! [`StagedFile::commit`] renames it into place, so a caller writing several
-//! outputs can make sure that either all of them appear or none does.
+//! The encoder, [`encode_npy_f32`], produces the bytes of a `'<f4'` file,
+//! identical to what `numpy.save` (numpy 2.x) writes for the same C-contiguous
+//! `float32` array. Writing them to disk is the caller's business (the `na`
+//! tool publishes all its outputs together through `na_model::output`).
 //!
 //! # Format
 //!
@@ -23,10 +22,9 @@
 //! ```
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The six bytes every `.npy` file starts with.
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -134,12 +132,6 @@ pub enum IoOp {
     Open,
     /// Reading from a file.
     Read,
-    /// Creating a temporary file.
-    Create,
-    /// Writing to a temporary file.
-    Write,
-    /// Renaming a temporary file onto its target.
-    Rename,
 }
 
 impl fmt::Display for IoOp {
@@ -147,9 +139,6 @@ impl fmt::Display for IoOp {
         f.write_str(match self {
             Self::Open => "open",
             Self::Read => "read",
-            Self::Create => "create",
-            Self::Write => "write",
-            Self::Rename => "rename into place",
         })
     }
 }
@@ -163,18 +152,11 @@ pub enum NpyError {
     Io {
         /// What was being done.
         op: IoOp,
-        /// The file involved (for a staged write, the temporary or target file).
+        /// The file involved.
         path: PathBuf,
         /// The operating system's error.
         #[source]
         source: io::Error,
-    },
-
-    /// The path given to a writer has no file name (e.g. `/` or `..`).
-    #[error("cannot write .npy to '{}': path has no file name", .path.display())]
-    InvalidPath {
-        /// The offending path.
-        path: PathBuf,
     },
 
     /// The input does not start with the `\x93NUMPY` magic string.
@@ -1126,138 +1108,6 @@ fn f32_header(shape: &[usize], data_len: usize) -> Result<Vec<u8>, NpyError> {
     out.resize(header_end - 1, b' ');
     out.push(b'\n');
     Ok(out)
-}
-
-/// Distinguishes temporary files staged by one process.
-static STAGE_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A fully written temporary file waiting to be renamed onto its target.
-///
-/// Created by [`stage_npy_f32`]. [`commit`](Self::commit) renames it into
-/// place; dropping it without committing deletes the temporary file, so the
-/// target is never touched.
-#[derive(Debug)]
-#[must_use = "a staged file is deleted on drop unless `commit` is called"]
-pub struct StagedFile {
-    temp: PathBuf,
-    target: PathBuf,
-    committed: bool,
-}
-
-impl StagedFile {
-    /// The path the file will have after [`commit`](Self::commit).
-    #[must_use]
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
-    /// The hidden temporary file currently holding the data.
-    #[must_use]
-    pub fn temp_path(&self) -> &Path {
-        &self.temp
-    }
-
-    /// Renames the temporary file onto the target, replacing any file there.
-    ///
-    /// On failure the temporary file is removed and the target is untouched.
-    ///
-    /// # Errors
-    ///
-    /// [`NpyError::Io`] naming the target if the rename fails (e.g. the
-    /// target is a directory or on another file system).
-    pub fn commit(mut self) -> Result<(), NpyError> {
-        fs::rename(&self.temp, &self.target).map_err(|source| NpyError::Io {
-            op: IoOp::Rename,
-            path: self.target.clone(),
-            source,
-        })?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for StagedFile {
-    /// Removes the temporary file unless it was committed.
-    fn drop(&mut self) {
-        if !self.committed {
-            // Best effort: nothing useful can be done with an error in drop.
-            let _ = fs::remove_file(&self.temp);
-        }
-    }
-}
-
-/// Writes to a temporary file in the same directory; nothing appears at `path` until `commit`.
-///
-/// The temporary file is named `.{file_name}.{pid}.{counter}.tmp`, created
-/// exclusively (an existing file is never overwritten) and written in full
-/// before this returns. It is not `fsync`ed. See [`encode_npy_f32`] for the
-/// format and the argument layout.
-///
-/// # Errors
-///
-/// As [`encode_npy_f32`]; [`NpyError::InvalidPath`] if `path` has no file
-/// name; [`NpyError::Io`] naming the temporary file if it cannot be created
-/// (e.g. the directory does not exist) or written (it is then removed).
-pub fn stage_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<StagedFile, NpyError> {
-    let bytes = encode_npy_f32(shape, data)?;
-    let Some(file_name) = path.file_name() else {
-        return Err(NpyError::InvalidPath {
-            path: path.to_path_buf(),
-        });
-    };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let pid = std::process::id();
-
-    let mut attempts = 0;
-    let (mut file, temp) = loop {
-        let counter = STAGE_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut name = std::ffi::OsString::from(".");
-        name.push(file_name);
-        name.push(format!(".{pid}.{counter}.tmp"));
-        let temp = dir.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&temp) {
-            Ok(file) => break (file, temp),
-            // A stale file from an earlier process with the same pid.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 16 => {
-                attempts += 1;
-            }
-            Err(source) => {
-                return Err(NpyError::Io {
-                    op: IoOp::Create,
-                    path: temp,
-                    source,
-                })
-            }
-        }
-    };
-    // From here on, dropping `staged` removes the temporary file.
-    let staged = StagedFile {
-        temp,
-        target: path.to_path_buf(),
-        committed: false,
-    };
-    file.write_all(&bytes)
-        .and_then(|()| file.flush())
-        .map_err(|source| NpyError::Io {
-            op: IoOp::Write,
-            path: staged.temp.clone(),
-            source,
-        })?;
-    drop(file);
-    Ok(staged)
-}
-
-/// Writes a C-order `'<f4'` `.npy` file: [`stage_npy_f32`] then [`StagedFile::commit`].
-///
-/// # Errors
-///
-/// As [`stage_npy_f32`] and [`StagedFile::commit`]; on error no file is left
-/// at `path` or beside it (an existing file at `path` is left unchanged).
-pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
-    stage_npy_f32(path, shape, data)?.commit()
 }
 
 #[cfg(test)]

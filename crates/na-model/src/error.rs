@@ -50,6 +50,9 @@ pub enum ModelError {
     /// The neighborhood-attention operator refused a problem.
     #[error("neighborhood attention: {0}")]
     Attention(#[from] na_core::Error),
+    /// An output file could not be planned, written or published.
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     /// A backend (device) failure.
     #[error("backend `{backend}`: {reason}")]
     Backend {

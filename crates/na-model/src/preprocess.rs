@@ -32,7 +32,6 @@
 //! output pixel of Pillow's resampler depends on its own coefficients alone, the
 //! result is identical to resizing the whole image and cropping afterwards.
 
-use std::fs;
 use std::io::Cursor;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -43,10 +42,6 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Li
 /// Largest number of pixels [`load_rgb`] decodes: Pillow's decompression-bomb
 /// warning threshold (`Image.MAX_IMAGE_PIXELS`, 89 478 485 pixels).
 pub const MAX_PIXELS: u64 = 89_478_485;
-
-/// Largest buffer, in bytes, the decoder may allocate (a 16-bit RGBA image of
-/// [`MAX_PIXELS`] pixels needs about 716 MB).
-const MAX_DECODE_BYTES: u64 = 1 << 30;
 
 /// Fractional bits of Pillow's fixed-point filter coefficients for 8-bit images
 /// (`PRECISION_BITS = 32 - 8 - 2` in `libImaging/Resample.c`).
@@ -105,11 +100,11 @@ pub enum PreprocessError {
         #[source]
         source: ImageError,
     },
-    /// The image header announces more than [`MAX_PIXELS`] pixels (or a decoded
-    /// buffer larger than 1 GiB); nothing was decoded.
+    /// The image header announces more than [`MAX_PIXELS`] pixels, or a
+    /// decoded buffer over the byte limit; nothing was decoded.
     #[error(
-        "{} is {width}x{height} pixels, too large to decode (at most {max_pixels} pixels)",
-        path.display()
+        "{} is {width}x{height} pixels ({} decoded), too large to decode (at most {max_pixels} pixels and {} decoded; na classify --max-image-mib raises the latter)",
+        path.display(), crate::limits::human(u128::from(*bytes)), crate::limits::human(u128::from(*max_bytes))
     )]
     TooLarge {
         /// The file.
@@ -120,8 +115,12 @@ pub enum PreprocessError {
         height: u32,
         /// The limit, [`MAX_PIXELS`].
         max_pixels: u64,
+        /// The decoded size in bytes.
+        bytes: u64,
+        /// The limit on the decoded size in bytes.
+        max_bytes: u64,
     },
-    /// Decoding needed more memory than allowed (1 GiB) although the pixel count
+    /// Decoding needed more memory than allowed although the pixel count
     /// is acceptable, e.g. because of abnormally large metadata.
     #[error("{} needs too much memory to decode as a {format:?} image", path.display())]
     MemoryLimit {
@@ -161,10 +160,19 @@ pub enum PreprocessError {
 /// end-of-image marker, which the decoder alone would pad with grey), has more
 /// than [`MAX_PIXELS`] pixels, or has no pixels.
 pub fn load_rgb(path: &Path) -> Result<RgbImage, PreprocessError> {
-    let bytes = fs::read(path).map_err(|source| PreprocessError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    load_rgb_within(path, crate::limits::DEFAULT_MAX_IMAGE_BYTES)
+}
+
+/// [`load_rgb`] with a bound on the decoded image's bytes (the file itself is
+/// bounded by [`crate::limits::MAX_IMAGE_FILE_BYTES`]).
+pub fn load_rgb_within(path: &Path, max_decode_bytes: u64) -> Result<RgbImage, PreprocessError> {
+    let bytes =
+        crate::limits::read_file(path, crate::limits::MAX_IMAGE_FILE_BYTES).map_err(|source| {
+            PreprocessError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     let mut reader = ImageReader::new(Cursor::new(bytes.as_slice()))
         .with_guessed_format()
         .map_err(|source| PreprocessError::Io {
@@ -195,7 +203,8 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, PreprocessError> {
     };
 
     let mut limits = Limits::default();
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    // The decoder's own allocations, beyond the image buffer checked below.
+    limits.max_alloc = Some(max_decode_bytes.saturating_mul(2));
     reader.limits(limits);
     let decoder = reader.into_decoder().map_err(decode_error)?;
     let (width, height) = decoder.dimensions();
@@ -206,13 +215,15 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, PreprocessError> {
             height,
         });
     }
-    if u64::from(width) * u64::from(height) > MAX_PIXELS || decoder.total_bytes() > MAX_DECODE_BYTES
+    if u64::from(width) * u64::from(height) > MAX_PIXELS || decoder.total_bytes() > max_decode_bytes
     {
         return Err(PreprocessError::TooLarge {
             path: path.to_path_buf(),
             width,
             height,
             max_pixels: MAX_PIXELS,
+            bytes: decoder.total_bytes(),
+            max_bytes: max_decode_bytes,
         });
     }
     let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;

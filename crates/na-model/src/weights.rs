@@ -238,9 +238,8 @@ impl WeightMap {
         }
     }
 
-    /// Writes these weights (f32, authors' names) as safetensors to `path`,
-    /// through a temporary file and a rename.
-    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+    /// These weights (f32, authors' names) as a safetensors file's bytes.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .tensors
             .iter()
@@ -252,6 +251,10 @@ impl WeightMap {
                 )
             })
             .collect();
+        let bad = |reason: String| ModelError::WeightsFile {
+            path: PathBuf::from("(safetensors)"),
+            reason,
+        };
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
             .iter()
             .map(|(n, b, s)| {
@@ -259,34 +262,19 @@ impl WeightMap {
                     .map(|v| (n.clone(), v))
             })
             .collect::<core::result::Result<_, _>>()
-            .map_err(|e| ModelError::WeightsFile {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let data = safetensors::serialize(views, None).map_err(|e| ModelError::WeightsFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(path, &data)
+            .map_err(|e| bad(e.to_string()))?;
+        safetensors::serialize(views, None).map_err(|e| bad(e.to_string()))
     }
-}
 
-/// Writes `data` to a temporary file beside `path`, then renames it over `path`.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let err = |e: std::io::Error| ModelError::WeightsFile {
-        path: path.to_path_buf(),
-        reason: format!("cannot write: {e}"),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, data).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
-    })
+    /// Writes these weights as safetensors to `path`, all or nothing (through
+    /// [`crate::output::Outputs`]).
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        let data = self.to_safetensors()?;
+        let mut out = crate::output::Outputs::new();
+        let id = out.output("weights file", path)?;
+        out.stage(id, &data)?;
+        Ok(out.commit()?)
+    }
 }
 
 /// Whether a key uses the HuggingFace port's names.

@@ -131,12 +131,17 @@ fn it_learns_and_reports() {
             .count(),
         20
     );
-    for f in [
-        "model.safetensors",
-        "optimizer.safetensors",
-        "checkpoint.json",
-    ] {
-        assert!(paths.out.join(f).is_file(), "{f}");
+    // The folder: the weights, the manifest and one checkpoint set, nothing else.
+    let mut names: Vec<String> = std::fs::read_dir(&paths.out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names[0].starts_with("checkpoint-s"), "{names:?}");
+    assert_eq!(names[1..], ["checkpoint.json", "model.safetensors"]);
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(paths.out.join(&names[0]).join(f).is_file(), "{f}");
     }
     // The saved weights load for inference.
     let w = na_model::WeightMap::load(&paths.out.join("model.safetensors")).unwrap();

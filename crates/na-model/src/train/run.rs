@@ -23,9 +23,10 @@ use crate::model::Model;
 use crate::net::{Net, Tape};
 use crate::ops::Weights;
 use crate::ops::{shape_err, CrossEntropy};
+use crate::output::{Outputs, StagedDir};
 use crate::params::ParamSet;
 use crate::rng::Rng;
-use crate::weights::{write_atomic, WeightMap};
+use crate::weights::WeightMap;
 
 /// Fashion-MNIST's pixel mean (of `pixel / 255` over the training set).
 pub const FASHION_MEAN: f32 = 0.2860;
@@ -46,12 +47,17 @@ pub const FASHION_CLASSES: [&str; 10] = [
     "Ankle boot",
 ];
 
-/// File names inside a training output folder.
+/// The trained weights in a training output folder (rewritten after every
+/// epoch; also inside each checkpoint set).
 pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// The optimiser's moments (`m.<name>`, `v.<name>`).
+/// The optimiser's moments (`m.<name>`, `v.<name>`), inside a checkpoint set.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// Configuration, options, progress and history (JSON).
+/// The checkpoint manifest: configuration, options, progress, history, and
+/// the set directory it belongs to with each file's length and CRC-32. It is
+/// written last, so it always names a complete set.
 pub const STATE_FILE: &str = "checkpoint.json";
+/// The prefix of a checkpoint set's directory (`checkpoint-s<step>`).
+pub const SET_PREFIX: &str = "checkpoint-s";
 
 /// The model's input from grey pixels: `(p / 255 - mean) / std`.
 pub fn normalize(px: u8) -> f32 {
@@ -178,6 +184,8 @@ pub struct TrainState {
     pub rng_state: u64,
     /// Training images (checks that a resume uses the same data).
     pub train_images: usize,
+    /// The images' `[rows, cols]`: the size the model is trained for.
+    pub image_size: [usize; 2],
     /// One record per completed epoch.
     pub history: Vec<EpochRecord>,
 }
@@ -413,7 +421,45 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     }
 }
 
-/// Writes a checkpoint into `dir`: weights, optimiser moments, state.
+/// One file of a checkpoint set, as the manifest records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetFile {
+    /// The file's name inside the set directory.
+    pub name: String,
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// Its CRC-32 (IEEE).
+    pub crc32: u32,
+}
+
+/// `checkpoint.json`: the training state and the set it belongs to.
+/// (`TrainState` refuses unknown fields; serde cannot also do it here,
+/// through `flatten`.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    #[serde(flatten)]
+    state: TrainState,
+    /// The set directory, beside the manifest.
+    set: String,
+    /// The set's files.
+    files: Vec<SetFile>,
+}
+
+fn set_file(name: &str, bytes: &[u8]) -> SetFile {
+    SetFile {
+        name: name.to_string(),
+        bytes: bytes.len() as u64,
+        crc32: crc32fast::hash(bytes),
+    }
+}
+
+/// Writes a checkpoint into `dir` as one set: the weights and the optimiser's
+/// moments go into a new directory `checkpoint-s<step>` (written under a
+/// temporary name, then renamed), then `model.safetensors` and the manifest
+/// `checkpoint.json` are published together, the manifest naming the new set;
+/// the previous set is removed last. A failure or an interrupt at any point
+/// leaves the previous checkpoint whole and no temporary file behind.
 pub fn save_checkpoint(
     dir: &Path,
     params: &ParamSet,
@@ -421,9 +467,7 @@ pub fn save_checkpoint(
     state: &TrainState,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    params
-        .to_weight_map()
-        .save_safetensors(&dir.join(WEIGHTS_FILE))?;
+    let weights = params.to_weight_map().to_safetensors()?;
     let mut moments = WeightMap::default();
     for (prefix, buf) in [("m", &opt.m), ("v", &opt.v)] {
         let map = params.map_of(buf);
@@ -432,20 +476,89 @@ pub fn save_checkpoint(
             moments.insert(format!("{prefix}.{name}"), t);
         }
     }
-    moments.save_safetensors(&dir.join(OPTIMIZER_FILE))?;
-    let json = serde_json::to_vec_pretty(state).map_err(|e| io_err(dir, e))?;
-    write_atomic(&dir.join(STATE_FILE), &json)
+    let moments = moments.to_safetensors()?;
+    let set = format!("{SET_PREFIX}{:07}", state.step);
+    let staged = StagedDir::create(dir.join(&set)).map_err(|e| io_err(dir, e))?;
+    for (name, bytes) in [(WEIGHTS_FILE, &weights), (OPTIMIZER_FILE, &moments)] {
+        staged
+            .write(name, bytes)
+            .map_err(|e| io_err(&staged.path().join(name), e))?;
+    }
+    let manifest = Manifest {
+        state: state.clone(),
+        set: set.clone(),
+        files: vec![
+            set_file(WEIGHTS_FILE, &weights),
+            set_file(OPTIMIZER_FILE, &moments),
+        ],
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| io_err(dir, e))?;
+    let mut outs = Outputs::new();
+    let w = outs.output("weights file", dir.join(WEIGHTS_FILE))?;
+    let m = outs.output("checkpoint manifest", dir.join(STATE_FILE))?;
+    outs.stage(w, &weights)?;
+    outs.stage(m, &json)?;
+    staged.commit().map_err(|e| io_err(&dir.join(&set), e))?;
+    outs.commit()?;
+    // Sets the manifest no longer names (the previous one, or one left by a
+    // run that was killed between its two renames).
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(SET_PREFIX) && name != set {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(())
 }
 
-/// Reads a checkpoint written by [`save_checkpoint`].
+/// Reads a checkpoint written by [`save_checkpoint`], checking every file of
+/// the set against the manifest's lengths and checksums.
 pub fn load_checkpoint(dir: &Path, weight_decay: f32) -> Result<(ParamSet, AdamW, TrainState)> {
     let sp = dir.join(STATE_FILE);
     let text = std::fs::read(&sp).map_err(|e| io_err(&sp, e))?;
-    let state: TrainState = serde_json::from_slice(&text).map_err(|e| io_err(&sp, e))?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
+        io_err(
+            &sp,
+            format!("not a checkpoint manifest of this version of na ({e})"),
+        )
+    })?;
+    let state = manifest.state;
     state.config.validate()?;
-    let params = ParamSet::from_weights(&state.config, &WeightMap::load(&dir.join(WEIGHTS_FILE))?)?;
-    let op = dir.join(OPTIMIZER_FILE);
-    let moments = WeightMap::load(&op)?;
+    if !manifest.set.starts_with(SET_PREFIX) || manifest.set.contains(['/', '\\']) {
+        return Err(io_err(&sp, format!("names the set {:?}", manifest.set)));
+    }
+    let set_dir = dir.join(&manifest.set);
+    let read = |name: &str| -> Result<Vec<u8>> {
+        let want = manifest
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| io_err(&sp, format!("lists no {name}")))?;
+        let p = set_dir.join(name);
+        let bytes = std::fs::read(&p).map_err(|e| io_err(&p, e))?;
+        let got = set_file(name, &bytes);
+        if got != *want {
+            return Err(io_err(
+                &p,
+                format!(
+                    "damaged checkpoint: {} bytes with CRC-32 {:08x}, the manifest says {} bytes \
+                     with CRC-32 {:08x}",
+                    got.bytes, got.crc32, want.bytes, want.crc32
+                ),
+            ));
+        }
+        Ok(bytes)
+    };
+    let weights = read(WEIGHTS_FILE)?;
+    let moments = read(OPTIMIZER_FILE)?;
+    let wp = set_dir.join(WEIGHTS_FILE);
+    let weights = WeightMap::from_safetensors(&weights).map_err(|r| io_err(&wp, r))?;
+    let params = ParamSet::from_weights(&state.config, &weights)?;
+    let op = set_dir.join(OPTIMIZER_FILE);
+    let moments = WeightMap::from_safetensors(&moments).map_err(|r| io_err(&op, r))?;
     let mut opt = AdamW::new(params.len(), weight_decay);
     opt.step = state.step;
     for (prefix, buf) in [("m", &mut opt.m), ("v", &mut opt.v)] {
@@ -614,7 +727,11 @@ pub fn train(
             max_steps: opts.max_steps,
             ..s.options.clone()
         } == *opts;
-        if s.config != *cfg || !same_opts || s.train_images != train.len() {
+        if s.config != *cfg
+            || !same_opts
+            || s.train_images != train.len()
+            || s.image_size != [train.rows, train.cols]
+        {
             return Err(ModelError::Config(format!(
                 "{} was written by another run (configuration, options or data differ); \
                  resume with the same ones or choose another --out",
@@ -645,6 +762,7 @@ pub fn train(
             step: 0,
             rng_state: rng.state(),
             train_images: train.len(),
+            image_size: [train.rows, train.cols],
             history: Vec::new(),
         };
         (p, o, s, rng)
