@@ -105,7 +105,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
     /// Time budget per case and implementation, in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     pub max_seconds: f64,
     /// Write every result (with raw times) to this JSON file.
     #[arg(long, value_name = "FILE")]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use na_core::npy::{read_npy, write_npy_f32, DEFAULT_MAX_ELEMENTS};
+use na_core::npy::{encode_npy_f32, read_npy, DEFAULT_MAX_ELEMENTS};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../na-model/tests/fixtures/models")
@@ -128,7 +128,11 @@ fn bad_inputs_fail_cleanly_and_write_nothing() {
     let out = d.join("out.npy");
     let outs = out.to_str().unwrap();
     let wrong_shape = d.join("wrong.npy");
-    write_npy_f32(&wrong_shape, &[1, 4, 32, 32], &vec![0.0; 4 * 32 * 32]).unwrap();
+    std::fs::write(
+        &wrong_shape,
+        encode_npy_f32(&[1, 4, 32, 32], &vec![0.0; 4 * 32 * 32]).unwrap(),
+    )
+    .unwrap();
     let garbage = d.join("garbage.safetensors");
     std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
     let input = fixture("nat_k7.input.npy");
