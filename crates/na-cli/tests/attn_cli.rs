@@ -501,7 +501,7 @@ fn output_problems_leave_no_file() {
     assert_fails(
         &st,
         &st.args(&["--kernel-size", "3", "--out", &o, "--lse", &o]),
-        "--out and --lse both name",
+        "is the same file as the output --out",
     );
     // The second output cannot be written: the first must not appear either.
     let nowhere = st.dir.path("no_such_dir").join("lse.npy");

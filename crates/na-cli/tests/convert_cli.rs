@@ -268,7 +268,7 @@ fn bad_outputs_fail_cleanly() {
     assert_fails(
         &dir,
         &["convert", s(&input), s(&nowhere)],
-        &["cannot write", "out.safetensors"],
+        &["OUTPUT.safetensors", "out.safetensors", "does not exist"],
         &[],
     );
     // A directory in the way.
@@ -277,7 +277,7 @@ fn bad_outputs_fail_cleanly() {
     assert_fails(
         &dir,
         &["convert", s(&input), s(&sub)],
-        &["cannot write", "taken"],
+        &["OUTPUT.safetensors", "taken", "is a directory"],
         &["taken"],
     );
     assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
@@ -287,7 +287,7 @@ fn bad_outputs_fail_cleanly() {
     assert_fails(
         &dir,
         &["convert", s(&copy), s(&copy)],
-        &["copy.pth", "is the input"],
+        &["copy.pth", "is the same file as the input"],
         &["copy.pth", "taken"],
     );
     assert_eq!(

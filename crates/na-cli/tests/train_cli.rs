@@ -182,7 +182,7 @@ fn train_eval_resume_and_errors_on_synthetic_data() {
         "--data",
         d.join("nowhere").to_str().unwrap(),
         "--out",
-        out_s,
+        d.join("fresh").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(

@@ -66,10 +66,13 @@ pub enum LabelsError {
 /// [`LabelsError`] when the file cannot be read, is not UTF-8, holds no names,
 /// or has a blank line between names.
 pub fn read_labels(path: &Path) -> Result<Vec<String>, LabelsError> {
-    let bytes = std::fs::read(path).map_err(|source| LabelsError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes =
+        crate::limits::read_file(path, crate::limits::MAX_JSON_BYTES).map_err(|source| {
+            LabelsError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| LabelsError::NotUtf8 {
         path: path.to_path_buf(),
         offset: e.valid_up_to(),

@@ -45,15 +45,8 @@ impl WeightMap {
             path: path.to_path_buf(),
             reason,
         };
-        let len = std::fs::metadata(path)
-            .map_err(|e| file_err(format!("cannot read: {e}")))?
-            .len();
-        if len > MAX_FILE_BYTES {
-            return Err(file_err(format!(
-                "{len} bytes is larger than the {MAX_FILE_BYTES}-byte limit"
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
+        let bytes = crate::limits::read_file(path, MAX_FILE_BYTES)
+            .map_err(|e| file_err(format!("cannot read: {e}")))?;
         if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
             Self::from_pth(&bytes).map_err(file_err)
         } else {

@@ -518,7 +518,8 @@ pub fn save_checkpoint(
 /// the set against the manifest's lengths and checksums.
 pub fn load_checkpoint(dir: &Path, weight_decay: f32) -> Result<(ParamSet, AdamW, TrainState)> {
     let sp = dir.join(STATE_FILE);
-    let text = std::fs::read(&sp).map_err(|e| io_err(&sp, e))?;
+    let text =
+        crate::limits::read_file(&sp, crate::limits::MAX_JSON_BYTES).map_err(|e| io_err(&sp, e))?;
     let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
         io_err(
             &sp,
@@ -538,7 +539,7 @@ pub fn load_checkpoint(dir: &Path, weight_decay: f32) -> Result<(ParamSet, AdamW
             .find(|f| f.name == name)
             .ok_or_else(|| io_err(&sp, format!("lists no {name}")))?;
         let p = set_dir.join(name);
-        let bytes = std::fs::read(&p).map_err(|e| io_err(&p, e))?;
+        let bytes = crate::limits::read_file(&p, want.bytes).map_err(|e| io_err(&p, e))?;
         let got = set_file(name, &bytes);
         if got != *want {
             return Err(io_err(
