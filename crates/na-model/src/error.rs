@@ -50,9 +50,11 @@ pub enum ModelError {
     /// The neighborhood-attention operator refused a problem.
     #[error("neighborhood attention: {0}")]
     Attention(#[from] na_core::Error),
-    /// An output file could not be planned, written or published.
+    /// An output file could not be planned, written or published (boxed:
+    /// it carries paths, and every `Result` of the crate pays for the
+    /// largest variant).
     #[error(transparent)]
-    Output(#[from] crate::output::OutputError),
+    Output(Box<crate::output::OutputError>),
     /// A backend (device) failure.
     #[error("backend `{backend}`: {reason}")]
     Backend {
@@ -61,6 +63,12 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+}
+
+impl From<crate::output::OutputError> for ModelError {
+    fn from(e: crate::output::OutputError) -> Self {
+        ModelError::Output(Box::new(e))
+    }
 }
 
 fn describe_mismatch(

@@ -51,20 +51,22 @@ pub enum OutputError {
         reason: String,
     },
     /// Two outputs, or an output and an input, are the same file.
-    #[error("{flag} {path} is the same file as {other_kind} {other} ({other_path}); {advice}")]
+    #[error(
+        "{flag} {path} is the same file as the {} {other} ({other_path}); {}",
+        if *input { "input" } else { "output" },
+        if *input { "refusing to overwrite an input" } else { "every output needs its own file" }
+    )]
     Aliased {
         /// The later flag.
         flag: String,
         /// Its path.
         path: PathBuf,
-        /// `"the output"` or `"the input"`.
-        other_kind: &'static str,
+        /// Whether the earlier path is an input (else another output).
+        input: bool,
         /// The earlier flag it collides with.
         other: String,
         /// That flag's path.
         other_path: PathBuf,
-        /// What to do about it.
-        advice: &'static str,
     },
     /// An I/O failure while writing or publishing (disk full, permissions...).
     #[error("{flag} {path}: {what}: {source}")]
@@ -301,10 +303,9 @@ impl Outputs {
                 return Err(OutputError::Aliased {
                     flag: flag.to_string(),
                     path: given.to_path_buf(),
-                    other_kind: "the output",
+                    input: false,
                     other: t.flag.clone(),
                     other_path: t.given.clone(),
-                    advice: "every output needs its own file",
                 });
             }
         }
@@ -313,10 +314,9 @@ impl Outputs {
                 return Err(OutputError::Aliased {
                     flag: flag.to_string(),
                     path: given.to_path_buf(),
-                    other_kind: "the input",
+                    input: true,
                     other: iflag.clone(),
                     other_path: ipath.clone(),
-                    advice: "refusing to overwrite an input",
                 });
             }
         }
