@@ -45,7 +45,8 @@ pub struct TrainArgs {
     /// A JSON configuration (in_chans 1, num_classes 10).
     #[arg(long, value_name = "CFG.json")]
     pub config: Option<PathBuf>,
-    /// Output folder: model.safetensors, optimizer.safetensors, checkpoint.json (after every epoch).
+    /// Output folder: model.safetensors (the chosen weights), checkpoint.json and the
+    /// checkpoint-s<step>/ set (after every epoch).
     #[arg(long)]
     pub out: PathBuf,
     /// Continue the run whose checkpoint is in --out (same configuration and options).
@@ -84,9 +85,22 @@ pub struct TrainArgs {
     /// Stop after this many steps (the schedule stays that of --epochs).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_steps: Option<u64>,
-    /// Evaluate on the test set every N epochs (and after the last).
+    /// Evaluate on the validation split every N epochs (and after the last).
     #[arg(long, default_value_t = TrainOptions::default().eval_every)]
     pub eval_every: usize,
+    /// Random erasing probability per image (one rectangle of 2-33% of the area); 0 disables it.
+    #[arg(long, default_value_t = TrainOptions::default().erase_prob)]
+    pub erase_prob: f32,
+    /// Decay of the weights' moving average that is validated and shipped; 0: the raw weights.
+    #[arg(long, default_value_t = TrainOptions::default().ema_decay)]
+    pub ema_decay: f32,
+    /// Clip the gradient's global L2 norm to this; 0 disables clipping.
+    #[arg(long, default_value_t = TrainOptions::default().clip_grad_norm)]
+    pub clip_grad_norm: f32,
+    /// Hold out the last N training images as the validation split that chooses the weights
+    /// (the test set is evaluated once, at the end); 0: the final weights are chosen.
+    #[arg(long, default_value_t = TrainOptions::default().val_images)]
+    pub val_images: usize,
     /// Threads (0: one per core).
     #[arg(long, default_value_t = 0, value_parser = crate::attn::parse_threads)]
     pub threads: usize,
@@ -128,6 +142,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         seed: args.seed,
         max_steps: args.max_steps,
         eval_every: args.eval_every,
+        erase_prob: args.erase_prob,
+        ema_decay: args.ema_decay,
+        clip_grad_norm: args.clip_grad_norm,
+        val_images: args.val_images,
     };
     // Every output is checked before the data is read or a step is taken.
     match std::fs::metadata(&args.out) {
@@ -202,16 +220,19 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 100.0 * epoch_accuracy
             ));
         }
-        Event::Evaluating => bar.set_message("evaluating on the test set"),
+        Event::Validating => bar.set_message("evaluating on the validation split"),
+        Event::Testing => bar.set_message("evaluating the chosen weights on the test set"),
         Event::Epoch(r) => {
-            let test = r.test_accuracy.map_or(String::new(), |a| {
-                format!(", test accuracy {:.2}%", 100.0 * a)
+            let val = r.val_accuracy.map_or(String::new(), |a| {
+                format!(", validation accuracy {:.2}%", 100.0 * a)
             });
             say(format!(
-                "epoch {}: loss {:.4}, train accuracy {:.2}%{test} ({:.0} s)",
+                "epoch {}: loss {:.4}, train accuracy {:.2}%{val}, lr {:.2e}, {:.0} img/s ({:.0} s)",
                 r.epoch,
                 r.train_loss,
                 100.0 * r.train_accuracy,
+                r.lr,
+                r.images_per_s,
                 r.seconds
             ));
         }
@@ -239,14 +260,21 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         )?;
         return Ok(());
     }
-    let last = res.state.history.last();
+    let chosen = res.state.chosen.map_or(String::new(), |c| {
+        let val = c.val_accuracy.map_or(String::new(), |a| {
+            format!(", validation accuracy {:.2}%", 100.0 * a)
+        });
+        format!(" (epoch {}{val})", c.epoch)
+    });
     crate::outln!(
-        "done in {:.1} min: {} steps; test accuracy {}; weights in {}",
+        "done in {:.1} min: {} steps; chosen weights{chosen} in {}; test accuracy {}",
         t0.elapsed().as_secs_f64() / 60.0,
         res.state.step,
-        last.and_then(|r| r.test_accuracy)
-            .map_or("not measured".into(), |a| format!("{:.2}%", 100.0 * a)),
-        args.out.join(WEIGHTS_FILE).display()
+        args.out.join(WEIGHTS_FILE).display(),
+        res.state.test.map_or(
+            "not measured (the run is not finished)".into(),
+            |t| format!("{:.2}%", 100.0 * t.accuracy)
+        ),
     )?;
     Ok(())
 }

@@ -319,6 +319,8 @@ fn train(data: &Path, cfg: &Path, out: &Path, extra: &[&str]) -> Output {
         "16",
         "--threads",
         "1",
+        "--val-images",
+        "16",
     ];
     args.extend_from_slice(extra);
     na(&args)
@@ -357,7 +359,8 @@ fn copy_dir(from: &Path, to: &Path) {
 fn checkpoints_survive_a_full_disk_and_damage_is_detected() {
     let d = Dir::new("checkpoint");
     let data = d.p("data");
-    dataset(&data, 32, 28);
+    // 32 images to fit (two steps of 16 per epoch), 16 to validate.
+    dataset(&data, 48, 28);
     let cfg = d.p("tiny.json");
     std::fs::write(&cfg, TINY).unwrap();
     // The reference: two epochs without interruption.
@@ -478,6 +481,8 @@ fn an_interrupt_leaves_no_temporary_files() {
             "16",
             "--threads",
             "1",
+            "--val-images",
+            "16",
         ])
         .args([
             "--data",
@@ -507,6 +512,8 @@ fn an_interrupt_leaves_no_temporary_files() {
             "16",
             "--threads",
             "1",
+            "--val-images",
+            "16",
         ])
         .args([
             "--data",

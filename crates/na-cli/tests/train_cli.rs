@@ -101,6 +101,8 @@ fn train_eval_resume_and_errors_on_synthetic_data() {
         out_s,
         "--epochs",
         "2",
+        "--val-images",
+        "24",
         "--no-flip",
         "--losses-json",
         losses.to_str().unwrap(),
@@ -121,21 +123,48 @@ fn train_eval_resume_and_errors_on_synthetic_data() {
     assert_eq!(names.len(), 3, "{names:?}");
     assert!(names[0].starts_with("checkpoint-s"), "{names:?}");
     assert_eq!(names[1..], ["checkpoint.json", "model.safetensors"]);
-    for f in ["model.safetensors", "optimizer.safetensors"] {
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "chosen.safetensors",
+        "ema.safetensors",
+    ] {
         assert!(out.join(&names[0]).join(f).is_file(), "{f}");
     }
     let l: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&losses).unwrap()).unwrap();
-    assert_eq!(l["losses"].as_array().unwrap().len(), 8); // 2 epochs of 4 batches of 32
-                                                          // The same folder again without --resume is refused.
+    // 2 epochs of 3 batches of 32 (96 images; 24 are held out).
+    assert_eq!(l["losses"].as_array().unwrap().len(), 6);
+    // The same folder again without --resume is refused.
     let o = na(&[
-        "train", "--data", data_s, "--config", cfg_s, "--out", out_s, "--epochs", "2",
+        "train",
+        "--data",
+        data_s,
+        "--config",
+        cfg_s,
+        "--out",
+        out_s,
+        "--epochs",
+        "2",
+        "--val-images",
+        "24",
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("--resume"), "{}", text(&o.stderr));
     // --resume with a longer run continues from epoch 2... but options differ: refused.
     let o = na(&[
-        "train", "--data", data_s, "--config", cfg_s, "--out", out_s, "--epochs", "3", "--resume",
+        "train",
+        "--data",
+        data_s,
+        "--config",
+        cfg_s,
+        "--out",
+        out_s,
+        "--epochs",
+        "3",
+        "--resume",
+        "--val-images",
+        "24",
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(

@@ -65,6 +65,8 @@ fn opts(epochs: usize) -> TrainOptions {
         // The classes are positions: no flips, small shifts.
         hflip: false,
         shift: 1,
+        // 200 images to fit (5 steps of 40), 40 to validate.
+        val_images: 40,
         ..TrainOptions::default()
     }
 }
@@ -79,7 +81,7 @@ fn out_dir(name: &str, keep: bool) -> PathBuf {
 }
 
 fn run(o: &TrainOptions, dir: &str, resume: bool, threads: usize) -> TrainResult {
-    let (tr, te) = (data(200, 1), data(50, 2));
+    let (tr, te) = (data(240, 1), data(50, 2));
     let paths = RunPaths {
         out: out_dir(dir, resume),
         resume,
@@ -94,7 +96,7 @@ fn run(o: &TrainOptions, dir: &str, resume: bool, threads: usize) -> TrainResult
 
 #[test]
 fn it_learns_and_reports() {
-    let (tr, te) = (data(200, 1), data(50, 2));
+    let (tr, te) = (data(240, 1), data(50, 2));
     let mut events = Vec::new();
     let paths = RunPaths {
         out: out_dir("learns", false),
@@ -113,8 +115,30 @@ fn it_learns_and_reports() {
         r.state.history
     );
     assert!(last < 0.7 * first, "{first} -> {last}");
-    let acc = r.state.history.last().unwrap().test_accuracy.unwrap();
+    let acc = r.state.test.unwrap().accuracy;
     assert!(acc > 0.5, "test accuracy {acc}");
+    // The test set is evaluated once, the validation split every epoch.
+    let count = |f: fn(&Event) -> bool| events.iter().filter(|e| f(e)).count();
+    assert_eq!(count(|e| matches!(e, Event::Testing)), 1);
+    assert_eq!(count(|e| matches!(e, Event::Validating)), 20);
+    // The chosen weights are those of the first epoch with the best
+    // validation accuracy, and the test result names that epoch.
+    let vals: Vec<f64> = r
+        .state
+        .history
+        .iter()
+        .map(|h| h.val_accuracy.unwrap())
+        .collect();
+    let best = vals.iter().cloned().fold(f64::MIN, f64::max);
+    let epoch = 1 + vals.iter().position(|&v| v == best).unwrap();
+    let chosen = r.state.chosen.unwrap();
+    assert_eq!((chosen.epoch, chosen.val_accuracy), (epoch, Some(best)));
+    assert_eq!(r.state.test.unwrap().epoch, epoch);
+    assert!(r
+        .state
+        .history
+        .iter()
+        .all(|h| h.test_accuracy.is_none() && h.lr > 0.0 && h.images_per_s > 0.0));
     assert_eq!(r.state.step, 20 * 5);
     assert!(matches!(
         events[0],
@@ -140,12 +164,19 @@ fn it_learns_and_reports() {
     assert_eq!(names.len(), 3, "{names:?}");
     assert!(names[0].starts_with("checkpoint-s"), "{names:?}");
     assert_eq!(names[1..], ["checkpoint.json", "model.safetensors"]);
-    for f in ["model.safetensors", "optimizer.safetensors"] {
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "chosen.safetensors",
+        "ema.safetensors",
+    ] {
         assert!(paths.out.join(&names[0]).join(f).is_file(), "{f}");
     }
-    // The saved weights load for inference.
+    // The published weights are the chosen ones (a moving average, not the
+    // raw weights), and they load for inference.
     let w = na_model::WeightMap::load(&paths.out.join("model.safetensors")).unwrap();
-    assert_eq!(ParamSet::from_weights(&tiny(), &w).unwrap(), r.params);
+    assert_eq!(ParamSet::from_weights(&tiny(), &w).unwrap().data, r.chosen);
+    assert_ne!(r.chosen, r.params.data);
 }
 
 #[test]
@@ -171,10 +202,13 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let rest = run(&opts(3), "part", true, 2);
     assert_eq!(rest.state.step, 15);
     assert_eq!(rest.params.data, full.params.data);
+    assert_eq!(rest.chosen, full.chosen);
+    assert_eq!(rest.state.chosen, full.state.chosen);
+    assert_eq!(rest.state.test, full.state.test);
     assert_eq!(rest.losses[..], full.losses[5..]);
     assert_eq!(rest.state.history.len(), 3);
     // Resuming with other options is refused.
-    let (tr, te) = (data(200, 1), data(50, 2));
+    let (tr, te) = (data(240, 1), data(50, 2));
     let paths = RunPaths {
         out: out_dir("part", true),
         resume: true,

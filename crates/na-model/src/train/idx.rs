@@ -226,6 +226,21 @@ impl Dataset {
         self.labels.is_empty()
     }
 
+    /// Splits off the last `n` images: `(the first len - n, the last n)`
+    /// (a validation split carved from a training set). `n` is clamped to
+    /// the set's length.
+    pub fn split_last(mut self, n: usize) -> (Dataset, Dataset) {
+        let keep = self.len() - n.min(self.len());
+        let px = self.rows * self.cols;
+        let tail = Dataset {
+            images: self.images.split_off(keep * px),
+            labels: self.labels.split_off(keep),
+            rows: self.rows,
+            cols: self.cols,
+        };
+        (self, tail)
+    }
+
     /// The pixels of image `i` (`rows * cols` bytes); panics if `i >= len`.
     pub fn image(&self, i: usize) -> &[u8] {
         let n = self.rows * self.cols;

@@ -21,6 +21,6 @@ pub use crate::rng::Rng;
 pub use idx::{find_fashion_mnist, DataError, Dataset};
 pub use optim::{AdamW, Schedule};
 pub use run::{
-    evaluate, train, EvalReport, Event, RunPaths, TrainOptions, TrainResult, TrainState,
-    FASHION_CLASSES,
+    evaluate, train, Averages, Chosen, EvalReport, Event, Measured, RunPaths, TrainOptions,
+    TrainResult, TrainState, FASHION_CLASSES,
 };

@@ -47,11 +47,18 @@ pub const FASHION_CLASSES: [&str; 10] = [
     "Ankle boot",
 ];
 
-/// The trained weights in a training output folder (rewritten after every
-/// epoch; also inside each checkpoint set).
+/// The chosen weights in a training output folder (rewritten after every
+/// epoch): those of the best validation accuracy so far. Inside a checkpoint
+/// set, the same name holds the raw weights the optimiser is updating.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The optimiser's moments (`m.<name>`, `v.<name>`), inside a checkpoint set.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The moving average of the weights, inside a checkpoint set (when
+/// [`TrainOptions::ema_decay`] is on).
+pub const EMA_FILE: &str = "ema.safetensors";
+/// The chosen weights ([`TrainState::chosen`]), inside a checkpoint set;
+/// published beside it as [`WEIGHTS_FILE`].
+pub const CHOSEN_FILE: &str = "chosen.safetensors";
 /// The checkpoint manifest: configuration, options, progress, history, and
 /// the set directory it belongs to with each file's length and CRC-32. It is
 /// written last, so it always names a complete set.
@@ -92,8 +99,30 @@ pub struct TrainOptions {
     /// Stop after this many steps in all (for short checks); the schedule is
     /// still that of `epochs`, and a partial epoch is not evaluated.
     pub max_steps: Option<u64>,
-    /// Evaluate on the test set every this many epochs (and after the last).
+    /// Evaluate on the validation split every this many epochs (and after
+    /// the last).
     pub eval_every: usize,
+    /// Random erasing: the probability that an image gets one rectangle
+    /// (2–33% of its area, aspect ratio 0.3–3.3) set to the normalised mean
+    /// (timm's `RandomErasing`, constant mode); 0 disables it. Absent from
+    /// older checkpoints, where it reads as 0.
+    #[serde(default)]
+    pub erase_prob: f32,
+    /// Decay of the exponential moving average of the weights that is
+    /// validated, chosen and shipped (warmed up as `min(decay, (1 + t) /
+    /// (10 + t))` at step `t`); 0 validates the raw weights.
+    #[serde(default)]
+    pub ema_decay: f32,
+    /// Gradients whose global L2 norm exceeds this are scaled down to it
+    /// before the update; 0 disables clipping.
+    #[serde(default)]
+    pub clip_grad_norm: f32,
+    /// The last this many training images are held out as the validation
+    /// split, which chooses the shipped weights; the test set is evaluated
+    /// once, at the end, with the chosen weights. 0: no validation (the
+    /// final weights are chosen).
+    #[serde(default)]
+    pub val_images: usize,
 }
 
 impl Default for TrainOptions {
@@ -110,7 +139,11 @@ impl Default for TrainOptions {
             hflip: true,
             seed: 0,
             max_steps: None,
-            eval_every: 2,
+            eval_every: 1,
+            erase_prob: 0.25,
+            ema_decay: 0.999,
+            clip_grad_norm: 1.0,
+            val_images: 5000,
         }
     }
 }
@@ -148,6 +181,18 @@ impl TrainOptions {
         if self.shift > 8 {
             return bad(format!("shift {} is above 8 pixels", self.shift));
         }
+        if !(0.0..=1.0).contains(&self.erase_prob) {
+            return bad(format!("erase_prob {} is not in [0, 1]", self.erase_prob));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad(format!("ema_decay {} is not in [0, 1)", self.ema_decay));
+        }
+        if !(self.clip_grad_norm >= 0.0 && self.clip_grad_norm.is_finite()) {
+            return bad(format!(
+                "clip_grad_norm {} is not a finite value >= 0",
+                self.clip_grad_norm
+            ));
+        }
         Ok(())
     }
 }
@@ -161,10 +206,43 @@ pub struct EpochRecord {
     pub train_loss: f64,
     /// Training accuracy (on augmented images, during the epoch).
     pub train_accuracy: f64,
-    /// Test accuracy, when evaluated after this epoch.
+    /// Test accuracy, when evaluated after this epoch (runs of earlier
+    /// versions, which had no validation split; now the test set is
+    /// evaluated once, see [`TrainState::test`]).
+    #[serde(default)]
     pub test_accuracy: Option<f64>,
+    /// Validation accuracy of the evaluated weights (the moving average
+    /// when on), when evaluated after this epoch.
+    #[serde(default)]
+    pub val_accuracy: Option<f64>,
+    /// The learning rate of the epoch's last step.
+    #[serde(default)]
+    pub lr: f32,
+    /// Training images per second over the epoch.
+    #[serde(default)]
+    pub images_per_s: f64,
     /// Wall time of the epoch's training steps, seconds.
     pub seconds: f64,
+}
+
+/// The weights a run has chosen so far.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chosen {
+    /// The epoch after which they were taken.
+    pub epoch: usize,
+    /// Their validation accuracy (none without a validation split).
+    pub val_accuracy: Option<f64>,
+}
+
+/// An accuracy measured after an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measured {
+    /// The epoch whose weights were measured.
+    pub epoch: usize,
+    /// Their accuracy.
+    pub accuracy: f64,
 }
 
 /// The JSON part of a checkpoint: enough, with the two safetensors files,
@@ -188,6 +266,14 @@ pub struct TrainState {
     pub image_size: [usize; 2],
     /// One record per completed epoch.
     pub history: Vec<EpochRecord>,
+    /// The chosen weights so far: the best validation accuracy (the first
+    /// epoch on ties); without a validation split, the last evaluated epoch.
+    #[serde(default)]
+    pub chosen: Option<Chosen>,
+    /// The chosen weights' accuracy on the test set, measured once when the
+    /// last epoch is done.
+    #[serde(default)]
+    pub test: Option<Measured>,
 }
 
 /// What the loop reports as it goes.
@@ -221,8 +307,10 @@ pub enum Event {
         /// The learning rate used.
         lr: f32,
     },
-    /// The test set is being evaluated.
-    Evaluating,
+    /// The validation split is being evaluated.
+    Validating,
+    /// The chosen weights are being evaluated on the test set (once).
+    Testing,
     /// An epoch finished (and its checkpoint is written).
     Epoch(EpochRecord),
 }
@@ -230,8 +318,11 @@ pub enum Event {
 /// The result of a run.
 #[derive(Clone, Debug)]
 pub struct TrainResult {
-    /// The trained parameters.
+    /// The trained parameters (raw, as the optimiser left them).
     pub params: ParamSet,
+    /// The chosen weights (see [`TrainState::chosen`]), laid out like
+    /// `params.data`: what `model.safetensors` holds.
+    pub chosen: Vec<f32>,
     /// The final state (as saved).
     pub state: TrainState,
     /// Per-step losses of this invocation (not of resumed earlier parts).
@@ -454,9 +545,11 @@ fn set_file(name: &str, bytes: &[u8]) -> SetFile {
     }
 }
 
-/// Writes a checkpoint into `dir` as one set: the weights and the optimiser's
-/// moments go into a new directory `checkpoint-s<step>` (written under a
-/// temporary name, then renamed), then `model.safetensors` and the manifest
+/// Writes a checkpoint into `dir` as one set: the raw weights, the
+/// optimiser's moments, the chosen weights and the moving average go into a
+/// new directory `checkpoint-s<step>` (written under a
+/// temporary name, then renamed), then `model.safetensors` (the chosen
+/// weights) and the manifest
 /// `checkpoint.json` are published together, the manifest naming the new set;
 /// the previous set is removed last. A failure or an interrupt at any point
 /// leaves the previous checkpoint whole and no temporary file behind.
@@ -464,10 +557,16 @@ pub fn save_checkpoint(
     dir: &Path,
     params: &ParamSet,
     opt: &AdamW,
+    weights: &Averages,
     state: &TrainState,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    let weights = params.to_weight_map().to_safetensors()?;
+    let raw = params.to_weight_map().to_safetensors()?;
+    let chosen = params.map_of(&weights.chosen).to_safetensors()?;
+    let ema = match &weights.ema {
+        Some(e) => Some(params.map_of(e).to_safetensors()?),
+        None => None,
+    };
     let mut moments = WeightMap::default();
     for (prefix, buf) in [("m", &opt.m), ("v", &opt.v)] {
         let map = params.map_of(buf);
@@ -479,7 +578,15 @@ pub fn save_checkpoint(
     let moments = moments.to_safetensors()?;
     let set = format!("{SET_PREFIX}{:07}", state.step);
     let staged = StagedDir::create(dir.join(&set)).map_err(|e| io_err(dir, e))?;
-    for (name, bytes) in [(WEIGHTS_FILE, &weights), (OPTIMIZER_FILE, &moments)] {
+    let mut files: Vec<(&str, &[u8])> = vec![
+        (WEIGHTS_FILE, &raw),
+        (OPTIMIZER_FILE, &moments),
+        (CHOSEN_FILE, &chosen),
+    ];
+    if let Some(e) = &ema {
+        files.push((EMA_FILE, e));
+    }
+    for (name, bytes) in &files {
         staged
             .write(name, bytes)
             .map_err(|e| io_err(&staged.path().join(name), e))?;
@@ -487,16 +594,13 @@ pub fn save_checkpoint(
     let manifest = Manifest {
         state: state.clone(),
         set: set.clone(),
-        files: vec![
-            set_file(WEIGHTS_FILE, &weights),
-            set_file(OPTIMIZER_FILE, &moments),
-        ],
+        files: files.iter().map(|(n, b)| set_file(n, b)).collect(),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| io_err(dir, e))?;
     let mut outs = Outputs::new();
     let w = outs.output("weights file", dir.join(WEIGHTS_FILE))?;
     let m = outs.output("checkpoint manifest", dir.join(STATE_FILE))?;
-    outs.stage(w, &weights)?;
+    outs.stage(w, &chosen)?;
     outs.stage(m, &json)?;
     staged.commit().map_err(|e| io_err(&dir.join(&set), e))?;
     outs.commit()?;
@@ -516,7 +620,10 @@ pub fn save_checkpoint(
 
 /// Reads a checkpoint written by [`save_checkpoint`], checking every file of
 /// the set against the manifest's lengths and checksums.
-pub fn load_checkpoint(dir: &Path, weight_decay: f32) -> Result<(ParamSet, AdamW, TrainState)> {
+pub fn load_checkpoint(
+    dir: &Path,
+    weight_decay: f32,
+) -> Result<(ParamSet, AdamW, Averages, TrainState)> {
     let sp = dir.join(STATE_FILE);
     let text =
         crate::limits::read_file(&sp, crate::limits::MAX_JSON_BYTES).map_err(|e| io_err(&sp, e))?;
@@ -558,6 +665,20 @@ pub fn load_checkpoint(dir: &Path, weight_decay: f32) -> Result<(ParamSet, AdamW
     let wp = set_dir.join(WEIGHTS_FILE);
     let weights = WeightMap::from_safetensors(&weights).map_err(|r| io_err(&wp, r))?;
     let params = ParamSet::from_weights(&state.config, &weights)?;
+    // Another buffer laid out like the parameters, from a file of the set.
+    let like_params = |name: &str| -> Result<Vec<f32>> {
+        let p = set_dir.join(name);
+        let map = WeightMap::from_safetensors(&read(name)?).map_err(|r| io_err(&p, r))?;
+        Ok(ParamSet::from_weights(&state.config, &map)?.data)
+    };
+    let averages = Averages {
+        chosen: like_params(CHOSEN_FILE)?,
+        ema: if state.options.ema_decay > 0.0 {
+            Some(like_params(EMA_FILE)?)
+        } else {
+            None
+        },
+    };
     let op = set_dir.join(OPTIMIZER_FILE);
     let moments = WeightMap::from_safetensors(&moments).map_err(|r| io_err(&op, r))?;
     let mut opt = AdamW::new(params.len(), weight_decay);
@@ -572,7 +693,7 @@ pub fn load_checkpoint(dir: &Path, weight_decay: f32) -> Result<(ParamSet, AdamW
             buf[e.range.clone()].copy_from_slice(&t.data);
         }
     }
-    Ok((params, opt, state))
+    Ok((params, opt, averages, state))
 }
 
 /// One training thread: a single-threaded rayon pool and the CPU backend
@@ -691,8 +812,85 @@ pub struct RunPaths {
     pub resume: bool,
 }
 
-/// Trains `cfg` on `train`, evaluating on `test`, writing checkpoints to
-/// `paths.out` after every epoch; `on` receives progress events.
+/// The weight buffers a run keeps beside the raw parameters, laid out like
+/// [`ParamSet::data`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Averages {
+    /// The chosen weights ([`TrainState::chosen`]).
+    pub chosen: Vec<f32>,
+    /// The exponential moving average, when [`TrainOptions::ema_decay`] is on.
+    pub ema: Option<Vec<f32>>,
+}
+
+impl Averages {
+    /// The weights that are validated: the moving average, or the raw ones.
+    fn evaluated<'a>(&'a self, params: &'a ParamSet) -> &'a [f32] {
+        self.ema.as_deref().unwrap_or(&params.data)
+    }
+}
+
+/// Folds `params` into the moving average after optimiser step `t` (from
+/// 1): `ema ← d·ema + (1 - d)·params` with `d = min(decay, (1 + t) / (10 +
+/// t))`, so the early average does not remember the initialisation.
+fn update_ema(ema: &mut [f32], params: &[f32], decay: f32, t: u64) {
+    let warm = (1.0 + t as f64) / (10.0 + t as f64);
+    let d = f64::from(decay).min(warm) as f32;
+    for (e, &p) in ema.iter_mut().zip(params) {
+        *e = d * *e + (1.0 - d) * p;
+    }
+}
+
+/// Scales `grad` down to global L2 norm `max` when it is longer (`max > 0`);
+/// returns the norm before clipping.
+fn clip_grad(grad: &mut [f32], max: f32) -> f64 {
+    let norm = grad
+        .iter()
+        .map(|&g| f64::from(g) * f64::from(g))
+        .sum::<f64>()
+        .sqrt();
+    if max > 0.0 && norm > f64::from(max) {
+        let s = (f64::from(max) / norm) as f32;
+        grad.iter_mut().for_each(|g| *g *= s);
+    }
+    norm
+}
+
+/// Random erasing (timm's `RandomErasing`, constant mode, one rectangle):
+/// with probability `p`, a rectangle of 2–33% of the image's area and aspect
+/// ratio 0.3–3.3 (log-uniform) is set to 0, the normalised mean. Up to ten
+/// draws are tried for a rectangle that fits; none may.
+fn random_erase(rng: &mut Rng, p: f32, img: &mut [f32], rows: usize, cols: usize) {
+    if p <= 0.0 || rng.uniform() >= p {
+        return;
+    }
+    let area = (rows * cols) as f32;
+    let (lo, hi) = (0.3f32.ln(), (1.0f32 / 0.3).ln());
+    for _ in 0..10 {
+        let target = area * (0.02 + (1.0 / 3.0 - 0.02) * rng.uniform());
+        let ratio = (lo + (hi - lo) * rng.uniform()).exp();
+        let h = (target * ratio).sqrt().round() as usize;
+        let w = (target / ratio).sqrt().round() as usize;
+        if h == 0 || w == 0 || h >= rows || w >= cols {
+            continue;
+        }
+        let y0 = rng.below(rows - h + 1);
+        let x0 = rng.below(cols - w + 1);
+        for row in img[y0 * cols..].chunks_mut(cols).take(h) {
+            row[x0..x0 + w].fill(0.0);
+        }
+        return;
+    }
+}
+
+/// Trains `cfg` on `train`, writing a checkpoint set to `paths.out` after
+/// every epoch; `on` receives progress events.
+///
+/// The last [`TrainOptions::val_images`] images of `train` are held out:
+/// every [`TrainOptions::eval_every`] epochs the evaluated weights (the
+/// moving average when on) are measured on them, and the best so far become
+/// the chosen weights (`model.safetensors`). When the last epoch is done,
+/// the chosen weights are evaluated on `test`, once ([`TrainState::test`]);
+/// nothing is chosen with the test set.
 pub fn train(
     cfg: &Config,
     opts: &TrainOptions,
@@ -702,14 +900,18 @@ pub fn train(
     on: &mut dyn FnMut(&Event),
 ) -> Result<TrainResult> {
     opts.validate()?;
-    if train.is_empty() || train.rows != test.rows || train.cols != test.cols {
+    if train.rows != test.rows || train.cols != test.cols {
         return Err(ModelError::Config(format!(
-            "training set of {} images of {}x{}, test set of {}x{}",
-            train.len(),
-            train.rows,
-            train.cols,
-            test.rows,
-            test.cols
+            "training images of {}x{}, test images of {}x{}",
+            train.rows, train.cols, test.rows, test.cols
+        )));
+    }
+    if opts.val_images >= train.len() {
+        return Err(ModelError::Config(format!(
+            "a validation split of {} images (val_images, na train --val-images) leaves none \
+             of the {} training images to train on",
+            opts.val_images,
+            train.len()
         )));
     }
     if cfg.in_chans != 1 {
@@ -718,10 +920,11 @@ pub fn train(
             cfg.in_chans
         )));
     }
-    let steps_per_epoch = train.len().div_ceil(opts.batch_size) as u64;
+    let (fit, val) = train.clone().split_last(opts.val_images);
+    let steps_per_epoch = fit.len().div_ceil(opts.batch_size) as u64;
     let total = steps_per_epoch * opts.epochs as u64;
-    let (mut params, mut opt, mut state, mut rng) = if paths.resume {
-        let (p, o, s) = load_checkpoint(&paths.out, opts.weight_decay)?;
+    let (mut params, mut opt, mut avg, mut state, mut rng) = if paths.resume {
+        let (p, o, a, s) = load_checkpoint(&paths.out, opts.weight_decay)?;
         // max_steps may differ: a run stopped at an epoch boundary by
         // max_steps resumes to its full length.
         let same_opts = TrainOptions {
@@ -751,11 +954,15 @@ pub fn train(
             options: opts.clone(),
             ..s
         };
-        (p, o, s, rng)
+        (p, o, a, s, rng)
     } else {
         let mut rng = Rng::new(opts.seed);
         let p = ParamSet::init(cfg, rng.next_u64())?;
         let o = AdamW::new(p.len(), opts.weight_decay);
+        let a = Averages {
+            chosen: p.data.clone(),
+            ema: (opts.ema_decay > 0.0).then(|| p.data.clone()),
+        };
         let s = TrainState {
             config: cfg.clone(),
             options: opts.clone(),
@@ -765,8 +972,10 @@ pub fn train(
             train_images: train.len(),
             image_size: [train.rows, train.cols],
             history: Vec::new(),
+            chosen: None,
+            test: None,
         };
-        (p, o, s, rng)
+        (p, o, a, s, rng)
     };
     let net = Net::new(&params)?;
     // The parameters as the backend's tensor, refreshed after every update.
@@ -790,19 +999,25 @@ pub fn train(
     // One single-threaded pool per worker: each micro-batch runs on one
     // core without any synchronisation inside the layers.
     let workers = Worker::spawn(rayon::current_num_threads())?;
-    let (rows, cols) = (train.rows, train.cols);
+    let (rows, cols) = (fit.rows, fit.cols);
     let npx = rows * cols;
     let mut grad = vec![0.0f32; params.len()];
     let mut losses = Vec::new();
     let stop = opts.max_steps.unwrap_or(u64::MAX);
+    // The model of some weights laid out like the parameters.
+    let mut scratch = params.clone();
+    let mut model_of = |data: &[f32]| -> Result<Model<Cpu>> {
+        scratch.data.copy_from_slice(data);
+        Model::from_params(&cpu, &scratch)
+    };
     for epoch in state.epochs_done + 1..=opts.epochs {
         if state.step >= stop {
             break;
         }
-        let mut order: Vec<usize> = (0..train.len()).collect();
+        let mut order: Vec<usize> = (0..fit.len()).collect();
         rng.shuffle(&mut order);
         let t0 = Instant::now();
-        let (mut sum_loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let (mut sum_loss, mut correct, mut seen, mut lr) = (0.0f64, 0usize, 0usize, 0.0f32);
         for chunk in order.chunks(opts.batch_size) {
             if state.step >= stop {
                 break;
@@ -820,8 +1035,9 @@ pub fn train(
                     (0, 0)
                 };
                 let flip = opts.hflip && rng.below(2) == 1;
-                augment(train, i, dy, dx, flip, dst);
-                labels.push(usize::from(train.labels[i]));
+                augment(&fit, i, dy, dx, flip, dst);
+                random_erase(&mut rng, opts.erase_prob, dst, rows, cols);
+                labels.push(usize::from(fit.labels[i]));
             }
             let (loss, batch_correct) = batch_gradient(
                 &net,
@@ -839,13 +1055,17 @@ pub fn train(
                     state.step
                 )));
             }
-            let lr = sched.lr(state.step);
+            clip_grad(&mut grad, opts.clip_grad_norm);
+            lr = sched.lr(state.step);
             opt.update(&mut params, &grad, lr)?;
             ptensor
                 .as_flat_mut()
                 .ok_or_else(|| shape_err("training parameters are not one buffer".into()))?
                 .copy_from_slice(&params.data);
             state.step += 1;
+            if let Some(ema) = &mut avg.ema {
+                update_ema(ema, &params.data, opts.ema_decay, state.step);
+            }
             losses.push(loss);
             sum_loss += loss * chunk.len() as f64;
             correct += batch_correct;
@@ -862,34 +1082,141 @@ pub fn train(
             });
         }
         let seconds = t0.elapsed().as_secs_f64();
-        let finished = seen == train.len();
+        let finished = seen == fit.len();
+        let last = finished && epoch == opts.epochs;
         // A partial epoch (stopped by max_steps) is not evaluated.
-        let test_accuracy =
-            if finished && (epoch.is_multiple_of(opts.eval_every) || epoch == opts.epochs) {
-                on(&Event::Evaluating);
-                let model = Model::from_params(&cpu, &params)?;
-                Some(evaluate(&cpu, &model, test, 64)?.accuracy)
-            } else {
+        let evaluate_now = finished && (epoch.is_multiple_of(opts.eval_every) || last);
+        let mut val_accuracy = None;
+        if evaluate_now {
+            let w = avg.evaluated(&params);
+            let acc = if val.is_empty() {
                 None
+            } else {
+                on(&Event::Validating);
+                Some(evaluate(&cpu, &model_of(w)?, &val, 64)?.accuracy)
             };
+            val_accuracy = acc;
+            // Better validation accuracy (or, without a split, newer weights).
+            let better = match (acc, state.chosen.and_then(|c| c.val_accuracy)) {
+                (Some(a), Some(best)) => a > best,
+                _ => true,
+            };
+            if better {
+                let w = avg.ema.as_ref().unwrap_or(&params.data).clone();
+                avg.chosen.copy_from_slice(&w);
+                state.chosen = Some(Chosen {
+                    epoch,
+                    val_accuracy: acc,
+                });
+            }
+        }
         let rec = EpochRecord {
             epoch,
             train_loss: sum_loss / seen.max(1) as f64,
             train_accuracy: correct as f64 / seen.max(1) as f64,
-            test_accuracy,
+            test_accuracy: None,
+            val_accuracy,
+            lr,
+            images_per_s: seen as f64 / seconds.max(1e-9),
             seconds,
         };
         if finished {
             state.epochs_done = epoch;
             state.rng_state = rng.state();
         }
+        if last {
+            on(&Event::Testing);
+            let acc = evaluate(&cpu, &model_of(&avg.chosen)?, test, 64)?.accuracy;
+            state.test = Some(Measured {
+                epoch: state.chosen.map_or(epoch, |c| c.epoch),
+                accuracy: acc,
+            });
+        }
         state.history.push(rec.clone());
-        save_checkpoint(&paths.out, &params, &opt, &state)?;
+        save_checkpoint(&paths.out, &params, &opt, &avg, &state)?;
         on(&Event::Epoch(rec));
     }
     Ok(TrainResult {
         params,
+        chosen: avg.chosen,
         state,
         losses,
     })
+}
+
+#[cfg(test)]
+mod recipe_tests {
+    use super::*;
+
+    #[test]
+    fn clipping_scales_long_gradients_to_the_bound_only() {
+        let mut g = vec![3.0f32, 4.0];
+        assert_eq!(clip_grad(&mut g, 1.0), 5.0);
+        assert!(
+            (g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6,
+            "{g:?}"
+        );
+        let mut g = vec![0.3f32, 0.4];
+        clip_grad(&mut g, 1.0);
+        assert_eq!(g, [0.3, 0.4]);
+        let mut g = vec![30.0f32, 40.0];
+        clip_grad(&mut g, 0.0);
+        assert_eq!(g, [30.0, 40.0], "0 disables clipping");
+    }
+
+    #[test]
+    fn the_moving_average_warms_up_then_decays_slowly() {
+        let mut e = vec![0.0f32];
+        // Step 1: d = min(0.999, 2/11), so the average moves most of the way.
+        update_ema(&mut e, &[1.0], 0.999, 1);
+        assert!((e[0] - 9.0 / 11.0).abs() < 1e-6, "{e:?}");
+        let mut e = vec![0.0f32];
+        update_ema(&mut e, &[1.0], 0.999, 1_000_000);
+        assert!((e[0] - 0.001).abs() < 1e-6, "{e:?}");
+    }
+
+    #[test]
+    fn erasing_sets_one_rectangle_to_the_mean() {
+        let (rows, cols) = (28, 28);
+        let mut rng = Rng::new(7);
+        let mut erased = 0;
+        for _ in 0..200 {
+            let mut img = vec![1.0f32; rows * cols];
+            random_erase(&mut rng, 1.0, &mut img, rows, cols);
+            let zeros: Vec<usize> = (0..img.len()).filter(|&i| img[i] == 0.0).collect();
+            if zeros.is_empty() {
+                continue;
+            }
+            erased += 1;
+            // One axis-aligned rectangle of 2-33% of the area (rounded sides).
+            let ys = zeros.iter().map(|i| i / cols);
+            let xs = zeros.iter().map(|i| i % cols);
+            let (y0, y1) = (ys.clone().min().unwrap(), ys.max().unwrap());
+            let (x0, x1) = (xs.clone().min().unwrap(), xs.max().unwrap());
+            let area = (y1 - y0 + 1) * (x1 - x0 + 1);
+            assert_eq!(zeros.len(), area, "not a rectangle");
+            assert!(area >= 8 && area <= rows * cols / 2, "area {area}");
+        }
+        assert!(erased > 150, "only {erased} of 200 images erased at p = 1");
+        let mut img = vec![1.0f32; rows * cols];
+        for _ in 0..100 {
+            random_erase(&mut rng, 0.0, &mut img, rows, cols);
+        }
+        assert!(img.iter().all(|&v| v == 1.0), "p = 0 erases nothing");
+    }
+
+    #[test]
+    fn a_validation_split_is_the_tail_of_the_set() {
+        let set = Dataset {
+            images: (0..10u8).flat_map(|i| [i; 4]).collect(),
+            labels: (0..10).collect(),
+            rows: 2,
+            cols: 2,
+        };
+        let (fit, val) = set.split_last(3);
+        assert_eq!((fit.len(), val.len()), (7, 3));
+        assert_eq!(val.labels, [7, 8, 9]);
+        assert_eq!(val.image(0), [7; 4]);
+        assert_eq!(fit.image(6), [6; 4]);
+    }
 }
