@@ -179,7 +179,12 @@ fn forward_block<T: Element>(
                 max = max.max(l);
                 count += 1;
             });
-            // Pass 2: softmax weights and the weighted sum of values.
+            // Pass 2: softmax weights and the weighted sum of values. `max`
+            // ignores NaN logits (they reach the sum through `expf`); when
+            // every logit is -inf, shift by 0 instead (-inf - -inf would be a
+            // NaN): the sum is then 0 and lse = log(0) = -inf, as the
+            // log-sum-exp of -inf logits is.
+            let max = if max == f32::NEG_INFINITY { 0.0 } else { max };
             acc.fill(0.0);
             let mut sum = 0.0f32;
             let mut n_key = 0;

@@ -270,6 +270,7 @@ __device__ __forceinline__ void tile_query_span(const NaParams& p, const Tile& t
     }
 }
 
-__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+// -FLT_MAX, the lowest finite float (no <cfloat> under NVRTC).
+__device__ __forceinline__ float lowest_finite() { return __int_as_float(0xff7fffff); }
 
 #endif  // NA_COMMON_CUH

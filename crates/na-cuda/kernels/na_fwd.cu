@@ -55,7 +55,7 @@ struct FwdRow {
     na_i64 row;        // (b, token, h) row index
     float q[NA_DPL];   // q[lane + 32 e]
     float acc[NA_DVPL];  // sum_t p_t v_t[lane + 32 e], scaled to the running max
-    float m;           // running maximum logit
+    float m;           // running maximum logit (-FLT_MAX before any key)
     float l;           // running sum of exp(logit - m)
 };
 
@@ -65,9 +65,16 @@ __device__ __forceinline__ bool in_window(const int ws[3], const int we[3], cons
 }
 
 // Online softmax: folds one logit and its value row into (m, l, acc).
+//
+// Non-finite logits (SPEC.md, "Non-finite values"): the running maximum
+// starts at -FLT_MAX, not -inf, so that a -inf logit gives pe = exp(-inf) = 0
+// and corr = 1 instead of exp(-inf - -inf) = NaN, and a window of only -inf
+// logits ends with l = 0 and lse = -inf, as dense attention has. fmaxf skips
+// a NaN logit, which then reaches l and acc through pe = exp(NaN) = NaN.
+// Keys outside the window never get here (the callers select them out).
 __device__ __forceinline__ void softmax_step(FwdRow& r, float logit, const float* vrow) {
     const float m_new = fmaxf(r.m, logit);
-    const float corr = expf(r.m - m_new);  // exp(-inf) = 0 on the first key
+    const float corr = expf(r.m - m_new);  // 0 when the maximum jumps far
     const float pe = expf(logit - m_new);
     r.l = r.l * corr + pe;
     const int lane = threadIdx.x & 31;
@@ -127,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(NA_THREADS)
         for (int e = 0; e < NA_DVPL; ++e) {
             r[x].acc[e] = 0.0f;
         }
-        r[x].m = neg_inf();
+        r[x].m = lowest_finite();  // not -inf: see softmax_step
         r[x].l = 0.0f;
     }
 

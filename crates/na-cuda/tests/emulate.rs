@@ -299,23 +299,62 @@ fn max_err(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check<T: Element>(cxx: &str, c: &Case, root: &Path, seed: u64) {
+/// One problem's inputs, in storage type `T`.
+struct Data<T> {
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    rpb: Option<Vec<T>>,
+    d_out: Vec<T>,
+}
+
+impl<T: Element> Data<T> {
+    /// Standard normal inputs (a bias table when `c.rpb`).
+    fn normal(c: &Case, seed: u64) -> Self {
+        let p = &c.p;
+        let mut n = Normal::new(seed);
+        let conv = |x: Vec<f32>| x.into_iter().map(T::from_f32).collect::<Vec<T>>();
+        let (q, k, v) = (
+            conv(n.vec(p.qk_len())),
+            conv(n.vec(p.qk_len())),
+            conv(n.vec(p.v_len())),
+        );
+        let rpb = c.rpb.then(|| conv(n.vec(p.rpb_len())));
+        let d_out = conv(n.vec(p.v_len()));
+        Data {
+            q,
+            k,
+            v,
+            rpb,
+            d_out,
+        }
+    }
+
+    fn inputs(&self) -> Inputs<'_, T> {
+        Inputs {
+            query: &self.q,
+            key: &self.k,
+            value: &self.v,
+            rpb: self.rpb.as_deref(),
+        }
+    }
+}
+
+/// Everything one run produces, widened to f32.
+struct Outputs {
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    drpb: Vec<f32>,
+}
+
+/// na-core's reference forward and backward (the backward from the
+/// reference's own `out` and `lse`); `saved` are those two in storage type.
+fn reference_run<T: Element>(c: &Case, d: &Data<T>) -> (Outputs, (Vec<T>, Vec<f32>)) {
     let p = &c.p;
-    let mut n = Normal::new(seed);
-    let conv = |x: Vec<f32>| x.into_iter().map(T::from_f32).collect::<Vec<T>>();
-    let (q, k, v) = (
-        conv(n.vec(p.qk_len())),
-        conv(n.vec(p.qk_len())),
-        conv(n.vec(p.v_len())),
-    );
-    let rpb = c.rpb.then(|| conv(n.vec(p.rpb_len())));
-    let d_out = conv(n.vec(p.v_len()));
-    let x = Inputs {
-        query: &q,
-        key: &k,
-        value: &v,
-        rpb: rpb.as_deref(),
-    };
+    let x = d.inputs();
     let mut out = vec![T::default(); p.v_len()];
     let mut lse = vec![0.0f32; p.lse_len()];
     reference::forward(p, x, &mut out, Some(&mut lse), Par::Seq).unwrap();
@@ -331,7 +370,7 @@ fn check<T: Element>(cxx: &str, c: &Case, root: &Path, seed: u64) {
         Saved {
             out: &out,
             lse: &lse,
-            d_out: &d_out,
+            d_out: &d.d_out,
         },
         Grads {
             d_query: &mut dq,
@@ -342,12 +381,33 @@ fn check<T: Element>(cxx: &str, c: &Case, root: &Path, seed: u64) {
         Par::Seq,
     )
     .unwrap();
+    let back = |x: &[T]| x.iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
+    let o = Outputs {
+        out: back(&out),
+        lse: lse.clone(),
+        dq: back(&dq),
+        dk: back(&dk),
+        dv: back(&dv),
+        drpb: if c.rpb { back(&drpb) } else { vec![] },
+    };
+    (o, (out, lse))
+}
 
+/// Runs the emulated kernels (`exe`, built by [`build`] for `c`) on `d`,
+/// with `saved` (`out`, `lse`) as the forward's results for the backward,
+/// in `dir`.
+fn emulate<T: Element>(
+    c: &Case,
+    exe: &Path,
+    dir: &Path,
+    d: &Data<T>,
+    saved: &(Vec<T>, Vec<f32>),
+) -> Outputs {
+    let p = &c.p;
     let spec = KernelSpec::new(p, T::DTYPE, c.rpb).unwrap();
     let g = geometry(p, &spec).unwrap();
     let params = NaParams::new(p, &g).unwrap();
-    let dir = root.join(format!("{}_{}", c.name, T::DTYPE));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("params.bin"), params_bytes(&params)).unwrap();
     std::fs::write(
         dir.join("sizes.txt"),
@@ -365,60 +425,56 @@ fn check<T: Element>(cxx: &str, c: &Case, root: &Path, seed: u64) {
         ),
     )
     .unwrap();
-    write(&dir.join("q.bin"), &q, elem_bytes);
-    write(&dir.join("k.bin"), &k, elem_bytes);
-    write(&dir.join("v.bin"), &v, elem_bytes);
-    if let Some(r) = &rpb {
+    write(&dir.join("q.bin"), &d.q, elem_bytes);
+    write(&dir.join("k.bin"), &d.k, elem_bytes);
+    write(&dir.join("v.bin"), &d.v, elem_bytes);
+    if let Some(r) = &d.rpb {
         write(&dir.join("rpb.bin"), r, elem_bytes);
     }
-    write(&dir.join("dout.bin"), &d_out, elem_bytes);
-    write(&dir.join("out_saved.bin"), &out, elem_bytes);
-    write(&dir.join("lse_saved.bin"), &lse, |x: f32| {
+    write(&dir.join("dout.bin"), &d.d_out, elem_bytes);
+    write(&dir.join("out_saved.bin"), &saved.0, elem_bytes);
+    write(&dir.join("lse_saved.bin"), &saved.1, |x: f32| {
         x.to_le_bytes().to_vec()
     });
+    run_with_timeout(exe, dir, Duration::from_secs(300));
+    Outputs {
+        out: read_elems::<T>(&dir.join("out.bin")),
+        lse: read_f32(&dir.join("lse.bin")),
+        dq: read_elems::<T>(&dir.join("dq.bin")),
+        dk: read_elems::<T>(&dir.join("dk.bin")),
+        dv: read_elems::<T>(&dir.join("dv.bin")),
+        drpb: if c.rpb {
+            read_elems::<T>(&dir.join("drpb.bin"))
+        } else {
+            vec![]
+        },
+    }
+}
+
+fn check<T: Element>(cxx: &str, c: &Case, root: &Path, seed: u64) {
+    let p = &c.p;
+    let data = Data::<T>::normal(c, seed);
+    let (want, saved) = reference_run(c, &data);
+    let spec = KernelSpec::new(p, T::DTYPE, c.rpb).unwrap();
     let exe = build(cxx, &spec, root);
-    run_with_timeout(&exe, &dir, Duration::from_secs(300));
+    let dir = root.join(format!("{}_{}", c.name, T::DTYPE));
+    let got = emulate(c, &exe, &dir, &data, &saved);
+    let g = geometry(p, &spec).unwrap();
 
     let tol = match T::DTYPE {
         DType::F32 => (1e-4, 1e-3),
         DType::F16 => (1e-2, 2e-2),
         DType::BF16 => (5e-2, 5e-2),
     };
-    let back = |x: &[T]| x.iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
     let mut checks = vec![
-        (
-            "out",
-            read_elems::<T>(&dir.join("out.bin")),
-            back(&out),
-            tol.0,
-        ),
-        ("lse", read_f32(&dir.join("lse.bin")), lse.clone(), tol.0),
-        (
-            "d_query",
-            read_elems::<T>(&dir.join("dq.bin")),
-            back(&dq),
-            tol.1,
-        ),
-        (
-            "d_key",
-            read_elems::<T>(&dir.join("dk.bin")),
-            back(&dk),
-            tol.1,
-        ),
-        (
-            "d_value",
-            read_elems::<T>(&dir.join("dv.bin")),
-            back(&dv),
-            tol.1,
-        ),
+        ("out", &got.out, &want.out, tol.0),
+        ("lse", &got.lse, &want.lse, tol.0),
+        ("d_query", &got.dq, &want.dq, tol.1),
+        ("d_key", &got.dk, &want.dk, tol.1),
+        ("d_value", &got.dv, &want.dv, tol.1),
     ];
     if c.rpb {
-        checks.push((
-            "d_rpb",
-            read_elems::<T>(&dir.join("drpb.bin")),
-            back(&drpb),
-            tol.1,
-        ));
+        checks.push(("d_rpb", &got.drpb, &want.drpb, tol.1));
     }
     for (what, got, want, tol) in checks {
         let mag = if T::DTYPE == DType::F32 {
@@ -426,7 +482,7 @@ fn check<T: Element>(cxx: &str, c: &Case, root: &Path, seed: u64) {
         } else {
             want.iter().fold(1.0f32, |m, v| m.max(v.abs()))
         };
-        let err = max_err(&got, &want);
+        let err = max_err(got, want);
         assert!(
             err <= tol * mag,
             "{} ({}): {what} max abs error {err:e} > {:e}",
@@ -442,6 +498,123 @@ fn check<T: Element>(cxx: &str, c: &Case, root: &Path, seed: u64) {
         g.blocks,
         g.threads
     );
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// SPEC.md, "Non-finite values", on the emulated kernels (issue 16, items 4
+/// and 5): 1-D, 24 positions, kernel 3, stride 2, with a bias table, in
+/// storage type `T`. Each poisoned run is compared with the clean emulated
+/// run (bit for bit where the poison is outside a query's window) and, for
+/// the bias `-inf`, with the reference.
+fn check_nonfinite<T: Element>(cxx: &str, root: &Path) {
+    let c = case(
+        "1d_k3_s2_nonfinite",
+        1,
+        &[24],
+        1,
+        4,
+        4,
+        &[3],
+        &[2],
+        &[1],
+        &[false],
+        true,
+    );
+    let p = &c.p;
+    let spec = KernelSpec::new(p, T::DTYPE, true).unwrap();
+    let exe = build(cxx, &spec, root);
+    let clean = Data::<T>::normal(&c, 31);
+    let (_, saved) = reference_run(&c, &clean);
+    let base = emulate(
+        &c,
+        &exe,
+        &root.join(format!("clean_{}", T::DTYPE)),
+        &clean,
+        &saved,
+    );
+    let (d, dv) = (p.head_dim(), p.head_dim_v());
+    // Key (or value) token `t` is in query `i`'s window: [2 (i div 2), + 3),
+    // clamped to end at 24.
+    let sees = |i: usize, t: usize| {
+        let start = (2 * (i / 2)).min(21);
+        (start..start + 3).contains(&t)
+    };
+    let tag = T::DTYPE;
+
+    // 1. The issue's repro: v[0, 0, 0, :] = inf. Only queries 0 and 1 see
+    //    key 0: the others are bit-identical to the clean run.
+    let mut bad = Data::<T>::normal(&c, 31);
+    bad.v[..dv].fill(T::from_f32(f32::INFINITY));
+    let (_, sv) = reference_run(&c, &bad);
+    let r = emulate(&c, &exe, &root.join(format!("inf_v_{tag}")), &bad, &sv);
+    for i in 0..24 {
+        let (o, q) = (i * dv..(i + 1) * dv, i * d..(i + 1) * d);
+        if sees(i, 0) {
+            assert!(r.out[o].iter().all(|x| !x.is_finite()), "{tag}: query {i}");
+        } else {
+            assert!(
+                same_bits(&r.out[o.clone()], &base.out[o]),
+                "{tag}: out of query {i}"
+            );
+            assert!(
+                same_bits(&r.lse[i..=i], &base.lse[i..=i]),
+                "{tag}: lse of query {i}"
+            );
+            assert!(
+                same_bits(&r.dq[q.clone()], &base.dq[q]),
+                "{tag}: d_query of query {i}"
+            );
+        }
+    }
+
+    // 2. NaN in key 5 (channel 2): queries 4 and 5 see it and are NaN (out,
+    //    lse, d_query); every other query is bit-identical.
+    let mut bad = Data::<T>::normal(&c, 31);
+    bad.k[5 * d + 2] = T::from_f32(f32::NAN);
+    let (_, sv) = reference_run(&c, &bad);
+    let r = emulate(&c, &exe, &root.join(format!("nan_k_{tag}")), &bad, &sv);
+    for i in 0..24 {
+        let (o, q) = (i * dv..(i + 1) * dv, i * d..(i + 1) * d);
+        if sees(i, 5) {
+            let nan = |x: &[f32]| x.iter().all(|y| y.is_nan());
+            assert!(
+                nan(&r.out[o]) && r.lse[i].is_nan() && nan(&r.dq[q]),
+                "{tag}: query {i}"
+            );
+        } else {
+            assert!(
+                same_bits(&r.out[o.clone()], &base.out[o]),
+                "{tag}: out of query {i}"
+            );
+            assert!(
+                same_bits(&r.lse[i..=i], &base.lse[i..=i]),
+                "{tag}: lse of query {i}"
+            );
+            assert!(
+                same_bits(&r.dq[q.clone()], &base.dq[q]),
+                "{tag}: d_query of query {i}"
+            );
+        }
+    }
+
+    // 3. A -inf bias on the diagonal (entry k - 1): the first key of every
+    //    even query's window has a -inf logit. Dense attention gives that key
+    //    weight 0 and everything stays finite, as in the reference (the
+    //    running maximum must not start at -inf: -inf - -inf is NaN).
+    let mut bad = Data::<T>::normal(&c, 31);
+    bad.rpb.as_mut().unwrap()[2] = T::from_f32(f32::NEG_INFINITY);
+    let (want, sv) = reference_run(&c, &bad);
+    let r = emulate(&c, &exe, &root.join(format!("ninf_b_{tag}")), &bad, &sv);
+    let tol = if T::DTYPE == DType::F32 { 1e-4 } else { 5e-2 };
+    for (what, got, want) in [("out", &r.out, &want.out), ("lse", &r.lse, &want.lse)] {
+        assert!(got.iter().all(|x| x.is_finite()), "{tag}: {what} {got:?}");
+        let err = max_err(got, want);
+        assert!(err <= tol, "{tag}: {what} max abs error {err:e}");
+    }
+    eprintln!("non-finite inputs ({tag}): isolation, NaN propagation and -inf logits hold");
 }
 
 fn scratch() -> PathBuf {
@@ -478,5 +651,17 @@ fn emulated_kernels_match_the_reference_bf16_and_f16() {
     for i in [1, 5] {
         check::<f16>(&cxx, &cs[i], &root, 70 + i as u64);
     }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn emulated_kernels_follow_the_non_finite_contract() {
+    let Some(cxx) = compiler() else {
+        return;
+    };
+    let root = scratch().join("nonfinite");
+    std::fs::create_dir_all(&root).unwrap();
+    check_nonfinite::<f32>(&cxx, &root);
+    check_nonfinite::<bf16>(&cxx, &root);
     let _ = std::fs::remove_dir_all(&root);
 }

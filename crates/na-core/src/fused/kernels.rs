@@ -323,6 +323,68 @@ fn diag_axpy_block<S: Simd, const L: usize, const C: usize, const BC: bool>(
     }
 }
 
+/// [`lanes_times_rows`] for tiles with masked slots: row `j` enters lane
+/// `l`'s sum only where `mask[j][l]` is set; elsewhere the row element is
+/// replaced by zero before the multiply. This is selection, not arithmetic:
+/// a masked row may hold an infinity or a NaN (`0 * inf` is NaN), and must
+/// not reach a lane whose window does not hold it.
+///
+/// Each lane accumulates in the same order and with the same multiply-add as
+/// [`lanes_times_rows`], and masked slots carry a zero weight (`+0`, by the
+/// callers' own selection), so the two agree bit for bit wherever the fast
+/// form is finite: there a masked term is `fma(+0, r, acc)`, here
+/// `fma(+0, 0, acc)`, and both return `acc` unchanged except that an
+/// accumulator that is exactly `-0` may come out `+0` (an exact zero, which
+/// the next nonzero term or the final scaling leaves equal in value). Plain
+/// lane loops: this form only redoes the rare tiles whose fast result came
+/// out non-finite.
+///
+/// `p`, `mask`: `(n, L)`; `rows`: `n` rows of `width`, `stride` apart; `acc`: `(width, L)`.
+#[inline(always)]
+pub(crate) fn lanes_times_rows_masked<A: Arith, const L: usize>(
+    p: &[[f32; L]],
+    mask: &[[f32; L]],
+    rows: &[f32],
+    stride: usize,
+    acc: &mut [[f32; L]],
+) {
+    for (c, ac) in acc.iter_mut().enumerate() {
+        for (j, (pj, mj)) in p.iter().zip(mask).enumerate() {
+            let r = rows[j * stride + c];
+            for l in 0..L {
+                let x = if mj[l] != 0.0 { r } else { 0.0 };
+                ac[l] = A::fma(pj[l], x, ac[l]);
+            }
+        }
+    }
+}
+
+/// [`diag_axpy`] for tiles with masked slots: slot `o` enters lane `l`'s
+/// sum only where `mask[o][l]` is set, by selection, as in
+/// [`lanes_times_rows_masked`] (and with the same agreement with
+/// [`diag_axpy`]: bit for bit wherever that is finite, up to the sign of an
+/// exact-zero accumulator).
+#[inline(always)]
+pub(crate) fn diag_axpy_masked<A: Arith, const L: usize, const BC: bool>(
+    p: &[[f32; L]],
+    mask: &[[f32; L]],
+    vt: &[f32],
+    ld: usize,
+    acc: &mut [[f32; L]],
+) {
+    let k = p.len();
+    for (c, ac) in acc.iter_mut().enumerate() {
+        let row = &vt[c * ld..][..k + L - 1];
+        for (o, (po, mo)) in p.iter().zip(mask).enumerate() {
+            for l in 0..L {
+                let x = row[o + if BC { 0 } else { l }];
+                let x = if mo[l] != 0.0 { x } else { 0.0 };
+                ac[l] = A::fma(po[l], x, ac[l]);
+            }
+        }
+    }
+}
+
 /// Inputs below this give `exp(x) = 0` (the smallest normal is `exp(-87.34)`).
 const EXP_LO: f32 = -87.336_54;
 /// Inputs above this are clamped (`exp(88.38)` is near `f32::MAX`).
@@ -335,6 +397,9 @@ const EXP_HI: f32 = 88.376_26;
 /// Written without branches or saturating casts so that a loop over lanes
 /// vectorises: `n` is read from the mantissa of `x log2(e) + 1.5 * 2^23`, and
 /// inputs below `EXP_LO` (including `-inf`) are zeroed with a bit mask.
+///
+/// A NaN input gives NaN (a NaN logit must reach the softmax sum, as in a
+/// dense softmax): the mask keeps every input that is not below `EXP_LO`.
 #[inline(always)]
 pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
     const LOG2E: f32 = core::f32::consts::LOG2_E;
@@ -355,7 +420,9 @@ pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
     // The integer n sits in the low mantissa bits of t.
     let n_int = t.to_bits().wrapping_sub(MAGIC.to_bits());
     let pow2 = f32::from_bits(n_int.wrapping_add(127) << 23);
-    let keep = u32::from(x >= EXP_LO).wrapping_neg();
+    // Not `x >= EXP_LO`: that is false for NaN, which must pass.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    let keep = u32::from(!(x < EXP_LO)).wrapping_neg();
     f32::from_bits((e * pow2).to_bits() & keep)
 }
 
@@ -378,6 +445,7 @@ mod tests {
         assert_eq!(exp::<Plain>(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp::<Plain>(-1000.0), 0.0);
         assert_eq!(exp::<Plain>(0.0), 1.0);
+        assert!(exp::<Plain>(f32::NAN).is_nan());
     }
 
     #[test]
@@ -424,6 +492,56 @@ mod tests {
             for l in 0..L {
                 let want: f32 = 1.0 + (0..n).map(|j| out[j][l] * rows[j * w + c]).sum::<f32>();
                 assert!((acc[c][l] - want).abs() <= 1e-3 * want.abs().max(1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn masked_kernels_select_rows_and_agree_with_the_fast_ones() {
+        const L: usize = 8;
+        let vx = Lanes8::<Plain>::new();
+        let (n, w, ld) = (9, 11, 24);
+        // Weights and a mask as the tiles make them: masked slots weigh +0.
+        let mask: Vec<[f32; L]> = (0..n)
+            .map(|j| core::array::from_fn(|l| f32::from(u8::from(j >= l / 2 && j < l / 2 + 5))))
+            .collect();
+        let p: Vec<[f32; L]> = (0..n)
+            .map(|j| core::array::from_fn(|l| mask[j][l] * ((j * 3 + l) % 7) as f32 * 0.125))
+            .collect();
+        let rows: Vec<f32> = (0..n * w).map(|i| ((i * 5) % 9) as f32 - 4.0).collect();
+        let vt: Vec<f32> = (0..w * ld + L)
+            .map(|i| ((i * 7) % 11) as f32 - 5.0)
+            .collect();
+        // Finite rows: bit for bit the fast forms.
+        let (mut fast, mut slow) = (vec![[0.5; L]; w], vec![[0.5; L]; w]);
+        lanes_times_rows::<Lanes8<Plain>, L>(vx, &p, &rows, w, &mut fast);
+        lanes_times_rows_masked::<Plain, L>(&p, &mask, &rows, w, &mut slow);
+        assert_eq!(fast, slow);
+        let (mut fast, mut slow) = (vec![[0.5; L]; w], vec![[0.5; L]; w]);
+        diag_axpy::<Lanes8<Plain>, L, false>(vx, &p, &vt, ld, &mut fast);
+        diag_axpy_masked::<Plain, L, false>(&p, &mask, &vt, ld, &mut slow);
+        assert_eq!(fast, slow);
+        // A non-finite element in slot 0 reaches only the lanes that attend
+        // slot 0 (lanes 0 and 1); the others keep their finite results.
+        for poison in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+            let mut bad = rows.clone();
+            bad[..w].fill(poison);
+            let mut acc = vec![[0.5; L]; w];
+            lanes_times_rows_masked::<Plain, L>(&p, &mask, &bad, w, &mut acc);
+            for (a, f) in acc.iter().zip(&fast) {
+                assert!(a[2..].iter().all(|x| x.is_finite()), "{poison}: {a:?}");
+                assert!(f[2..].iter().all(|x| x.is_finite()));
+            }
+            let mut bad = vt.clone();
+            for c in 0..w {
+                bad[c * ld] = poison; // slot 0 of lane 0 only (no broadcast)
+            }
+            let mut acc = vec![[0.5; L]; w];
+            diag_axpy_masked::<Plain, L, false>(&p, &mask, &bad, ld, &mut acc);
+            let mut want = vec![[0.5; L]; w];
+            diag_axpy_masked::<Plain, L, false>(&p, &mask, &vt, ld, &mut want);
+            for (a, f) in acc.iter().zip(&want) {
+                assert_eq!(a[1..], f[1..], "{poison}");
             }
         }
     }

@@ -12,7 +12,10 @@
 // SIMD lane, and writing it as an index is what lets them vectorise.
 #![allow(clippy::needless_range_loop)]
 
-use super::kernels::{diag_axpy, diag_dot, exp, lanes_times_rows, rows_dot_lanes, Arith, DIAG_PAD};
+use super::kernels::{
+    diag_axpy, diag_axpy_masked, diag_dot, exp, lanes_times_rows, lanes_times_rows_masked,
+    rows_dot_lanes, Arith, DIAG_PAD,
+};
 use super::simd::{Generic, Simd};
 use super::Isa;
 use crate::problem::MAX_AXES;
@@ -256,26 +259,79 @@ impl<const L: usize> Lanes<L> {
         }
     }
 
-    /// `0` where a lane attends a union slot, `-inf` elsewhere.
+    /// `1` where a lane attends a union slot, `0` elsewhere (inactive
+    /// lanes attend nothing).
     #[inline(always)]
-    fn mask(&self, madd: &mut [[f32; L]]) {
-        for (j, m) in madd[..self.u].iter_mut().enumerate() {
+    fn mask(&self, mask: &mut [[f32; L]]) {
+        for (j, m) in mask[..self.u].iter_mut().enumerate() {
             for l in 0..L {
                 let on = l < self.n && j >= self.first[l] && j < self.last[l];
-                m[l] = if on { 0.0 } else { f32::NEG_INFINITY };
+                m[l] = if on { 1.0 } else { 0.0 };
             }
         }
     }
 }
 
-/// `s[j] += madd[j]` over the union.
+// Masking. A tile computes some (slot, lane) pairs outside the lane's window:
+// the union of the windows on the general path, the slots past a short
+// window on ragged sliding runs. Their keys, values, queries, `lse` and
+// `delta` may hold anything, infinities and NaN included, and must change
+// nothing (SPEC.md, "Non-finite values"). So masked slots are removed by
+// selection, never by arithmetic (adding `-inf` to an infinite logit, or
+// multiplying a zero weight by an infinite value, gives NaN):
+//
+// - logits that go through a running maximum (forward) are replaced by
+//   `-inf` ([`mask_logits`]), so their weights are exactly zero;
+// - weights computed from saved statistics (backward: probabilities and
+//   `d_logit`) are replaced by zero after they are computed
+//   ([`mask_weights`]);
+// - the products of a zero weight with a masked row add `+-0` when the row
+//   is finite, and NaN otherwise. So the fast accumulation runs first, and
+//   a tile whose accumulator comes out non-finite in an active lane
+//   ([`lanes_finite`]) is redone with the accumulations that select the
+//   rows too (`*_masked` in `kernels.rs`), which agree with the fast ones bit
+//   for bit on finite rows. The check is once per tile, the redo only runs
+//   on inputs with infinities or NaN, and tiles without masked slots (the
+//   common sliding-window case) need neither.
+
+/// Masked logits become `-inf` (`mask`: `1` where the slot is attended).
 #[inline(always)]
-fn add_mask<const L: usize>(s: &mut [[f32; L]], madd: &[[f32; L]]) {
-    for (sj, mj) in s.iter_mut().zip(madd) {
+fn mask_logits<const L: usize>(s: &mut [[f32; L]], mask: &[[f32; L]]) {
+    for (sj, mj) in s.iter_mut().zip(mask) {
         for l in 0..L {
-            sj[l] += mj[l];
+            sj[l] = if mj[l] != 0.0 {
+                sj[l]
+            } else {
+                f32::NEG_INFINITY
+            };
         }
     }
+}
+
+/// Masked weights become `0` (`mask`: `1` where the slot is attended).
+#[inline(always)]
+fn mask_weights<const L: usize>(s: &mut [[f32; L]], mask: &[[f32; L]]) {
+    for (sj, mj) in s.iter_mut().zip(mask) {
+        for l in 0..L {
+            sj[l] = if mj[l] != 0.0 { sj[l] } else { 0.0 };
+        }
+    }
+}
+
+/// Whether every element of the first `n` lanes of `acc` is finite.
+///
+/// Branch-free over the whole tile so that it vectorises (`x * 0` is `+-0`
+/// for a finite `x`, NaN for an infinity or a NaN, and NaN sticks in the
+/// sum); one test per lane at the end.
+#[inline(always)]
+fn lanes_finite<const L: usize>(acc: &[[f32; L]], n: usize) -> bool {
+    let mut z = [0.0f32; L];
+    for a in acc {
+        for l in 0..L {
+            z[l] += a[l] * 0.0;
+        }
+    }
+    z[..n].iter().all(|&x| x == 0.0)
 }
 
 /// `u` rows of `width` elements starting at row `r0` of `src`, `step` rows
@@ -626,14 +682,14 @@ impl<const L: usize> Slide<L> {
         })
     }
 
-    /// `0` where an active lane has a slot, `-inf` past its count (inactive
-    /// lanes: `0`, so they stay finite).
+    /// `1` where an active lane has a slot, `0` past its count (inactive
+    /// lanes: `1`; their results are never stored).
     #[inline(always)]
-    fn mask(&self, n: usize, madd: &mut [[f32; L]]) {
-        for (o, m) in madd[..self.kmax].iter_mut().enumerate() {
+    fn mask(&self, n: usize, mask: &mut [[f32; L]]) {
+        for (o, m) in mask[..self.kmax].iter_mut().enumerate() {
             for l in 0..L {
                 let on = l >= n || o < self.cnt[l];
-                m[l] = if on { 0.0 } else { f32::NEG_INFINITY };
+                m[l] = if on { 1.0 } else { 0.0 };
             }
         }
     }
@@ -732,9 +788,25 @@ struct FwdTile<'a, const L: usize> {
     qt: &'a [[f32; L]],
 }
 
+/// The running softmax state of a forward tile: maximum, sum and output
+/// accumulator per lane.
+type FwdAcc<'a, const L: usize> = (&'a mut [f32; L], &'a mut [f32; L], &'a mut [[f32; L]]);
+
+/// Resets a forward tile's running state (before a tile is redone).
+#[inline(always)]
+fn reset_fwd<const L: usize>((m, lsum, ot): FwdAcc<'_, L>) {
+    *m = [f32::MIN; L];
+    *lsum = [0.0; L];
+    for v in ot.iter_mut() {
+        *v = [0.0; L];
+    }
+}
+
 /// The forward pass of one tile on the transposed path: every key line of
 /// the window through [`diag_dot`], blocks of lines through one online
-/// softmax step, then [`diag_axpy`] into `ot`.
+/// softmax step, then [`diag_axpy`] into `ot` ([`diag_axpy_masked`] when
+/// `safe`; see "Masking" above). Ragged runs mask the slots past each
+/// lane's window.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
@@ -744,15 +816,17 @@ fn forward_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
     (kt, vt): (&[f32], &[f32]),
     t: &FwdTile<'_, L>,
     sl: &Slide<L>,
-    (sc, madd): (&mut [[f32; L]], &mut [[f32; L]]),
-    (m, lsum, ot): (&mut [f32; L], &mut [f32; L], &mut [[f32; L]]),
+    safe: bool,
+    (sc, mask): (&mut [[f32; L]], &mut [[f32; L]]),
+    (m, lsum, ot): FwdAcc<'_, L>,
 ) {
     let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
     let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
     let (lg, km) = (g.glen(t.grp), sl.kmax);
     if sl.ragged {
-        sl.mask(t.n, madd);
+        sl.mask(t.n, mask);
     }
+    let mask = &mask[..km];
     let nl = w0.count * w1.count;
     let lb = (SC_SLOTS / km).max(1);
     let mut l0 = 0;
@@ -770,7 +844,7 @@ fn forward_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
                 add_query_bias::<T, L, BC>(s, brow, sl, k2, t.ii0, t.n);
             }
             if sl.ragged {
-                add_mask(s, madd);
+                mask_logits(s, mask);
             }
         }
         softmax_step::<S::A, L>(&mut sc[..nb * km], m, lsum, ot);
@@ -778,9 +852,83 @@ fn forward_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
             let (t0, t1) = line_of(&w0, &w1, l0 + li);
             let vo = g.t_offset(dv, t0, t1, t.h, t.grp) + sl.st0;
             let p = &sc[li * km..][..km];
-            diag_axpy::<S, L, BC>(vx, p, &vt[vo..], lg, ot);
+            if safe {
+                diag_axpy_masked::<S::A, L, BC>(p, mask, &vt[vo..], lg, ot);
+            } else {
+                diag_axpy::<S, L, BC>(vx, p, &vt[vo..], lg, ot);
+            }
         }
         l0 += nb;
+    }
+}
+
+/// Per-slot buffers of the forward's general path: logits (then
+/// probabilities), the mask, packed keys and values of one line.
+type UnionBufs<'a, const L: usize> = (
+    &'a mut [[f32; L]],
+    &'a [[f32; L]],
+    &'a mut [f32],
+    &'a mut [f32],
+);
+
+/// Per-slot buffers of backward pass 1's general path: probabilities,
+/// `d_logit`, the mask, packed keys and values of one line.
+type QueryUnionBufs<'a, const L: usize> = (
+    &'a mut [[f32; L]],
+    &'a mut [[f32; L]],
+    &'a [[f32; L]],
+    &'a mut [f32],
+    &'a mut [f32],
+);
+
+/// The forward pass of one tile on the general path: per key line, the
+/// union of the tile's windows (`u` keys, packed or read in place) through
+/// [`rows_dot_lanes`], masked to each lane's window, one online softmax
+/// step, then [`lanes_times_rows`] into `ot` ([`lanes_times_rows_masked`]
+/// when `safe`; see "Masking" above). `mask` must hold [`Lanes::mask`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_union<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    t: &FwdTile<'_, L>,
+    ln: &Lanes<L>,
+    safe: bool,
+    (sc, mask, kp, vp): UnionBufs<'_, L>,
+    (m, lsum, ot): FwdAcc<'_, L>,
+) {
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2, u) = (ax.dilation(), ax.kernel(), ln.u);
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (sc, mask) = (&mut sc[..u], &mask[..u]);
+    for t0 in w0.iter() {
+        let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
+        for t1 in w1.iter() {
+            let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+            let r = g.row(t.ch.b, t0, t1, t.grp + d2 * ln.lo, t.h);
+            let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
+            let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
+            rows_dot_lanes::<S, L>(vx, keys, ks, dk, t.qt, sc);
+            if let Some(rpb) = x.rpb {
+                let brow = g.bias_row(rpb, t.h, r0, r1);
+                for l in 0..t.n {
+                    // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
+                    let b0 = (ln.lo + ln.first[l] + k2 - 1) - (t.ii0 + l);
+                    for (j, b) in (ln.first[l]..ln.last[l]).zip(&brow[b0..]) {
+                        sc[j][l] += b.to_f32();
+                    }
+                }
+            }
+            mask_logits(sc, mask);
+            softmax_step::<S::A, L>(sc, m, lsum, ot);
+            if safe {
+                lanes_times_rows_masked::<S::A, L>(sc, mask, vals, vs, ot);
+            } else {
+                lanes_times_rows::<S, L>(vx, sc, vals, vs, ot);
+            }
+        }
     }
 }
 
@@ -806,10 +954,9 @@ fn forward<S: Simd, const L: usize, T: Element>(
     let qt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries, transposed
     let ot = take_lanes::<L>(&mut s, dv); // (dv, L): output accumulator
     let sc = take_lanes::<L>(&mut s, umax.max(SC_SLOTS)); // logits, then probabilities
-    let madd = take_lanes::<L>(&mut s, umax); // (U, L): window mask
+    let mask = take_lanes::<L>(&mut s, umax); // (U, L): window mask, 1 = attended
     let kp = take(&mut s, umax * dk); // (U, dk): packed keys of one line
     let vp = take(&mut s, umax * dv); // (U, dv): packed values of one line
-    let (w0, w1) = (g.axes[0].window(ch.x0), g.axes[1].window(ch.x1));
     for h in 0..hn {
         for grp in 0..d2 {
             let (ia, ie) = group_range(ch.a, ch.a + ch.len, grp, d2);
@@ -826,55 +973,43 @@ fn forward<S: Simd, const L: usize, T: Element>(
                 }
                 let n = if kvt.is_some() { slide_run(&st, n) } else { n };
                 load_tile::<S, T, L>(vx, qt, x.query, &rows[..n], dk, g.scale, kp);
-                for v in ot.iter_mut() {
-                    *v = [0.0; L];
-                }
                 let mut m = [f32::MIN; L];
                 let mut lsum = [0.0f32; L];
+                reset_fwd((&mut m, &mut lsum, &mut *ot));
+                let t = FwdTile {
+                    ch,
+                    h,
+                    grp,
+                    ii0,
+                    n,
+                    qt,
+                };
                 let slide = kvt.and_then(|_| Slide::<L>::new(n, &st, &en));
                 if let (Some(kv), Some(sl)) = (kvt, slide) {
-                    let t = FwdTile {
-                        ch,
-                        h,
-                        grp,
-                        ii0,
-                        n,
-                        qt,
-                    };
-                    let bufs = (&mut *sc, &mut *madd);
-                    let acc = (&mut m, &mut lsum, &mut *ot);
-                    if !sl.bcast {
-                        forward_slide::<S, L, T, false>(vx, g, x, kv, &t, &sl, bufs, acc);
-                    } else {
-                        forward_slide::<S, L, T, true>(vx, g, x, kv, &t, &sl, bufs, acc);
+                    for safe in [false, true] {
+                        let bufs = (&mut *sc, &mut *mask);
+                        let acc = (&mut m, &mut lsum, &mut *ot);
+                        if !sl.bcast {
+                            forward_slide::<S, L, T, false>(vx, g, x, kv, &t, &sl, safe, bufs, acc);
+                        } else {
+                            forward_slide::<S, L, T, true>(vx, g, x, kv, &t, &sl, safe, bufs, acc);
+                        }
+                        if safe || !sl.ragged || lanes_finite(ot, n) {
+                            break;
+                        }
+                        reset_fwd((&mut m, &mut lsum, &mut *ot));
                     }
                 } else {
-                    let t = Lanes::new(n, st, en);
-                    let u = t.u;
-                    t.mask(madd);
-                    for t0 in w0.iter() {
-                        let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
-                        for t1 in w1.iter() {
-                            let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
-                            let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
-                            let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
-                            let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
-                            let sc = &mut sc[..u];
-                            rows_dot_lanes::<S, L>(vx, keys, ks, dk, qt, sc);
-                            add_mask(sc, madd);
-                            if let Some(rpb) = x.rpb {
-                                let brow = g.bias_row(rpb, h, r0, r1);
-                                for l in 0..n {
-                                    // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
-                                    let b0 = (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
-                                    for (j, b) in (t.first[l]..t.last[l]).zip(&brow[b0..]) {
-                                        sc[j][l] += b.to_f32();
-                                    }
-                                }
-                            }
-                            softmax_step::<S::A, L>(sc, &mut m, &mut lsum, ot);
-                            lanes_times_rows::<S, L>(vx, sc, vals, vs, ot);
+                    let ln = Lanes::new(n, st, en);
+                    ln.mask(mask);
+                    for safe in [false, true] {
+                        let bufs = (&mut *sc, &*mask, &mut *kp, &mut *vp);
+                        let acc = (&mut m, &mut lsum, &mut *ot);
+                        forward_union::<S, L, T>(vx, g, x, &t, &ln, safe, bufs, acc);
+                        if safe || lanes_finite(ot, n) {
+                            break;
                         }
+                        reset_fwd((&mut m, &mut lsum, &mut *ot));
                     }
                 }
                 let (mut orow, mut inv) = ([0; L], [0.0f32; L]);
@@ -911,7 +1046,8 @@ struct BwdQTile<'a, const L: usize> {
 }
 
 /// Backward pass 1 of one tile on the transposed path: `d_query` into `dqt`
-/// and, when given, `d_rpb`.
+/// and, when given, `d_rpb`. Ragged runs mask `d_logit` past each lane's
+/// window; `safe` selects the keys too (see "Masking" above).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
@@ -921,7 +1057,8 @@ fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
     (kt, vt): (&[f32], &[f32]),
     t: &BwdQTile<'_, L>,
     sl: &Slide<L>,
-    (sc, dp, madd): Three<'_, L>,
+    safe: bool,
+    (sc, dp, mask): Three<'_, L>,
     dqt: &mut [[f32; L]],
     mut drpb: Option<&mut [f32]>,
 ) {
@@ -929,9 +1066,9 @@ fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
     let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
     let (lg, km) = (g.glen(t.grp), sl.kmax);
     if sl.ragged {
-        sl.mask(t.n, madd);
+        sl.mask(t.n, mask);
     }
-    let (sc, dp) = (&mut sc[..km], &mut dp[..km]);
+    let (sc, dp, mask) = (&mut sc[..km], &mut dp[..km], &mask[..km]);
     for li in 0..w0.count * w1.count {
         let (t0, t1) = line_of(&w0, &w1, li);
         let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
@@ -944,9 +1081,6 @@ fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
         if let Some(brow) = brow {
             add_query_bias::<T, L, BC>(sc, brow, sl, k2, t.ii0, t.n);
         }
-        if sl.ragged {
-            add_mask(sc, madd);
-        }
         for sj in sc.iter_mut() {
             for l in 0..L {
                 sj[l] = exp::<S::A>(sj[l] - t.lse[l]);
@@ -958,7 +1092,14 @@ fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
                 pj[l] = sj[l] * (pj[l] - t.dlt[l]);
             }
         }
-        diag_axpy::<S, L, BC>(vx, dp, &kt[ko..], lg, dqt);
+        if sl.ragged {
+            mask_weights(dp, mask);
+        }
+        if safe {
+            diag_axpy_masked::<S::A, L, BC>(dp, mask, &kt[ko..], lg, dqt);
+        } else {
+            diag_axpy::<S, L, BC>(vx, dp, &kt[ko..], lg, dqt);
+        }
         if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
             let off = t.h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
             if BC {
@@ -971,6 +1112,76 @@ fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
             } else {
                 for (dr, pj) in d[off + b0(0)..].iter_mut().zip(dp.iter()) {
                     *dr += pj[..t.n].iter().sum::<f32>();
+                }
+            }
+        }
+    }
+}
+
+/// Backward pass 1 of one tile on the general path: per key line, the
+/// union of the tile's windows, `d_logit` masked to each lane's window, into
+/// `dqt` ([`lanes_times_rows_masked`] when `safe`) and, when given, `d_rpb`.
+/// `mask` must hold [`Lanes::mask`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_query_union<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    t: &BwdQTile<'_, L>,
+    ln: &Lanes<L>,
+    safe: bool,
+    (sc, dp, mask, kp, vp): QueryUnionBufs<'_, L>,
+    dqt: &mut [[f32; L]],
+    mut drpb: Option<&mut [f32]>,
+) {
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2, u) = (ax.dilation(), ax.kernel(), ln.u);
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (sc, dp, mask) = (&mut sc[..u], &mut dp[..u], &mask[..u]);
+    for t0 in w0.iter() {
+        let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
+        for t1 in w1.iter() {
+            let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+            let r = g.row(t.ch.b, t0, t1, t.grp + d2 * ln.lo, t.h);
+            let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
+            let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
+            rows_dot_lanes::<S, L>(vx, keys, ks, dk, t.qt, sc);
+            let brow = x.rpb.map(|rpb| g.bias_row(rpb, t.h, r0, r1));
+            if let Some(brow) = brow {
+                for l in 0..t.n {
+                    // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
+                    let b0 = (ln.lo + ln.first[l] + k2 - 1) - (t.ii0 + l);
+                    for (j, b) in (ln.first[l]..ln.last[l]).zip(&brow[b0..]) {
+                        sc[j][l] += b.to_f32();
+                    }
+                }
+            }
+            for sj in sc.iter_mut() {
+                for l in 0..L {
+                    sj[l] = exp::<S::A>(sj[l] - t.lse[l]);
+                }
+            }
+            rows_dot_lanes::<S, L>(vx, vals, vs, dv, t.dot, dp);
+            for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
+                for l in 0..L {
+                    pj[l] = sj[l] * (pj[l] - t.dlt[l]);
+                }
+            }
+            mask_weights(dp, mask);
+            if safe {
+                lanes_times_rows_masked::<S::A, L>(dp, mask, keys, ks, dqt);
+            } else {
+                lanes_times_rows::<S, L>(vx, dp, keys, ks, dqt);
+            }
+            if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
+                let off = t.h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
+                for l in 0..t.n {
+                    let b0 = off + (ln.lo + ln.first[l] + k2 - 1) - (t.ii0 + l);
+                    for (j, dr) in (ln.first[l]..ln.last[l]).zip(&mut d[b0..]) {
+                        *dr += dp[j][l];
+                    }
                 }
             }
         }
@@ -1005,10 +1216,9 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
     let dqt = take_lanes::<L>(&mut s, dk); // (dk, L): d_query accumulator
     let sc = take_lanes::<L>(&mut s, umax); // (U, L): probabilities
     let dp = take_lanes::<L>(&mut s, umax); // (U, L): dP, then d_logit
-    let madd = take_lanes::<L>(&mut s, umax); // (U, L): window mask
+    let mask = take_lanes::<L>(&mut s, umax); // (U, L): window mask, 1 = attended
     let kp = take(&mut s, umax * dk); // (U, dk)
     let vp = take(&mut s, umax * dv); // (U, dv)
-    let (w0, w1) = (g.axes[0].window(ch.x0), g.axes[1].window(ch.x1));
     for h in 0..hn {
         for grp in 0..d2 {
             let (ia, ie) = group_range(ch.a, ch.a + ch.len, grp, d2);
@@ -1037,71 +1247,52 @@ fn backward_query<S: Simd, const L: usize, T: Element>(
                 for v in dqt.iter_mut() {
                     *v = [0.0; L];
                 }
+                let t = BwdQTile {
+                    ch,
+                    h,
+                    grp,
+                    ii0,
+                    n,
+                    qt,
+                    dot,
+                    lse,
+                    dlt,
+                };
                 let slide = kvt.and_then(|_| Slide::<L>::new(n, &st, &en));
+                // A redo (`safe`) adds nothing to d_rpb: d_logit is the same
+                // in both runs, and the first one has added it.
                 if let (Some(kv), Some(sl)) = (kvt, slide) {
-                    let t = BwdQTile {
-                        ch,
-                        h,
-                        grp,
-                        ii0,
-                        n,
-                        qt,
-                        dot,
-                        lse,
-                        dlt,
-                    };
-                    let bufs = (&mut *sc, &mut *dp, &mut *madd);
-                    let d = drpb.as_deref_mut();
-                    if !sl.bcast {
-                        backward_query_slide::<S, L, T, false>(vx, g, x, kv, &t, &sl, bufs, dqt, d);
-                    } else {
-                        backward_query_slide::<S, L, T, true>(vx, g, x, kv, &t, &sl, bufs, dqt, d);
+                    for safe in [false, true] {
+                        let bufs = (&mut *sc, &mut *dp, &mut *mask);
+                        let d = if safe { None } else { drpb.as_deref_mut() };
+                        if !sl.bcast {
+                            backward_query_slide::<S, L, T, false>(
+                                vx, g, x, kv, &t, &sl, safe, bufs, dqt, d,
+                            );
+                        } else {
+                            backward_query_slide::<S, L, T, true>(
+                                vx, g, x, kv, &t, &sl, safe, bufs, dqt, d,
+                            );
+                        }
+                        if safe || !sl.ragged || lanes_finite(dqt, n) {
+                            break;
+                        }
+                        for v in dqt.iter_mut() {
+                            *v = [0.0; L];
+                        }
                     }
                 } else {
-                    let t = Lanes::new(n, st, en);
-                    let u = t.u;
-                    t.mask(madd);
-                    for t0 in w0.iter() {
-                        let r0 = g.axes[0].rpb_index_unchecked(ch.x0, t0);
-                        for t1 in w1.iter() {
-                            let r1 = g.axes[1].rpb_index_unchecked(ch.x1, t1);
-                            let r = g.row(ch.b, t0, t1, grp + d2 * t.lo, h);
-                            let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
-                            let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
-                            let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
-                            rows_dot_lanes::<S, L>(vx, keys, ks, dk, qt, sc);
-                            add_mask(sc, madd);
-                            let brow = x.rpb.map(|rpb| g.bias_row(rpb, h, r0, r1));
-                            if let Some(brow) = brow {
-                                for l in 0..n {
-                                    // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
-                                    let b0 = (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
-                                    for (j, b) in (t.first[l]..t.last[l]).zip(&brow[b0..]) {
-                                        sc[j][l] += b.to_f32();
-                                    }
-                                }
-                            }
-                            for sj in sc.iter_mut() {
-                                for l in 0..L {
-                                    sj[l] = exp::<S::A>(sj[l] - lse[l]);
-                                }
-                            }
-                            rows_dot_lanes::<S, L>(vx, vals, vs, dv, dot, dp);
-                            for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
-                                for l in 0..L {
-                                    pj[l] = sj[l] * (pj[l] - dlt[l]);
-                                }
-                            }
-                            lanes_times_rows::<S, L>(vx, dp, keys, ks, dqt);
-                            if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
-                                let off = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
-                                for l in 0..n {
-                                    let b0 = off + (t.lo + t.first[l] + k2 - 1) - (ii0 + l);
-                                    for (j, dr) in (t.first[l]..t.last[l]).zip(&mut d[b0..]) {
-                                        *dr += dp[j][l];
-                                    }
-                                }
-                            }
+                    let ln = Lanes::new(n, st, en);
+                    ln.mask(mask);
+                    for safe in [false, true] {
+                        let bufs = (&mut *sc, &mut *dp, &*mask, &mut *kp, &mut *vp);
+                        let d = if safe { None } else { drpb.as_deref_mut() };
+                        backward_query_union::<S, L, T>(vx, g, x, &t, &ln, safe, bufs, dqt, d);
+                        if safe || lanes_finite(dqt, n) {
+                            break;
+                        }
+                        for v in dqt.iter_mut() {
+                            *v = [0.0; L];
                         }
                     }
                 }
@@ -1131,6 +1322,9 @@ struct BwdKTile<'a, const L: usize> {
 
 /// Backward pass 2 of one key tile on the transposed path: `d_key` and
 /// `d_value` into `dkt` and `dvt`, over each key's inverse neighbourhood.
+/// Ragged runs mask the probabilities and `d_logit` past each lane's
+/// neighbourhood; `safe` selects the queries and `d_out` too (see "Masking"
+/// above).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn backward_key_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
@@ -1140,16 +1334,17 @@ fn backward_key_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
     tq: &QueriesT<'_>,
     t: &BwdKTile<'_, L>,
     sl: &Slide<L>,
-    (sc, dp, madd): Three<'_, L>,
+    safe: bool,
+    (sc, dp, mask): Three<'_, L>,
     (dkt, dvt): (&mut [[f32; L]], &mut [[f32; L]]),
 ) {
     let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
     let (a0, a1) = (g.axes[0], g.axes[1]);
     let (lg, km) = (g.glen(t.grp), sl.kmax);
     if sl.ragged {
-        sl.mask(t.n, madd);
+        sl.mask(t.n, mask);
     }
-    let (sc, dp) = (&mut sc[..km], &mut dp[..km]);
+    let (sc, dp, mask) = (&mut sc[..km], &mut dp[..km], &mask[..km]);
     let (i0, i1) = (inverse_window(&a0, t.ch.x0), inverse_window(&a1, t.ch.x1));
     for q0 in i0.iter() {
         let r0 = a0.rpb_index_unchecked(q0, t.ch.x0);
@@ -1180,9 +1375,6 @@ fn backward_key_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
                     }
                 }
             }
-            if sl.ragged {
-                add_mask(sc, madd);
-            }
             for (o, sj) in sc.iter_mut().enumerate() {
                 let lv = lanes_of::<L, BC>(&tq.lse[so + o..]);
                 for l in 0..L {
@@ -1196,8 +1388,100 @@ fn backward_key_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
                     pj[l] = sj[l] * (pj[l] - dl[l]);
                 }
             }
-            diag_axpy::<S, L, BC>(vx, sc, &tq.d_out[oo..], lg, dvt);
-            diag_axpy::<S, L, BC>(vx, dp, &tq.q[qo..], lg, dkt);
+            if sl.ragged {
+                mask_weights(sc, mask);
+                mask_weights(dp, mask);
+            }
+            if safe {
+                diag_axpy_masked::<S::A, L, BC>(sc, mask, &tq.d_out[oo..], lg, dvt);
+                diag_axpy_masked::<S::A, L, BC>(dp, mask, &tq.q[qo..], lg, dkt);
+            } else {
+                diag_axpy::<S, L, BC>(vx, sc, &tq.d_out[oo..], lg, dvt);
+                diag_axpy::<S, L, BC>(vx, dp, &tq.q[qo..], lg, dkt);
+            }
+        }
+    }
+}
+
+/// Per-slot buffers of backward pass 2's general path: probabilities,
+/// `d_logit`, the mask, packed queries and `d_out`, and the queries' `lse`
+/// and `delta`.
+type KeyUnionBufs<'a, const L: usize> = (
+    &'a mut [[f32; L]],
+    &'a mut [[f32; L]],
+    &'a [[f32; L]],
+    &'a mut [f32],
+    &'a mut [f32],
+    &'a mut [f32],
+    &'a mut [f32],
+);
+
+/// Backward pass 2 of one key tile on the general path: per query line, the
+/// union of the tile's inverse neighbourhoods, probabilities and `d_logit`
+/// masked to each lane's neighbourhood, into `dkt` and `dvt`
+/// ([`lanes_times_rows_masked`] when `safe`). `mask` must hold
+/// [`Lanes::mask`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_key_union<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    sv: &Saved<'_, T>,
+    delta: &[f32],
+    t: &BwdKTile<'_, L>,
+    ln: &Lanes<L>,
+    safe: bool,
+    (sc, dp, mask, qp, dop, lse_u, dlt_u): KeyUnionBufs<'_, L>,
+    (dkt, dvt): (&mut [[f32; L]], &mut [[f32; L]]),
+) {
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2, u) = (ax.dilation(), ax.kernel(), ln.u);
+    let (a0, a1) = (g.axes[0], g.axes[1]);
+    let (sc, dp, mask) = (&mut sc[..u], &mut dp[..u], &mask[..u]);
+    for q0 in a0.inverse(t.ch.x0) {
+        let r0 = a0.rpb_index_unchecked(q0, t.ch.x0);
+        for q1 in a1.inverse(t.ch.x1) {
+            let r1 = a1.rpb_index_unchecked(q1, t.ch.x1);
+            let r = g.row(t.ch.b, q0, q1, t.grp + d2 * ln.lo, t.h);
+            for i in 0..u {
+                lse_u[i] = sv.lse[r + i * d2 * hn];
+                dlt_u[i] = delta[r + i * d2 * hn];
+            }
+            let (qs, qst) = rows_of(x.query, r, d2 * hn, u, dk, qp);
+            let (dos, dost) = rows_of(sv.d_out, r, d2 * hn, u, dv, dop);
+            rows_dot_lanes::<S, L>(vx, qs, qst, dk, t.kt, sc);
+            if let Some(rpb) = x.rpb {
+                let brow = g.bias_row(rpb, t.h, r0, r1);
+                for l in 0..t.n {
+                    // Bias index: key group index - query group index + k - 1.
+                    let base = t.jj0 + l + k2 - 1 - ln.lo;
+                    for i in ln.first[l]..ln.last[l] {
+                        sc[i][l] += brow[base - i].to_f32();
+                    }
+                }
+            }
+            for (i, si) in sc.iter_mut().enumerate() {
+                for l in 0..L {
+                    si[l] = exp::<S::A>(si[l] - lse_u[i]);
+                }
+            }
+            rows_dot_lanes::<S, L>(vx, dos, dost, dv, t.vt, dp);
+            for (i, (pi, si)) in dp.iter_mut().zip(sc.iter()).enumerate() {
+                for l in 0..L {
+                    pi[l] = si[l] * (pi[l] - dlt_u[i]);
+                }
+            }
+            mask_weights(sc, mask);
+            mask_weights(dp, mask);
+            if safe {
+                lanes_times_rows_masked::<S::A, L>(sc, mask, dos, dost, dvt);
+                lanes_times_rows_masked::<S::A, L>(dp, mask, qs, qst, dkt);
+            } else {
+                lanes_times_rows::<S, L>(vx, sc, dos, dost, dvt);
+                lanes_times_rows::<S, L>(vx, dp, qs, qst, dkt);
+            }
         }
     }
 }
@@ -1230,12 +1514,11 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
     let dvt = take_lanes::<L>(&mut s, dv); // (dv, L): d_value accumulator
     let sc = take_lanes::<L>(&mut s, umax); // (U, L): probabilities
     let dp = take_lanes::<L>(&mut s, umax); // (U, L): dP, then d_logit
-    let madd = take_lanes::<L>(&mut s, umax); // (U, L): inverse mask
+    let mask = take_lanes::<L>(&mut s, umax); // (U, L): inverse mask, 1 = attending
     let qp = take(&mut s, umax * dk); // (U, dk): packed queries of one line
     let dop = take(&mut s, umax * dv); // (U, dv): packed d_out of one line
     let lse_u = take(&mut s, umax); // (U,)
     let dlt_u = take(&mut s, umax); // (U,)
-    let (a0, a1) = (g.axes[0], g.axes[1]);
     for h in 0..hn {
         for grp in 0..d2 {
             let (ja, je) = group_range(ch.a, ch.a + ch.len, grp, d2);
@@ -1257,65 +1540,58 @@ fn backward_key<S: Simd, const L: usize, T: Element>(
                 for v in dkt.iter_mut().chain(dvt.iter_mut()) {
                     *v = [0.0; L];
                 }
+                let t = BwdKTile {
+                    ch,
+                    h,
+                    grp,
+                    jj0,
+                    n,
+                    kt,
+                    vt,
+                };
                 let slide = qdt.and_then(|_| Slide::<L>::new(n, &st, &en));
                 if let (Some(tq), Some(sl)) = (qdt, slide) {
-                    let t = BwdKTile {
-                        ch,
-                        h,
-                        grp,
-                        jj0,
-                        n,
-                        kt,
-                        vt,
-                    };
-                    let bufs = (&mut *sc, &mut *dp, &mut *madd);
-                    let acc = (&mut *dkt, &mut *dvt);
-                    if !sl.bcast {
-                        backward_key_slide::<S, L, T, false>(vx, g, x, &tq, &t, &sl, bufs, acc);
-                    } else {
-                        backward_key_slide::<S, L, T, true>(vx, g, x, &tq, &t, &sl, bufs, acc);
+                    for safe in [false, true] {
+                        let bufs = (&mut *sc, &mut *dp, &mut *mask);
+                        let acc = (&mut *dkt, &mut *dvt);
+                        if !sl.bcast {
+                            backward_key_slide::<S, L, T, false>(
+                                vx, g, x, &tq, &t, &sl, safe, bufs, acc,
+                            );
+                        } else {
+                            backward_key_slide::<S, L, T, true>(
+                                vx, g, x, &tq, &t, &sl, safe, bufs, acc,
+                            );
+                        }
+                        if safe || !sl.ragged || (lanes_finite(dkt, n) && lanes_finite(dvt, n)) {
+                            break;
+                        }
+                        for v in dkt.iter_mut().chain(dvt.iter_mut()) {
+                            *v = [0.0; L];
+                        }
                     }
                 } else {
-                    let t = Lanes::new(n, st, en);
-                    let u = t.u;
-                    t.mask(madd);
-                    for q0 in a0.inverse(ch.x0) {
-                        let r0 = a0.rpb_index_unchecked(q0, ch.x0);
-                        for q1 in a1.inverse(ch.x1) {
-                            let r1 = a1.rpb_index_unchecked(q1, ch.x1);
-                            let r = g.row(ch.b, q0, q1, grp + d2 * t.lo, h);
-                            for i in 0..u {
-                                lse_u[i] = sv.lse[r + i * d2 * hn];
-                                dlt_u[i] = delta[r + i * d2 * hn];
-                            }
-                            let (qs, qst) = rows_of(x.query, r, d2 * hn, u, dk, qp);
-                            let (dos, dost) = rows_of(sv.d_out, r, d2 * hn, u, dv, dop);
-                            let (sc, dp) = (&mut sc[..u], &mut dp[..u]);
-                            rows_dot_lanes::<S, L>(vx, qs, qst, dk, kt, sc);
-                            add_mask(sc, madd);
-                            if let Some(rpb) = x.rpb {
-                                let brow = g.bias_row(rpb, h, r0, r1);
-                                for l in 0..n {
-                                    // Bias index: key group index - query group index + k - 1.
-                                    let base = jj0 + l + k2 - 1 - t.lo;
-                                    for i in t.first[l]..t.last[l] {
-                                        sc[i][l] += brow[base - i].to_f32();
-                                    }
-                                }
-                            }
-                            for (i, si) in sc.iter_mut().enumerate() {
-                                for l in 0..L {
-                                    si[l] = exp::<S::A>(si[l] - lse_u[i]);
-                                }
-                            }
-                            rows_dot_lanes::<S, L>(vx, dos, dost, dv, vt, dp);
-                            for (i, (pi, si)) in dp.iter_mut().zip(sc.iter()).enumerate() {
-                                for l in 0..L {
-                                    pi[l] = si[l] * (pi[l] - dlt_u[i]);
-                                }
-                            }
-                            lanes_times_rows::<S, L>(vx, sc, dos, dost, dvt);
-                            lanes_times_rows::<S, L>(vx, dp, qs, qst, dkt);
+                    let ln = Lanes::new(n, st, en);
+                    ln.mask(mask);
+                    for safe in [false, true] {
+                        let bufs = (
+                            &mut *sc,
+                            &mut *dp,
+                            &*mask,
+                            &mut *qp,
+                            &mut *dop,
+                            &mut *lse_u,
+                            &mut *dlt_u,
+                        );
+                        let acc = (&mut *dkt, &mut *dvt);
+                        backward_key_union::<S, L, T>(
+                            vx, g, x, sv, delta, &t, &ln, safe, bufs, acc,
+                        );
+                        if safe || (lanes_finite(dkt, n) && lanes_finite(dvt, n)) {
+                            break;
+                        }
+                        for v in dkt.iter_mut().chain(dvt.iter_mut()) {
+                            *v = [0.0; L];
                         }
                     }
                 }
