@@ -12,6 +12,39 @@ pub enum ModelError {
     /// The configuration is inconsistent (the message names the field and value).
     #[error("invalid model configuration: {0}")]
     Config(String),
+    /// A configuration field outside its documented range (the `MAX_*`
+    /// constants of [`crate::config`]).
+    #[error("invalid model configuration: {field} = {value} is out of range ({range})")]
+    OutOfRange {
+        /// The field, e.g. `kernel_size` or `dilations[0][1]`.
+        field: String,
+        /// Its value, as written.
+        value: String,
+        /// The accepted range and the constant that sets it.
+        range: String,
+    },
+    /// A size computed from a configuration and an input (parameters,
+    /// multiply-adds, activation bytes) does not fit in 64 bits.
+    #[error("{what} overflows 64 bits")]
+    Overflow {
+        /// What was being computed.
+        what: String,
+    },
+    /// A forward pass would need more activation memory than allowed; refused
+    /// before anything is allocated (see [`crate::Config::plan_bytes`]).
+    #[error(
+        "{what} needs {} of activations, over the {} limit",
+        human_bytes(*needed),
+        human_bytes(*limit)
+    )]
+    MemoryLimit {
+        /// The model, input size and batch.
+        what: String,
+        /// Bytes the plan needs.
+        needed: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// A preset name that does not exist.
     #[error("unknown model `{name}` (known: {known})")]
     UnknownPreset {
@@ -58,6 +91,25 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// A byte count for people: binary units for round limits (`8 GiB`),
+/// otherwise decimal with one decimal (`53.7 GB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    if let Some((u, name)) = UNITS.iter().find(|(u, _)| n >= *u && n % u == 0) {
+        return format!("{} {name}", n / u);
+    }
+    const DEC: [(f64, &str); 4] = [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")];
+    match DEC.iter().find(|(u, _)| n as f64 >= *u) {
+        Some((u, name)) => format!("{:.1} {name}", n as f64 / u),
+        None => format!("{n} bytes"),
+    }
 }
 
 fn describe_mismatch(

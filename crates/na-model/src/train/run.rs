@@ -604,6 +604,15 @@ pub fn train(
             cfg.in_chans
         )));
     }
+    // The tapes of a whole batch are alive at once (one micro-batch per
+    // core): refuse a configuration whose training step cannot fit.
+    cfg.check_memory(
+        train.rows,
+        train.cols,
+        opts.batch_size,
+        true,
+        crate::config::DEFAULT_MAX_ACTIVATION_BYTES,
+    )?;
     let steps_per_epoch = train.len().div_ceil(opts.batch_size) as u64;
     let total = steps_per_epoch * opts.epochs as u64;
     let (mut params, mut opt, mut state, mut rng) = if paths.resume {
