@@ -156,7 +156,7 @@ pub fn info(args: &InfoArgs) -> Result<()> {
             })
             .collect();
         let v = serde_json::json!({"model": args.model, "config": cfg, "input": [h, w],
-            "params": info.params, "macs": info.macs, "flops": 2 * info.macs, "levels": levels});
+            "params": info.params, "macs": info.macs, "flops": info.flops(), "levels": levels});
         crate::outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
@@ -174,7 +174,7 @@ pub fn info(args: &InfoArgs) -> Result<()> {
     crate::outln!(
         "at {h}x{w}: {:.3} G multiply-adds, {:.3} GFLOP",
         info.macs as f64 / 1e9,
-        2.0 * info.macs as f64 / 1e9
+        info.flops() as f64 / 1e9
     )?;
     crate::outln!("level  map        channels  heads  dilations")?;
     for (i, l) in info.levels.iter().enumerate() {

@@ -73,6 +73,39 @@ fn three() -> usize {
     3
 }
 
+// The documented range of every field. Each bound is far above any published
+// model and low enough that the arithmetic of the parameter count, the
+// multiply-adds and the shapes cannot overflow 64 bits (it is checked all the
+// same); [`Config::validate`] refuses values outside them with
+// [`ModelError::OutOfRange`] naming the field and the value.
+
+/// Largest `kernel_size` (the published models use 7; NATTEN's kernels go to 63).
+pub const MAX_KERNEL_SIZE: usize = 255;
+/// Largest dilation of a block (`dilations[i][j]`).
+pub const MAX_DILATION: usize = 4096;
+/// Largest number of blocks in one level (`depths[i]`).
+pub const MAX_DEPTH: usize = 1024;
+/// Largest number of channels of any level (`embed_dim` doubles per level
+/// in hierarchical models, so `embed_dim << (levels - 1)` is bounded). Heads
+/// divide a level's channels, so they are bounded by it too.
+pub const MAX_CHANNELS: usize = 1 << 16;
+/// Largest number of input channels (`in_chans`).
+pub const MAX_IN_CHANS: usize = 1024;
+/// Largest number of classes (`num_classes`; ImageNet-21k has 21,841).
+pub const MAX_NUM_CLASSES: usize = 1 << 24;
+/// Largest `mlp_ratio` (it must also be finite and give at least one hidden unit).
+pub const MAX_MLP_RATIO: f64 = 64.0;
+/// Largest `|layer_scale|` (the authors use 1e-5 to 1; it must be finite).
+pub const MAX_LAYER_SCALE: f64 = 1e6;
+/// Largest parameter count of a model (2^32 parameters: 16 GiB of f32, the
+/// largest weights file [`crate::WeightMap::load`] reads).
+pub const MAX_PARAMS: u64 = 1 << 32;
+/// Largest input height or width (the same bound as [`crate::Model::forward`]'s).
+pub const MAX_IMAGE_SIDE: usize = 1 << 15;
+
+/// Bytes of one activation value (f32).
+const ACT_BYTES: u128 = 4;
+
 /// Shape facts of one level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LevelSpec {
@@ -135,9 +168,19 @@ impl Config {
         (dim as f64 * self.mlp_ratio) as usize
     }
 
-    /// Checks every field; the error names the field and value.
+    /// Checks every field against its documented range (the `MAX_*`
+    /// constants of this module) and the fields against each other, then
+    /// that the parameter count stays under [`MAX_PARAMS`]; the error names
+    /// the field and value.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
+        let range = |field: &str, value: String, range: String| {
+            Err(ModelError::OutOfRange {
+                field: field.to_string(),
+                value,
+                range,
+            })
+        };
         let levels_ok = match self.arch {
             Arch::Isotropic => self.depths.len() == 1,
             _ => (1..=4).contains(&self.depths.len()),
@@ -172,35 +215,80 @@ impl Config {
                 self.depths.len()
             ));
         }
-        if self.embed_dim == 0 || self.in_chans == 0 {
-            return bad(format!(
-                "embed_dim ({}) and in_chans ({}) must be positive",
-                self.embed_dim, self.in_chans
-            ));
+        // NAT's stem has embed_dim / 2 channels after its first convolution.
+        let min_embed = if self.arch.is_nat() { 2 } else { 1 };
+        if !(min_embed..=MAX_CHANNELS).contains(&self.embed_dim) {
+            return range(
+                "embed_dim",
+                self.embed_dim.to_string(),
+                format!("{min_embed}..={MAX_CHANNELS}, MAX_CHANNELS"),
+            );
         }
-        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0)
-            || self.mlp_hidden(self.embed_dim) == 0
+        let last = self.levels() - 1;
+        let widest = match self.arch {
+            Arch::Isotropic => Some(self.embed_dim),
+            _ => self.embed_dim.checked_mul(1 << last),
+        };
+        if widest.is_none_or(|c| c > MAX_CHANNELS) {
+            return range(
+                "embed_dim",
+                self.embed_dim.to_string(),
+                format!(
+                    "1..={} for {} levels: level {last} has embed_dim << {last} channels, \
+                     at most MAX_CHANNELS = {MAX_CHANNELS}",
+                    MAX_CHANNELS >> last,
+                    self.levels()
+                ),
+            );
+        }
+        if !(1..=MAX_IN_CHANS).contains(&self.in_chans) {
+            return range(
+                "in_chans",
+                self.in_chans.to_string(),
+                format!("1..={MAX_IN_CHANS}, MAX_IN_CHANS"),
+            );
+        }
+        if self.num_classes > MAX_NUM_CLASSES {
+            return range(
+                "num_classes",
+                self.num_classes.to_string(),
+                format!("0..={MAX_NUM_CLASSES}, MAX_NUM_CLASSES"),
+            );
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= MAX_MLP_RATIO)
         {
+            return range(
+                "mlp_ratio",
+                format!("{:?}", self.mlp_ratio),
+                format!("a finite number in (0, {MAX_MLP_RATIO}], MAX_MLP_RATIO"),
+            );
+        }
+        if self.mlp_hidden(self.embed_dim) == 0 {
             return bad(format!(
-                "mlp_ratio {} gives no hidden units",
-                self.mlp_ratio
+                "mlp_ratio {} gives no hidden units for {} channels",
+                self.mlp_ratio, self.embed_dim
             ));
         }
-        if self.kernel_size < 2 {
-            return bad(format!("kernel_size {} is below 2", self.kernel_size));
-        }
-        if self.embed_dim.checked_shl(self.levels() as u32).is_none() || self.embed_dim > 1 << 20 {
-            return bad(format!("embed_dim {} is too large", self.embed_dim));
+        if !(2..=MAX_KERNEL_SIZE).contains(&self.kernel_size) {
+            return range(
+                "kernel_size",
+                self.kernel_size.to_string(),
+                format!("2..={MAX_KERNEL_SIZE}, MAX_KERNEL_SIZE"),
+            );
         }
         for i in 0..self.levels() {
             let (dim, h) = (self.dim(i), self.num_heads[i]);
             if h == 0 || dim % h != 0 {
                 return bad(format!(
-                    "level {i}: {dim} channels do not split into {h} heads"
+                    "level {i}: {dim} channels do not split into {h} heads (num_heads[{i}] = {h})"
                 ));
             }
-            if self.depths[i] > 1024 {
-                return bad(format!("level {i}: depth {} is absurd", self.depths[i]));
+            if self.depths[i] > MAX_DEPTH {
+                return range(
+                    &format!("depths[{i}]"),
+                    self.depths[i].to_string(),
+                    format!("0..={MAX_DEPTH}, MAX_DEPTH"),
+                );
             }
         }
         if let Some(d) = &self.dilations {
@@ -218,25 +306,257 @@ impl Config {
                         di.len()
                     ));
                 }
-                if let Some(j) = di.iter().position(|&x| x == 0 || x > 4096) {
-                    return bad(format!("dilations[{i}][{j}] = {} is out of range", di[j]));
+                if let Some(j) = di.iter().position(|&x| !(1..=MAX_DILATION).contains(&x)) {
+                    return range(
+                        &format!("dilations[{i}][{j}]"),
+                        di[j].to_string(),
+                        format!("1..={MAX_DILATION}, MAX_DILATION"),
+                    );
                 }
             }
         }
         if let Some(ls) = self.layer_scale {
-            if !ls.is_finite() {
-                return bad(format!("layer_scale {ls} is not finite"));
+            if !(ls.is_finite() && ls.abs() <= MAX_LAYER_SCALE) {
+                return range(
+                    "layer_scale",
+                    format!("{ls:?}"),
+                    format!(
+                        "a finite number of magnitude at most {MAX_LAYER_SCALE:e}, MAX_LAYER_SCALE"
+                    ),
+                );
             }
+        }
+        let params = self.count_params()?;
+        if params > u128::from(MAX_PARAMS) {
+            return bad(format!(
+                "the model has {params} parameters, over the limit of {MAX_PARAMS} (MAX_PARAMS)"
+            ));
         }
         Ok(())
     }
 
-    /// The parameter count of the model (with its head), from the shapes.
-    pub fn param_count(&self) -> usize {
-        param_shapes(self, false)
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+    /// The parameter count of the model (with its head), in checked
+    /// arithmetic; `param_shapes` lists the same weights by name.
+    ///
+    /// # Errors
+    ///
+    /// The configuration's own [`Config::validate`] errors (a valid
+    /// configuration has at most [`MAX_PARAMS`] parameters).
+    pub fn param_count(&self) -> Result<u64> {
+        self.validate()?;
+        // validate() has checked count_params() <= MAX_PARAMS.
+        u64::try_from(self.count_params()?).map_err(|_| overflow("the parameter count"))
+    }
+
+    /// The parameter count of a configuration whose fields are in range, in
+    /// 128-bit checked arithmetic (the same weights as [`param_shapes`]).
+    fn count_params(&self) -> Result<u128> {
+        let mut n = Count::default();
+        let (e, cin) = (self.embed_dim as u128, self.in_chans as u128);
+        match self.arch {
+            Arch::Nat | Arch::Dinat => {
+                n.add(&[e / 2, cin, 3, 3])?;
+                n.add(&[e / 2])?;
+                n.add(&[e, e / 2, 3, 3])?;
+                n.add(&[e])?;
+            }
+            Arch::DinatS => {
+                n.add(&[e, cin, 4, 4])?.add(&[e])?;
+            }
+            Arch::Isotropic => {
+                n.add(&[e, cin, 16, 16])?.add(&[e])?;
+            }
+        }
+        n.add(&[2, e])?;
+        let k = self.kernel_size as u128;
+        let rpb = k
+            .checked_mul(2)
+            .and_then(|x| x.checked_sub(1))
+            .ok_or_else(|| overflow("2 * kernel_size - 1"))?;
+        for i in 0..self.levels() {
+            let l = self.level(i);
+            let c = l.dim as u128;
+            let hid = self.mlp_hidden(l.dim) as u128;
+            let mut block = Count::default();
+            block
+                .add(&[2, c])?
+                .add(&[3 * c, c])?
+                .add(&[3 * c])?
+                .add(&[l.heads as u128, rpb, rpb])?
+                .add(&[c, c])?
+                .add(&[c])?
+                .add(&[2, c])?
+                .add(&[hid, c])?
+                .add(&[hid])?
+                .add(&[c, hid])?
+                .add(&[c])?;
+            if self.layer_scale.is_some() {
+                block.add(&[2, c])?;
+            }
+            n.add(&[block.0, l.depth as u128])?;
+            if i + 1 < self.levels() {
+                match self.arch {
+                    Arch::DinatS => n.add(&[2, 4 * c])?.add(&[2 * c, 4 * c])?,
+                    _ => n.add(&[2 * c, c, 3, 3])?.add(&[2, 2 * c])?,
+                };
+            }
+        }
+        let f = self.num_features() as u128;
+        n.add(&[2, f])?;
+        if self.num_classes > 0 {
+            let k = self.num_classes as u128;
+            n.add(&[k, f])?.add(&[k])?;
+        }
+        Ok(n.0)
+    }
+
+    /// Checks an input size against [`MAX_IMAGE_SIDE`].
+    pub(crate) fn check_image_size(height: usize, width: usize) -> Result<()> {
+        if (1..=MAX_IMAGE_SIDE).contains(&height) && (1..=MAX_IMAGE_SIDE).contains(&width) {
+            Ok(())
+        } else {
+            Err(ModelError::InputShape {
+                expected: format!("an image of 1 <= H, W <= {MAX_IMAGE_SIDE} (MAX_IMAGE_SIDE)"),
+                got: vec![height, width],
+            })
+        }
+    }
+
+    /// The activation memory, in bytes, of one inference forward pass of a
+    /// `batch` of `height × width` images: the input, and the largest set of
+    /// f32 tensors alive at once in any stage (the stem; per block the
+    /// input, `norm1`'s output padded to `kernel × dilation`, `qkv`, the
+    /// attention output and its crop, `norm2`'s output and the MLP's hidden
+    /// layer; a downsampler's input and outputs). It is an estimate made
+    /// before anything is allocated, in checked arithmetic, so that
+    /// [`crate::Model::forward`] can refuse a forward pass over its limit
+    /// ([`crate::limits::max_memory_bytes`] unless set) instead of trying it.
+    ///
+    /// # Errors
+    ///
+    /// [`Config::validate`]'s errors, an input side of 0 or above
+    /// [`MAX_IMAGE_SIDE`], a batch of 0, or [`ModelError::Overflow`].
+    pub fn plan_bytes(&self, height: usize, width: usize, batch: usize) -> Result<u64> {
+        self.plan(height, width, batch, false)
+    }
+
+    /// The activation memory of one training step (forward with the tape
+    /// the backward reads, then the backward) of a `batch` of `height ×
+    /// width` images: [`Config::plan_bytes`] plus what the tape keeps of
+    /// every block (about ten tensors of the block's size each, two of them
+    /// padded, and the MLP's hidden layer twice). Errors as
+    /// [`Config::plan_bytes`].
+    pub fn plan_training_bytes(&self, height: usize, width: usize, batch: usize) -> Result<u64> {
+        self.plan(height, width, batch, true)
+    }
+
+    fn plan(&self, height: usize, width: usize, batch: usize, training: bool) -> Result<u64> {
+        self.validate()?;
+        Self::check_image_size(height, width)?;
+        if batch == 0 {
+            return Err(ModelError::InputShape {
+                expected: "a batch of at least 1 image".into(),
+                got: vec![batch, self.in_chans, height, width],
+            });
+        }
+        let ovf = || overflow("the activation memory plan");
+        let m = |a: u128, b: u128| a.checked_mul(b).ok_or_else(ovf);
+        let sum = |v: &[u128]| {
+            v.iter()
+                .try_fold(0u128, |a, &x| a.checked_add(x))
+                .ok_or_else(ovf)
+        };
+        let (hw, cin) = (height as u128 * width as u128, self.in_chans as u128);
+        // Values per image: the NCHW input stays alive for the whole pass.
+        let input = m(hw, cin)?;
+        let mut peak = 0u128;
+        let mut tape = 0u128;
+        let e = self.embed_dim as u128;
+        let (mut h, mut w) = match self.arch {
+            Arch::Nat | Arch::Dinat => {
+                let [s0, s1] = self.stem_strides();
+                let (h0, w0) = (conv_out(height, s0), conv_out(width, s0));
+                let (h1, w1) = (conv_out(h0, s1), conv_out(w0, s1));
+                let y0 = m(h0 as u128 * w0 as u128, e / 2)?;
+                let y1 = m(h1 as u128 * w1 as u128, e)?;
+                // NHWC copy of the input, both stem outputs, and the norm's.
+                peak = peak.max(sum(&[input, y0, y1, y1])?);
+                tape = sum(&[tape, input, y0, y1, y1])?;
+                (h1, w1)
+            }
+            Arch::DinatS | Arch::Isotropic => {
+                let p = if self.arch == Arch::DinatS { 4 } else { 16 };
+                let (hp, wp) = (height.div_ceil(p), width.div_ceil(p));
+                let padded = m((hp * p) as u128 * (wp * p) as u128, cin)?;
+                let y = m(hp as u128 * wp as u128, e)?;
+                peak = peak.max(sum(&[input, padded, y, y])?);
+                tape = sum(&[tape, padded, y, y])?;
+                (hp, wp)
+            }
+        };
+        let k = self.kernel_size;
+        for i in 0..self.levels() {
+            let l = self.level(i);
+            let c = l.dim as u128;
+            let hid = self.mlp_hidden(l.dim) as u128;
+            let n = h as u128 * w as u128;
+            for j in 0..l.depth {
+                let kd = k * self.dilation(i, j);
+                let np = h.max(kd) as u128 * w.max(kd) as u128;
+                let (x, xp, nh) = (m(n, c)?, m(np, c)?, m(n, hid)?);
+                // x, norm1's output and its padded copy, qkv (3C), the
+                // attention output and its crop, norm2's output, the MLP's
+                // hidden layer and the block's output.
+                let live = sum(&[x, x, xp, m(xp, 3)?, xp, x, x, nh, x])?;
+                peak = peak.max(sum(&[input, live])?);
+                // The tape: x, y1 (padded), qkv, a, lse, a_cropped, x_mid,
+                // y2, fc1's input and output, GELU's output, the output.
+                let kept = sum(&[x, xp, m(xp, 3)?, xp, np, x, x, x, nh, nh, x])?;
+                tape = sum(&[tape, kept])?;
+            }
+            if i + 1 < self.levels() {
+                let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+                let n2 = h2 as u128 * w2 as u128;
+                let x = m(n, c)?;
+                let down = match self.arch {
+                    // Merged patches (4C), their norm, the reduction (2C).
+                    Arch::DinatS => sum(&[x, m(n2, 4 * c)?, m(n2, 4 * c)?, m(n2, 2 * c)?])?,
+                    // The convolution (2C) and its norm.
+                    _ => sum(&[x, m(n2, 2 * c)?, m(n2, 2 * c)?])?,
+                };
+                peak = peak.max(sum(&[input, down])?);
+                tape = sum(&[tape, down])?;
+                (h, w) = (h2, w2);
+            }
+        }
+        let per_image = if training { sum(&[peak, tape])? } else { peak };
+        let bytes = m(m(per_image, batch as u128)?, ACT_BYTES)?;
+        u64::try_from(bytes).map_err(|_| ovf())
+    }
+
+    /// Refuses a forward pass whose [`Config::plan_bytes`] (or, with
+    /// `training`, [`Config::plan_training_bytes`]) exceeds `limit` bytes,
+    /// with [`ModelError::MemoryLimit`] naming both; returns the plan.
+    pub fn check_memory(
+        &self,
+        height: usize,
+        width: usize,
+        batch: usize,
+        training: bool,
+        limit: u64,
+    ) -> Result<u64> {
+        let needed = self.plan(height, width, batch, training)?;
+        if needed > limit {
+            return Err(ModelError::MemoryLimit {
+                what: format!(
+                    "{} at {height}x{width}, batch {batch}",
+                    if training { "training" } else { "the model" }
+                ),
+                needed,
+                limit,
+            });
+        }
+        Ok(needed)
     }
 
     /// A named preset (MODELS.md): `nat_mini` … `nat_base`, `dinat_mini` …
@@ -252,6 +572,34 @@ impl Config {
                 name: name.to_string(),
                 known: preset_names().collect::<Vec<_>>().join(", "),
             })
+    }
+}
+
+/// Output side of the NAT stem's 3×3 convolutions (padding 1) at `stride`.
+pub(crate) fn conv_out(n: usize, stride: usize) -> usize {
+    (n + 2 - 3) / stride + 1
+}
+
+fn overflow(what: &str) -> ModelError {
+    ModelError::Overflow {
+        what: what.to_string(),
+    }
+}
+
+/// A running parameter count in checked 128-bit arithmetic.
+#[derive(Default)]
+struct Count(u128);
+
+impl Count {
+    /// Adds the product of `shape`.
+    fn add(&mut self, shape: &[u128]) -> Result<&mut Self> {
+        let n = shape
+            .iter()
+            .try_fold(1u128, |a, &d| a.checked_mul(d))
+            .and_then(|n| self.0.checked_add(n))
+            .ok_or_else(|| overflow("the parameter count"))?;
+        self.0 = n;
+        Ok(self)
     }
 }
 
@@ -480,5 +828,182 @@ pub(crate) fn block_prefix(cfg: &Config, i: usize, j: usize) -> String {
         Arch::Nat | Arch::Dinat => format!("levels.{i}.blocks.{j}"),
         Arch::DinatS => format!("layers.{i}.blocks.{j}"),
         Arch::Isotropic => format!("layers.{j}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::analyze;
+
+    fn fashion_json(edit: &str) -> String {
+        let mut v = serde_json::to_value(Config::preset("fashion_dinat").unwrap()).unwrap();
+        let patch: serde_json::Value = serde_json::from_str(edit).unwrap();
+        for (k, x) in patch.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v.to_string()
+    }
+
+    fn out_of_range(edit: &str) -> (String, String, String) {
+        match Config::from_json(&fashion_json(edit)) {
+            Err(ModelError::OutOfRange {
+                field,
+                value,
+                range,
+            }) => (field, value, range),
+            other => panic!("{edit}: expected OutOfRange, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_field_is_range_checked() {
+        for (edit, field, value, max) in [
+            (
+                r#"{"kernel_size": 1099511627776}"#,
+                "kernel_size",
+                "1099511627776",
+                "MAX_KERNEL_SIZE",
+            ),
+            (
+                r#"{"kernel_size": 9223372036854775809}"#,
+                "kernel_size",
+                "9223372036854775809",
+                "MAX_KERNEL_SIZE",
+            ),
+            (
+                r#"{"kernel_size": 1}"#,
+                "kernel_size",
+                "1",
+                "MAX_KERNEL_SIZE",
+            ),
+            (
+                r#"{"num_classes": 18446744073709551615}"#,
+                "num_classes",
+                "18446744073709551615",
+                "MAX_NUM_CLASSES",
+            ),
+            (
+                r#"{"mlp_ratio": 1e300}"#,
+                "mlp_ratio",
+                "1e300",
+                "MAX_MLP_RATIO",
+            ),
+            (
+                r#"{"mlp_ratio": -1.0}"#,
+                "mlp_ratio",
+                "-1.0",
+                "MAX_MLP_RATIO",
+            ),
+            (
+                r#"{"embed_dim": 65536}"#,
+                "embed_dim",
+                "65536",
+                "MAX_CHANNELS",
+            ),
+            (r#"{"embed_dim": 0}"#, "embed_dim", "0", "MAX_CHANNELS"),
+            (r#"{"in_chans": 5000}"#, "in_chans", "5000", "MAX_IN_CHANS"),
+            (
+                r#"{"layer_scale": 1e300}"#,
+                "layer_scale",
+                "1e300",
+                "MAX_LAYER_SCALE",
+            ),
+            (
+                r#"{"depths": [2, 2, 2000], "dilations": null}"#,
+                "depths[2]",
+                "2000",
+                "MAX_DEPTH",
+            ),
+            (
+                r#"{"dilations": [[1, 4097], [1, 1], [1, 1, 1, 1]]}"#,
+                "dilations[0][1]",
+                "4097",
+                "MAX_DILATION",
+            ),
+            (
+                r#"{"dilations": [[1, 0], [1, 1], [1, 1, 1, 1]]}"#,
+                "dilations[0][1]",
+                "0",
+                "MAX_DILATION",
+            ),
+        ] {
+            let (f, v, r) = out_of_range(edit);
+            assert_eq!((f.as_str(), v.as_str()), (field, value), "{edit}");
+            assert!(r.contains(max), "{edit}: {r}");
+            let msg = Config::from_json(&fashion_json(edit))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(field) && msg.contains(value), "{msg}");
+        }
+        // The sane maxima themselves are accepted.
+        for edit in [
+            r#"{"kernel_size": 255}"#,
+            r#"{"num_classes": 16777216}"#,
+            r#"{"mlp_ratio": 64.0}"#,
+            r#"{"embed_dim": 1024, "num_heads": [1, 1, 1]}"#,
+        ] {
+            Config::from_json(&fashion_json(edit)).unwrap_or_else(|e| panic!("{edit}: {e}"));
+        }
+        // Too many parameters in all.
+        let e = Config::from_json(&fashion_json(
+            r#"{"embed_dim": 16384, "num_heads": [1, 1, 1]}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("MAX_PARAMS"), "{e}");
+    }
+
+    #[test]
+    fn param_count_is_the_sum_of_the_shapes() {
+        for name in preset_names() {
+            let cfg = Config::preset(name).unwrap();
+            let want: usize = param_shapes(&cfg, false)
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum();
+            assert_eq!(cfg.param_count().unwrap(), want as u64, "{name}");
+        }
+    }
+
+    #[test]
+    fn analyze_checks_the_input_size_and_overflow() {
+        let cfg = Config::preset("fashion_dinat").unwrap();
+        for (h, w) in [(4294967296, 4294967296), (0, 28), (28, 32769)] {
+            let e = analyze(&cfg, h, w).unwrap_err();
+            assert!(matches!(e, ModelError::InputShape { .. }), "{e}");
+            assert!(e.to_string().contains("MAX_IMAGE_SIDE"), "{e}");
+        }
+        // The largest model at the largest size still fits in u64 FLOPs.
+        let mut big = Config::preset("dinat_large").unwrap();
+        big.num_classes = 100_000;
+        let info = analyze(&big, MAX_IMAGE_SIDE, MAX_IMAGE_SIDE).unwrap();
+        assert!(
+            info.macs > 1 << 45 && info.flops() == 2 * info.macs,
+            "{}",
+            info.macs
+        );
+    }
+
+    #[test]
+    fn activation_plan_refuses_huge_dilations() {
+        let mut cfg = Config::preset("fashion_dinat").unwrap();
+        let small = cfg.plan_bytes(28, 28, 1).unwrap();
+        assert!(small < 16 << 20, "{small}");
+        assert!(cfg.plan_training_bytes(28, 28, 128).unwrap() > 128 * small);
+        assert_eq!(cfg.plan_bytes(28, 28, 4).unwrap(), 4 * small);
+        cfg.dilations.as_mut().unwrap()[0][1] = MAX_DILATION;
+        // 5 × 4096 = 20480: the 14×14 map of level 0 is padded to 20480².
+        let needed = cfg.plan_bytes(28, 28, 1).unwrap();
+        assert!(needed > 20480 * 20480 * 32 * 4, "{needed}");
+        let e = cfg.check_memory(28, 28, 1, false, 8 << 30).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ModelError::MemoryLimit { .. }), "{msg}");
+        assert!(
+            msg.contains("GiB of activations, over the 8.0 GiB limit"),
+            "{msg}"
+        );
+        assert!(cfg.plan_bytes(28, 28, 0).is_err());
+        assert!(cfg.plan_bytes(0, 28, 1).is_err());
     }
 }

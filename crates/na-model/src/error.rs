@@ -12,6 +12,40 @@ pub enum ModelError {
     /// The configuration is inconsistent (the message names the field and value).
     #[error("invalid model configuration: {0}")]
     Config(String),
+    /// A configuration field outside its documented range (the `MAX_*`
+    /// constants of [`crate::config`]).
+    #[error("invalid model configuration: {field} = {value} is out of range ({range})")]
+    OutOfRange {
+        /// The field, e.g. `kernel_size` or `dilations[0][1]`.
+        field: String,
+        /// Its value, as written.
+        value: String,
+        /// The accepted range and the constant that sets it.
+        range: String,
+    },
+    /// A size computed from a configuration and an input (parameters,
+    /// multiply-adds, activation bytes) does not fit in 64 bits.
+    #[error("{what} overflows 64 bits")]
+    Overflow {
+        /// What was being computed.
+        what: String,
+    },
+    /// A forward pass would need more activation memory than allowed; refused
+    /// before anything is allocated (see [`crate::Config::plan_bytes`]).
+    #[error(
+        "{what} needs {} of activations, over the {} limit (set {} to raise it)",
+        crate::limits::human(u128::from(*needed)),
+        crate::limits::human(u128::from(*limit)),
+        crate::limits::MAX_MEMORY_ENV
+    )]
+    MemoryLimit {
+        /// The model, input size and batch.
+        what: String,
+        /// Bytes the plan needs.
+        needed: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// A preset name that does not exist.
     #[error("unknown model `{name}` (known: {known})")]
     UnknownPreset {

@@ -6,7 +6,7 @@
 //! one error listing every problem.
 
 use crate::backend::{Backend, Tensor};
-use crate::config::{Arch, Config};
+use crate::config::{conv_out, Arch, Config, MAX_IMAGE_SIDE};
 use crate::error::{ModelError, Result};
 use crate::net::Net;
 use crate::params::ParamSet;
@@ -19,6 +19,8 @@ pub use crate::config::{param_shapes, LN_EPS};
 pub struct Model<B: Backend> {
     net: Net,
     params: B::Params,
+    /// Largest activation memory a forward pass may plan (bytes).
+    memory_limit: u64,
 }
 
 impl<B: Backend> Model<B> {
@@ -39,14 +41,36 @@ impl<B: Backend> Model<B> {
         let net = Net::new(&layout)?;
         let parts = layout.take_parts(weights)?;
         let params = be.upload_params(layout.len(), parts)?;
-        Ok(Model { net, params })
+        Ok(Model {
+            net,
+            params,
+            memory_limit: crate::limits::max_memory_bytes(),
+        })
     }
 
     /// The model of a [`ParamSet`] (e.g. one being trained).
     pub fn from_params(be: &B, ps: &ParamSet) -> Result<Self> {
         let net = Net::new(ps)?;
         let params = be.upload_params(ps.len(), vec![(0..ps.len(), ps.data.clone())])?;
-        Ok(Model { net, params })
+        Ok(Model {
+            net,
+            params,
+            memory_limit: crate::limits::max_memory_bytes(),
+        })
+    }
+
+    /// Sets the largest activation memory, in bytes, that a forward pass
+    /// may need ([`Config::plan_bytes`]); larger ones are refused with
+    /// [`ModelError::MemoryLimit`] before anything is allocated. The default
+    /// is [`crate::limits::max_memory_bytes`] (16 GiB, or `NA_MAX_MEMORY_GIB`).
+    pub fn with_memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// The activation memory limit in force (bytes).
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit
     }
 
     /// The configuration.
@@ -72,18 +96,19 @@ impl<B: Backend> Model<B> {
     /// Checks an input `[B, in_chans, H, W]`.
     fn check_input(&self, x: &Tensor<B>) -> Result<()> {
         let cfg = self.config();
+        let side = 1..=MAX_IMAGE_SIDE;
         let ok = match x.shape[..] {
-            [b, c, h, w] => {
-                b > 0 && c == cfg.in_chans && h >= 1 && w >= 1 && h <= 1 << 15 && w <= 1 << 15
-            }
+            [b, c, h, w] => b > 0 && c == cfg.in_chans && side.contains(&h) && side.contains(&w),
             _ => false,
         };
         if ok {
+            // The shape is checked: plan the activations before any work.
+            cfg.check_memory(x.shape[2], x.shape[3], x.shape[0], false, self.memory_limit)?;
             Ok(())
         } else {
             Err(ModelError::InputShape {
                 expected: format!(
-                    "[batch >= 1, {}, H, W] with 1 <= H, W <= 32768",
+                    "[batch >= 1, {}, H, W] with 1 <= H, W <= {MAX_IMAGE_SIDE}",
                     cfg.in_chans
                 ),
                 got: x.shape.clone(),
@@ -148,45 +173,69 @@ pub struct LevelInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelInfo {
     /// Parameters (classifier mode).
-    pub params: usize,
+    pub params: u64,
     /// Multiply-adds of one image (convolutions, linear layers, and the two
     /// attention products `2·N·C·k²` per block; norms and activations are
-    /// not counted). FLOPs are twice this.
+    /// not counted). FLOPs are twice this ([`ModelInfo::flops`]).
     pub macs: u64,
     /// Per-level shapes.
     pub levels: Vec<LevelInfo>,
 }
 
+impl ModelInfo {
+    /// FLOPs of one image: `2 · macs` ([`analyze`] refuses sizes where that
+    /// would overflow).
+    pub fn flops(&self) -> u64 {
+        2 * self.macs
+    }
+}
+
 /// Parameters, multiply-adds and per-level shapes of `cfg` for an
-/// `height × width` input.
+/// `height × width` input, in checked arithmetic.
+///
+/// # Errors
+///
+/// [`Config::validate`]'s errors; [`ModelError::InputShape`] for a side of 0
+/// or above [`crate::config::MAX_IMAGE_SIDE`]; [`ModelError::Overflow`] when
+/// the FLOPs do not fit in a `u64`.
 pub fn analyze(cfg: &Config, height: usize, width: usize) -> Result<ModelInfo> {
     cfg.validate()?;
-    if height == 0 || width == 0 {
-        return Err(ModelError::InputShape {
-            expected: "H, W >= 1".into(),
-            got: vec![height, width],
-        });
-    }
-    let conv_out = |n: usize, k: usize, s: usize, p: usize| (n + 2 * p - k) / s + 1;
-    let (e, cin) = (cfg.embed_dim as u64, cfg.in_chans as u64);
-    let mut macs: u64 = 0;
+    Config::check_image_size(height, width)?;
+    let params = cfg.param_count()?;
+    let ovf = || ModelError::Overflow {
+        what: format!("the multiply-adds at {height}x{width}"),
+    };
+    // Every product in u128 (the fields' ranges keep each term far below
+    // 2^128), each one checked all the same.
+    let m = |v: &[u128]| -> Result<u128> {
+        v.iter()
+            .try_fold(1u128, |a, &x| a.checked_mul(x))
+            .ok_or_else(ovf)
+    };
+    let mut macs: u128 = 0;
+    let mut add = |x: u128| -> Result<()> {
+        macs = macs.checked_add(x).ok_or_else(ovf)?;
+        Ok(())
+    };
+    let (e, cin) = (cfg.embed_dim as u128, cfg.in_chans as u128);
+    let area = |h: usize, w: usize| h as u128 * w as u128;
     let (mut h, mut w) = match cfg.arch {
         Arch::Nat | Arch::Dinat => {
             let [s0, s1] = cfg.stem_strides();
-            let (h0, w0) = (conv_out(height, 3, s0, 1), conv_out(width, 3, s0, 1));
-            macs += (h0 * w0) as u64 * (e / 2) * cin * 9;
-            let (h1, w1) = (conv_out(h0, 3, s1, 1), conv_out(w0, 3, s1, 1));
-            macs += (h1 * w1) as u64 * e * (e / 2) * 9;
+            let (h0, w0) = (conv_out(height, s0), conv_out(width, s0));
+            add(m(&[area(h0, w0), e / 2, cin, 9])?)?;
+            let (h1, w1) = (conv_out(h0, s1), conv_out(w0, s1));
+            add(m(&[area(h1, w1), e, e / 2, 9])?)?;
             (h1, w1)
         }
         Arch::DinatS => {
             let (h1, w1) = (height.div_ceil(4), width.div_ceil(4));
-            macs += (h1 * w1) as u64 * e * cin * 16;
+            add(m(&[area(h1, w1), e, cin, 16])?)?;
             (h1, w1)
         }
         Arch::Isotropic => {
             let (h1, w1) = (height.div_ceil(16), width.div_ceil(16));
-            macs += (h1 * w1) as u64 * e * cin * 256;
+            add(m(&[area(h1, w1), e, cin, 256])?)?;
             (h1, w1)
         }
     };
@@ -194,17 +243,22 @@ pub fn analyze(cfg: &Config, height: usize, width: usize) -> Result<ModelInfo> {
     let mut levels = Vec::new();
     for i in 0..cfg.levels() {
         let l = cfg.level(i);
-        let c = l.dim as u64;
-        let hid = cfg.mlp_hidden(l.dim) as u64;
+        let c = l.dim as u128;
+        let hid = cfg.mlp_hidden(l.dim) as u128;
         let mut dil = Vec::new();
         let mut padded = 0;
         for j in 0..l.depth {
             let d = cfg.dilation(i, j);
             dil.push(d);
-            let (hp, wp) = (h.max(k * d), w.max(k * d));
+            // kernel_size and dilation are range-checked: k·d <= 255·4096.
+            let kd = k * d;
+            let (hp, wp) = (h.max(kd), w.max(kd));
             padded += usize::from(hp != h || wp != w);
-            let (n, np) = ((h * w) as u64, (hp * wp) as u64);
-            macs += np * c * 3 * c + 2 * np * c * (k * k) as u64 + n * c * c + 2 * n * c * hid;
+            let (n, np) = (area(h, w), area(hp, wp));
+            add(m(&[np, c, 3 * c])?)?;
+            add(m(&[2, np, c, (k * k) as u128])?)?;
+            add(m(&[n, c, c])?)?;
+            add(m(&[2, n, c, hid])?)?;
         }
         levels.push(LevelInfo {
             height: h,
@@ -216,16 +270,21 @@ pub fn analyze(cfg: &Config, height: usize, width: usize) -> Result<ModelInfo> {
         });
         if i + 1 < cfg.levels() {
             let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
-            macs += match cfg.arch {
-                Arch::DinatS => (h2 * w2) as u64 * 4 * c * 2 * c,
-                _ => (h2 * w2) as u64 * 2 * c * c * 9,
-            };
+            add(match cfg.arch {
+                Arch::DinatS => m(&[area(h2, w2), 4 * c, 2 * c])?,
+                _ => m(&[area(h2, w2), 2 * c, c, 9])?,
+            })?;
             (h, w) = (h2, w2);
         }
     }
-    macs += (cfg.num_features() * cfg.num_classes) as u64;
+    add(m(&[cfg.num_features() as u128, cfg.num_classes as u128])?)?;
+    // FLOPs (2 · macs) must fit too.
+    let macs = u64::try_from(macs)
+        .ok()
+        .filter(|&x| x <= u64::MAX / 2)
+        .ok_or_else(ovf)?;
     Ok(ModelInfo {
-        params: cfg.param_count(),
+        params,
         macs,
         levels,
     })

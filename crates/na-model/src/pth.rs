@@ -72,14 +72,37 @@ pub const MAX_EXPANSION: u64 = 8;
 /// Bytes of output always allowed on top of [`MAX_EXPANSION`] (64 MiB).
 pub const EXPANSION_SLACK_BYTES: u64 = 64 << 20;
 
-/// Most values the unpickler pushes while reading one `data.pkl`.
+/// Most values the unpickler pushes while reading one `data.pkl` (a bound
+/// on its work; what it holds at once is bounded by the caps below).
 const MAX_VALUES: usize = 1 << 23;
 
-/// Most containers (tuples, lists, dicts, storages, tensors) one pickle builds.
-const MAX_OBJECTS: usize = 1 << 21;
+/// Bytes of `data.pkl` per memo entry and per stack value the unpickler may
+/// hold: each of the two counts is capped at `len / PICKLE_BYTES_PER_ENTRY +
+/// PICKLE_ENTRY_SLACK` for a pickle of `len` bytes, and at its absolute cap
+/// ([`MAX_MEMO`], [`MAX_STACK`]); containers are capped at one per byte
+/// (`len + PICKLE_ENTRY_SLACK`: `TUPLE1` makes one from a single byte, and
+/// deep nesting is legitimate) and at [`MAX_OBJECTS`]. So the unpickler's
+/// memory stays proportional to its input (tens of bytes per input byte,
+/// some tens of MiB at most), whatever the opcodes: 2^24 MEMOIZE opcodes
+/// (16 MiB) are refused after 2^20 entries instead of taking 833 MB.
+/// `torch.save` state dicts use one memo entry per 7 to 12 bytes.
+pub const PICKLE_BYTES_PER_ENTRY: usize = 2;
 
-/// Most memo entries one pickle defines.
-const MAX_MEMO: usize = 1 << 23;
+/// Memo entries, containers and stack values always allowed on top of the
+/// per-byte share ([`PICKLE_BYTES_PER_ENTRY`]).
+pub const PICKLE_ENTRY_SLACK: usize = 4096;
+
+/// Most containers (tuples, lists, dicts, storages, tensors) one pickle
+/// builds, whatever its size (see [`PICKLE_BYTES_PER_ENTRY`]).
+pub const MAX_OBJECTS: usize = 1 << 20;
+
+/// Most memo entries one pickle defines, whatever its size (see
+/// [`PICKLE_BYTES_PER_ENTRY`]; a state dict needs about six per tensor).
+pub const MAX_MEMO: usize = 1 << 20;
+
+/// Most values on the unpickler's stack at once, whatever the pickle's size
+/// (see [`PICKLE_BYTES_PER_ENTRY`]).
+pub const MAX_STACK: usize = 1 << 20;
 
 /// Deepest nesting of MARKs (a state dict needs 3).
 const MAX_MARK_DEPTH: usize = 1024;
@@ -391,15 +414,22 @@ pub enum PthError {
         offset: usize,
     },
 
-    /// `data.pkl` exceeds one of the unpickler's resource caps.
-    #[error("data.pkl needs more than {limit} {what} (at byte {offset})")]
+    /// `data.pkl` exceeds one of the unpickler's resource caps (see
+    /// [`PICKLE_BYTES_PER_ENTRY`]).
+    #[error(
+        "data.pkl needs more than {limit} {what} (at byte {offset}), the unpickler's limit \
+         for a {pickle_bytes}-byte pickle"
+    )]
     PickleLimit {
-        /// What ran out: `values`, `objects`, `memo entries` or `nested MARKs`.
+        /// What ran out: `values`, `stack values`, `objects`, `memo entries`
+        /// or `nested MARKs`.
         what: &'static str,
-        /// The cap.
+        /// The cap for this pickle.
         limit: usize,
         /// Position of the opcode that broke it.
         offset: usize,
+        /// Length of `data.pkl`, which the caps are proportional to.
+        pickle_bytes: usize,
     },
 
     /// The unpickled object is not a dict of tensors, nor a dict holding one
@@ -1024,11 +1054,17 @@ struct Unpickler<'a> {
     memo: HashMap<u32, Value>,
     objects: Vec<Object>,
     pushes: usize,
+    /// This pickle's share of the memo and stack caps, and of the object
+    /// cap (see [`PICKLE_BYTES_PER_ENTRY`]).
+    share: usize,
+    object_share: usize,
 }
 
 impl<'a> Unpickler<'a> {
     fn new(data: &'a [u8]) -> Self {
         Unpickler {
+            share: (data.len() / PICKLE_BYTES_PER_ENTRY).saturating_add(PICKLE_ENTRY_SLACK),
+            object_share: data.len().saturating_add(PICKLE_ENTRY_SLACK),
             data,
             pos: 0,
             op_start: 0,
@@ -1052,7 +1088,13 @@ impl<'a> Unpickler<'a> {
             what,
             limit,
             offset: self.op_start,
+            pickle_bytes: self.data.len(),
         }
+    }
+
+    /// The cap on a count for this pickle: its share, at most `absolute`.
+    fn cap(&self, absolute: usize) -> usize {
+        self.share.min(absolute)
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], PthError> {
@@ -1110,13 +1152,18 @@ impl<'a> Unpickler<'a> {
         if self.pushes > MAX_VALUES {
             return Err(self.limit("values", MAX_VALUES));
         }
+        let cap = self.cap(MAX_STACK);
+        if self.stack.len() >= cap {
+            return Err(self.limit("stack values", cap));
+        }
         self.stack.push(v);
         Ok(())
     }
 
     fn push_object(&mut self, obj: Object) -> Result<(), PthError> {
-        if self.objects.len() >= MAX_OBJECTS {
-            return Err(self.limit("objects", MAX_OBJECTS));
+        let cap = self.object_share.min(MAX_OBJECTS);
+        if self.objects.len() >= cap {
+            return Err(self.limit("objects", cap));
         }
         self.objects.push(obj);
         self.push(Value::Obj(self.objects.len() - 1))
@@ -1223,8 +1270,9 @@ impl<'a> Unpickler<'a> {
 
     fn memo_put(&mut self, index: u32) -> Result<(), PthError> {
         let v = self.top()?.clone();
-        if !self.memo.contains_key(&index) && self.memo.len() >= MAX_MEMO {
-            return Err(self.limit("memo entries", MAX_MEMO));
+        let cap = self.cap(MAX_MEMO);
+        if !self.memo.contains_key(&index) && self.memo.len() >= cap {
+            return Err(self.limit("memo entries", cap));
         }
         self.memo.insert(index, v);
         Ok(())
@@ -1448,7 +1496,7 @@ impl<'a> Unpickler<'a> {
                 }
                 op::MEMOIZE => {
                     let i = u32::try_from(self.memo.len())
-                        .map_err(|_| self.limit("memo entries", MAX_MEMO))?;
+                        .map_err(|_| self.limit("memo entries", self.cap(MAX_MEMO)))?;
                     self.memo_put(i)?;
                 }
                 op::BINGET => {
@@ -2274,6 +2322,55 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// The pickle's memo, stack and containers are bounded relative to its
+    /// length, and absolutely.
+    #[test]
+    fn memo_stack_and_objects_are_bounded_by_the_pickle_length() {
+        let cap =
+            |len: usize, abs: usize| (len / PICKLE_BYTES_PER_ENTRY + PICKLE_ENTRY_SLACK).min(abs);
+        let limit_of = |pkl: &[u8]| match read_pkl(pkl, &[]) {
+            Err(PthError::PickleLimit {
+                what,
+                limit,
+                pickle_bytes,
+                ..
+            }) => (what, limit, pickle_bytes),
+            other => panic!("expected a pickle limit, got {other:?}"),
+        };
+        // 20 000 MEMOIZE opcodes: over this pickle's share of memo entries.
+        let n = 20_000;
+        let mut pkl = P::new().op(op::NONE);
+        pkl.0.extend(std::iter::repeat_n(op::MEMOIZE, n));
+        let pkl = pkl.stop();
+        assert_eq!(
+            limit_of(&pkl),
+            ("memo entries", cap(pkl.len(), MAX_MEMO), pkl.len())
+        );
+        // 2^21 of them (2 MiB): stopped at the absolute cap.
+        let mut pkl = P::new().op(op::NONE);
+        pkl.0.extend(std::iter::repeat_n(op::MEMOIZE, 1 << 21));
+        let pkl = pkl.stop();
+        assert_eq!(limit_of(&pkl).1, MAX_MEMO);
+        let e = read_pkl(&pkl, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("more than {MAX_MEMO} memo entries")),
+            "{e}"
+        );
+        // 20 000 pushes without a pop: over the stack's share.
+        let mut pkl = P::new();
+        pkl.0.extend(std::iter::repeat_n(op::NONE, n));
+        let pkl = pkl.stop();
+        assert_eq!(
+            limit_of(&pkl),
+            ("stack values", cap(pkl.len(), MAX_STACK), pkl.len())
+        );
+        // Containers: one per byte at most, and never above MAX_OBJECTS.
+        let mut pkl = P::new().op(op::NONE);
+        pkl.0
+            .extend(std::iter::repeat_n(op::TUPLE1, MAX_OBJECTS + 1));
+        assert_eq!(limit_of(&pkl.stop()).1, MAX_OBJECTS);
     }
 
     #[test]

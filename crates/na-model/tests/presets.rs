@@ -37,7 +37,7 @@ fn parameter_counts_match_models_md() {
     );
     for (name, n) in OURS {
         let cfg = Config::preset(name).unwrap();
-        assert_eq!(cfg.param_count(), *n, "{name}");
+        assert_eq!(cfg.param_count().unwrap(), *n, "{name}");
         assert!(*n < 1_000_000, "{name}: under 1 M parameters");
         let info = analyze(&cfg, 28, 28).unwrap();
         assert_eq!(info.levels.len(), 3);
@@ -55,7 +55,7 @@ fn parameter_counts_match_models_md() {
     let mut bad = Vec::new();
     for (name, millions) in TABLE {
         let cfg = Config::preset(name).unwrap();
-        let n = cfg.param_count();
+        let n = cfg.param_count().unwrap();
         let got = (n as f64 / 1e4).round() / 100.0;
         if (got - millions).abs() > 1e-9 {
             bad.push(format!(

@@ -269,6 +269,18 @@ pub fn read_idx(path: &Path, rank: u8) -> Result<(Vec<u8>, Vec<usize>)> {
     }
 }
 
+/// Parses an IDX file held in memory (plain or gzip-compressed), exactly as
+/// [`read_idx`] reads one from disk; `name` stands for the file in errors.
+pub fn parse_idx_bytes(bytes: &[u8], name: &Path, rank: u8) -> Result<(Vec<u8>, Vec<usize>)> {
+    if bytes.starts_with(&GZIP_MAGIC) {
+        let mut z = flate2::read::GzDecoder::new(bytes);
+        parse_idx(&mut z, None, name, rank)
+    } else {
+        let mut r = bytes;
+        parse_idx(&mut r, Some(bytes.len() as u64), name, rank)
+    }
+}
+
 /// Parses an IDX stream. `len` is the content's length when known (a plain
 /// file): sizes are then checked against it before the body is allocated;
 /// otherwise (gzip) the body is bounded by [`MAX_GZ_BODY`] and the stream
@@ -363,10 +375,21 @@ fn parse_idx(
         _ => {}
     }
     // `body` is at most the file's length (plain) or MAX_GZ_BODY (gzip) now,
-    // so this allocation is bounded.
+    // so this allocation is bounded. A gzip header's sizes say nothing about
+    // the stream, so there the buffer grows with what is actually
+    // decompressed (from at most 1 MiB) instead of being taken up front.
     let n = usize::try_from(body).map_err(|_| bad("too large for this machine"))?;
-    let mut data = vec![0u8; n];
-    r.read_exact(&mut data).map_err(|e| err(e, expected))?;
+    let mut data = Vec::with_capacity(if len.is_some() { n } else { n.min(1 << 20) });
+    Read::take(&mut *r, body)
+        .read_to_end(&mut data)
+        .map_err(|e| err(e, expected))?;
+    if data.len() != n {
+        return Err(DataError::Truncated {
+            path: path.to_path_buf(),
+            expected,
+            got: len.unwrap_or(header_len + data.len() as u64),
+        });
+    }
     if len.is_none() {
         let mut extra = [0u8; 1];
         let more = read_up_to(r, &mut extra).map_err(|e| err(e, expected))?;

@@ -920,6 +920,15 @@ pub fn train(
             cfg.in_chans
         )));
     }
+    // The tapes of a whole batch are alive at once (one micro-batch per
+    // core): refuse a configuration whose training step cannot fit.
+    cfg.check_memory(
+        train.rows,
+        train.cols,
+        opts.batch_size,
+        true,
+        crate::limits::max_memory_bytes(),
+    )?;
     let (fit, val) = train.clone().split_last(opts.val_images);
     let steps_per_epoch = fit.len().div_ceil(opts.batch_size) as u64;
     let total = steps_per_epoch * opts.epochs as u64;
