@@ -37,7 +37,7 @@ fn parameter_counts_match_models_md() {
     );
     for (name, n) in OURS {
         let cfg = Config::preset(name).unwrap();
-        assert_eq!(cfg.param_count().unwrap(), *n, "{name}");
+        assert_eq!(cfg.param_count().unwrap(), *n as u64, "{name}");
         assert!(*n < 1_000_000, "{name}: under 1 M parameters");
         let info = analyze(&cfg, 28, 28).unwrap();
         assert_eq!(info.levels.len(), 3);
