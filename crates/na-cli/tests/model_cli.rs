@@ -340,3 +340,188 @@ fn classify_prints_top_k_with_names() {
     assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
 }
+
+/// A failure the way the CLI promises them: exit status 1 (never 101, a
+/// panic), one line on stderr holding every needle.
+fn assert_clean_failure(o: &Output, needles: &[&str], what: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "{what}: {e}");
+    assert!(!e.contains("panicked"), "{what}: {e}");
+    assert_eq!(e.trim().lines().count(), 1, "{what}: one line: {e}");
+    for n in needles {
+        assert!(e.contains(n), "{what}: `{n}` not in: {e}");
+    }
+}
+
+/// The built-in model's configuration with some fields replaced, written
+/// as `name`. The JSON is edited as text so that values beyond `u64` and
+/// `f64` ranges reach the binary as written.
+fn edited_config(dir: &Path, name: &str, edits: &[(&str, &str)]) -> PathBuf {
+    let base = na_model::Config::preset("fashion_dinat").unwrap();
+    let mut v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::to_value(base).unwrap()).unwrap();
+    let mut raw = Vec::new();
+    for (k, text) in edits {
+        v.remove(*k);
+        raw.push(format!("\"{k}\": {text}"));
+    }
+    let mut json = serde_json::Value::Object(v).to_string();
+    json.pop(); // the closing brace
+    for r in raw {
+        json.push_str(", ");
+        json.push_str(&r);
+    }
+    json.push('}');
+    let p = dir.join(name);
+    std::fs::write(&p, json).unwrap();
+    p
+}
+
+#[test]
+fn config_values_out_of_range_fail_cleanly_naming_field_and_value() {
+    let d = tmp("config_ranges");
+    let input = fixture("nat_k7.input.npy");
+    let weights = fixture("nat_k7.safetensors");
+    let out = d.join("out.npy");
+    for (field, value, limit) in [
+        ("kernel_size", "1099511627776", "MAX_KERNEL_SIZE"),
+        // 2k - 1 wrapped to 1 here once, and pad_hw panicked.
+        ("kernel_size", "9223372036854775809", "MAX_KERNEL_SIZE"),
+        ("num_classes", "18446744073709551615", "MAX_NUM_CLASSES"),
+        ("mlp_ratio", "1e300", "MAX_MLP_RATIO"),
+        ("embed_dim", "4611686018427387904", "MAX_CHANNELS"),
+        ("in_chans", "1099511627776", "MAX_IN_CHANS"),
+    ] {
+        let cfg = edited_config(&d, &format!("{field}.json"), &[(field, value)]);
+        let cfg = cfg.to_str().unwrap();
+        let needles = [&format!("{field} = {value}")[..], limit];
+        // `na info` reported 65,866 parameters for num_classes 2^64 - 1.
+        assert_clean_failure(&na(&["info", cfg]), &needles, &format!("info {field}"));
+        let o = na(&[
+            "run",
+            "--config",
+            cfg,
+            "--weights",
+            &weights,
+            "--input",
+            &input,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_clean_failure(&o, &needles, &format!("run {field}"));
+        let o = na(&[
+            "bench",
+            "--config",
+            cfg,
+            "--batch",
+            "1",
+            "--image-size",
+            "28",
+            "--iters",
+            "1",
+        ]);
+        assert_clean_failure(&o, &needles, &format!("bench {field}"));
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn info_refuses_sizes_past_the_limit_instead_of_overflowing() {
+    // 4294967296² used to wrap to a 0.001 G multiply-adds report.
+    for size in ["4294967296", "28,4294967296", "0", "32769"] {
+        let o = na(&["info", "fashion_dinat", "--size", size]);
+        assert_clean_failure(&o, &["32768", "MAX_IMAGE_SIDE"], &format!("--size {size}"));
+    }
+    // The limit itself is fine, and its FLOPs are exact.
+    let o = na(&["info", "dinat_large", "--size", "32768", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let macs = v["macs"].as_u64().unwrap();
+    assert!(macs > 1 << 45, "{macs}");
+    assert_eq!(v["flops"].as_u64().unwrap(), 2 * macs);
+}
+
+#[test]
+fn huge_dilation_is_refused_before_allocating_activations() {
+    use na_model::{Config, WeightMap};
+    let d = tmp("huge_dilation");
+    // fashion_dinat with dilation 4096 in level 0: the 14×14 map is padded
+    // to (5·4096)² = 20480² tokens, over 50 GB in one tensor.
+    let cfg_path = edited_config(
+        &d,
+        "dilated.json",
+        &[("dilations", "[[1, 4096], [1, 1], [1, 1, 1, 1]]")],
+    );
+    let cfg = Config::from_json(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let weights = d.join("w.safetensors");
+    WeightMap::random(&cfg, false, 3)
+        .save_safetensors(&weights)
+        .unwrap();
+    let input = d.join("x.npy");
+    write_npy_f32(&input, &[1, 1, 28, 28], &[0.0; 28 * 28]).unwrap();
+    let out = d.join("out.npy");
+    let t = std::time::Instant::now();
+    let o = na(&[
+        "run",
+        "--config",
+        cfg_path.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_failure(
+        &o,
+        &[
+            "at 28x28, batch 1",
+            "GB of activations, over the 8 GiB limit",
+        ],
+        "run",
+    );
+    assert!(t.elapsed().as_secs() < 30, "refused before any work");
+    assert!(!out.exists());
+    // `na info` allocates nothing: it still reports the padded block.
+    let o = na(&["info", cfg_path.to_str().unwrap(), "--size", "28"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("padded"));
+}
+
+#[test]
+fn memoize_flood_in_a_pth_is_refused_with_the_limit() {
+    use std::io::Write;
+    let d = tmp("memoize_flood");
+    // PROTO 2, NONE, 2^24 MEMOIZE, STOP: this took 833 MB before failing.
+    let mut pkl = vec![0x80, 2, b'N'];
+    pkl.extend(std::iter::repeat_n(0x94u8, 1 << 24));
+    pkl.push(b'.');
+    let path = d.join("memo.pth");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(false);
+    w.start_file("archive/data.pkl", opts).unwrap();
+    w.write_all(&pkl).unwrap();
+    w.finish().unwrap();
+    let needles = [
+        "memo.pth",
+        "more than 1048576 memo entries",
+        "16777220-byte pickle",
+    ];
+    let out = d.join("out.safetensors");
+    let o = na(&["convert", path.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_clean_failure(&o, &needles, "convert");
+    let o = na(&[
+        "run",
+        "--model",
+        "fashion_dinat",
+        "--weights",
+        path.to_str().unwrap(),
+        "--input",
+        &fixture("nat_k7.input.npy"),
+        "--out",
+        d.join("y.npy").to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &needles, "run");
+}
