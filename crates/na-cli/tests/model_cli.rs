@@ -458,7 +458,11 @@ fn huge_dilation_is_refused_before_allocating_activations() {
         .save_safetensors(&weights)
         .unwrap();
     let input = d.join("x.npy");
-    write_npy_f32(&input, &[1, 1, 28, 28], &[0.0; 28 * 28]).unwrap();
+    std::fs::write(
+        &input,
+        encode_npy_f32(&[1, 1, 28, 28], &[0.0; 28 * 28]).unwrap(),
+    )
+    .unwrap();
     let out = d.join("out.npy");
     let t = std::time::Instant::now();
     let o = na(&[
