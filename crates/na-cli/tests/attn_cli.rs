@@ -549,3 +549,154 @@ fn output_problems_leave_no_file() {
     assert_usage_error(&st, &st.args(&["--out", &o]), "--kernel-size");
     assert_usage_error(&st, &st.args(&["--kernel-size", "3"]), "--out");
 }
+
+/// Issue 16 (items 4 and 5), through the binary: a 1-D problem `[1, 24, 1, 4]`
+/// with kernel 3 and stride `stride`, written as `.npy` with `encode_npy_f32`;
+/// runs forward and backward into `dir` and returns `(out, lse, d_query)`.
+fn run_1d(
+    dir: &TestDir,
+    tag: &str,
+    stride: &str,
+    dtype: &str,
+    q_k_v: [&[f32]; 3],
+) -> [Vec<f32>; 3] {
+    const SHAPE: [usize; 4] = [1, 24, 1, 4];
+    let input = |name: &str, data: &[f32]| {
+        let bytes = encode_npy_f32(&SHAPE, data).unwrap();
+        s(&dir.write_bytes(&format!("{tag}_{name}.npy"), &bytes)).to_string()
+    };
+    let (q, k, v) = (
+        input("q", q_k_v[0]),
+        input("k", q_k_v[1]),
+        input("v", q_k_v[2]),
+    );
+    let dout = input("dout", &values(96, 14));
+    let outs = ["o", "l", "dq", "dk", "dv"]
+        .map(|n| s(&dir.path(&format!("out_{tag}_{n}.npy"))).to_string());
+    let a: Vec<&str> = vec![
+        "attn",
+        "--query",
+        &q,
+        "--key",
+        &k,
+        "--value",
+        &v,
+        "--kernel-size",
+        "3",
+        "--stride",
+        stride,
+        "--dtype",
+        dtype,
+        "--out",
+        &outs[0],
+        "--lse",
+        &outs[1],
+        "--grad-out",
+        &dout,
+        "--grad-query",
+        &outs[2],
+        "--grad-key",
+        &outs[3],
+        "--grad-value",
+        &outs[4],
+    ];
+    let res = na(&a);
+    assert!(
+        res.status.success(),
+        "{tag}: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    [load(&outs[0]), load(&outs[1]), load(&outs[2])]
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn inf_in_a_value_outside_a_window_leaves_that_query_unchanged() {
+    // The issue's repro: random q/k/v [1, 24, 1, 4], kernel 3, stride 2,
+    // v[0, 0, 0, :] = inf. Only queries 0 and 1 have key 0 in their window;
+    // the whole first tile (queries 0..=7) used to come out non-finite.
+    let dir = TestDir::new("nonfinite_repro");
+    let (q, k, v) = (values(96, 11), values(96, 12), values(96, 13));
+    let mut bad_v = v.clone();
+    bad_v[..4].fill(f32::INFINITY);
+    for dtype in ["f32", "f16", "bf16"] {
+        let clean = run_1d(&dir, &format!("clean_{dtype}"), "2", dtype, [&q, &k, &v]);
+        let bad = run_1d(&dir, &format!("bad_{dtype}"), "2", dtype, [&q, &k, &bad_v]);
+        let [(o, oc), (l, lc), (dq, dqc)] = [0, 1, 2].map(|i| (&bad[i], &clean[i]));
+        for qi in 2..24 {
+            let (r4, r1) = (qi * 4..qi * 4 + 4, qi..qi + 1);
+            assert!(
+                o[r4.clone()]
+                    .iter()
+                    .chain(&l[r1.clone()])
+                    .chain(&dq[r4.clone()])
+                    .all(|x| x.is_finite()),
+                "{dtype}: query {qi}: out {:?}, lse {:?}, d_query {:?}",
+                &o[r4.clone()],
+                &l[r1.clone()],
+                &dq[r4.clone()]
+            );
+            assert_eq!(
+                bits(&o[r4.clone()]),
+                bits(&oc[r4.clone()]),
+                "{dtype}: out of query {qi}"
+            );
+            assert_eq!(
+                bits(&l[r1.clone()]),
+                bits(&lc[r1]),
+                "{dtype}: lse of query {qi}"
+            );
+            assert_eq!(
+                bits(&dq[r4.clone()]),
+                bits(&dqc[r4]),
+                "{dtype}: d_query of query {qi}"
+            );
+        }
+        // Queries 0 and 1 do see the infinite value.
+        assert!(
+            o[..8].iter().all(|x| !x.is_finite()),
+            "{dtype}: {:?}",
+            &o[..8]
+        );
+    }
+}
+
+#[test]
+fn nan_in_a_key_inside_a_window_propagates() {
+    // Kernel 3, stride 1: key 5 is in the windows of queries 4, 5 and 6.
+    // Their out, lse and d_query are NaN, as dense attention over the window
+    // gives; every other query is bit-identical to the clean run.
+    let dir = TestDir::new("nonfinite_nan");
+    let (q, k, v) = (values(96, 21), values(96, 22), values(96, 23));
+    let mut bad_k = k.clone();
+    bad_k[5 * 4 + 2] = f32::NAN;
+    for dtype in ["f32", "f16", "bf16"] {
+        let clean = run_1d(&dir, &format!("clean_{dtype}"), "1", dtype, [&q, &k, &v]);
+        let bad = run_1d(&dir, &format!("bad_{dtype}"), "1", dtype, [&q, &bad_k, &v]);
+        for qi in 0..24 {
+            let rows = [qi * 4..qi * 4 + 4, qi..qi + 1, qi * 4..qi * 4 + 4];
+            for ((name, r), (b, c)) in ["out", "lse", "d_query"]
+                .iter()
+                .zip(&rows)
+                .zip(bad.iter().zip(&clean))
+            {
+                if (4..=6).contains(&qi) {
+                    assert!(
+                        b[r.clone()].iter().all(|x| x.is_nan()),
+                        "{dtype}: {name} of query {qi}: {:?}",
+                        &b[r.clone()]
+                    );
+                } else {
+                    assert_eq!(
+                        bits(&b[r.clone()]),
+                        bits(&c[r.clone()]),
+                        "{dtype}: {name} of query {qi}"
+                    );
+                }
+            }
+        }
+    }
+}

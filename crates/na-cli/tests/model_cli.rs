@@ -480,7 +480,7 @@ fn huge_dilation_is_refused_before_allocating_activations() {
         &o,
         &[
             "at 28x28, batch 1",
-            "GB of activations, over the 8 GiB limit",
+            "GiB of activations, over the 16.0 GiB limit (set NA_MAX_MEMORY_GIB",
         ],
         "run",
     );
