@@ -11,6 +11,7 @@ pub mod convert;
 pub mod interrupt;
 pub mod model_bench;
 pub mod model_cmd;
+pub mod plot;
 pub mod shipped;
 pub mod train_cmd;
 

@@ -9,11 +9,12 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use na_model::output::Outputs;
 use na_model::train::idx::find_fashion_mnist;
-use na_model::train::run::{STATE_FILE, WEIGHTS_FILE};
+use na_model::train::run::{read_state, STATE_FILE, WEIGHTS_FILE};
 use na_model::train::{evaluate, train, Event, RunPaths, TrainOptions, FASHION_CLASSES};
 use na_model::{Config, Cpu, Model, WeightMap};
 
 use crate::model_cmd::load_config_file;
+use crate::plot::{self, Curves};
 
 /// The data sets `na train` and `na eval` know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -235,6 +236,13 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 r.images_per_s,
                 r.seconds
             ));
+            // The pictures are a view of the checkpoint just saved; failing to
+            // draw them does not stop the training.
+            if let Err(e) = write_curves(&args.out) {
+                say(format!(
+                    "warning: the learning curves were not written: {e:#}"
+                ));
+            }
         }
     };
     let threads = if args.threads == 0 {
@@ -279,6 +287,53 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The learning curves' file names in a training output folder.
+pub const CURVES_FILES: [&str; 2] = ["curves.png", "curves.svg"];
+
+/// Draws the learning curves of the checkpoint in `out` as
+/// [`CURVES_FILES`] beside it (both replaced together, or neither).
+pub fn write_curves(out: &Path) -> Result<()> {
+    let state = read_state(out)?;
+    let params = state.config.param_count().unwrap_or(0);
+    let curves = Curves {
+        title: format!(
+            "{} ({} parameters) on Fashion-MNIST: {} of {} epochs",
+            arch_name(&state.config),
+            if params >= 100_000 {
+                format!("{:.2} M", params as f64 / 1e6)
+            } else {
+                params.to_string()
+            },
+            state.epochs_done,
+            state.options.epochs
+        ),
+        history: &state.history,
+        chosen: state.chosen.map(|c| c.epoch),
+        test: state.test,
+    };
+    let mut outs = Outputs::new();
+    for name in CURVES_FILES {
+        let path = out.join(name);
+        let bytes = plot::render(&curves, plot::Format::of("learning curves", &path)?)?;
+        let id = outs.output("learning curves", &path)?;
+        outs.stage(id, &bytes)?;
+    }
+    Ok(outs.commit()?)
+}
+
+/// "DiNAT", "NAT" or "isotropic NAT/DiNAT".
+fn arch_name(cfg: &Config) -> String {
+    let dilated = cfg
+        .dilations
+        .as_ref()
+        .is_some_and(|d| d.iter().flatten().any(|&x| x > 1));
+    let base = if dilated { "DiNAT" } else { "NAT" };
+    match cfg.arch {
+        na_model::Arch::Isotropic => format!("isotropic {base}"),
+        _ => base.to_string(),
+    }
+}
+
 /// Arguments of `na eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -303,6 +358,9 @@ pub struct EvalArgs {
     /// Write the report as JSON to FILE (`-`: standard output, instead of the text).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Draw the confusion matrix (with each class's accuracy) as an image: FILE.png or FILE.svg.
+    #[arg(long, value_name = "FILE")]
+    pub confusion: Option<PathBuf>,
 }
 
 /// The configuration and image size recorded in a training output folder's
@@ -334,6 +392,13 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let json_id = match &args.json {
         Some(p) if p.as_os_str() != "-" => Some(outs.output("--json", p)?),
         _ => None,
+    };
+    let confusion_id = match &args.confusion {
+        Some(p) => Some((
+            plot::Format::of("--confusion", p)?,
+            outs.output("--confusion", p)?,
+        )),
+        None => None,
     };
     // The image size the model was trained for, where it is known.
     let (cfg, weights, trained_size) = match &args.weights {
@@ -382,16 +447,32 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         "images_per_s": rep.images as f64 / rep.seconds.max(1e-9),
         "threads": cpu.threads(),
     });
-    match &args.json {
-        Some(p) if p.as_os_str() == "-" => {
-            crate::outln!("{}", serde_json::to_string_pretty(&json)?)?;
-            return Ok(());
-        }
-        _ => {}
-    }
     if let Some(id) = json_id {
         outs.stage(id, serde_json::to_string_pretty(&json)?.as_bytes())?;
-        outs.commit()?;
+    }
+    if let Some((format, id)) = confusion_id {
+        let who = args
+            .weights
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map_or("the built-in model".to_string(), |n| {
+                n.to_string_lossy().into_owned()
+            });
+        let picture = plot::Confusion {
+            title: format!(
+                "{who} on the Fashion-MNIST test set: {:.2}% of {}",
+                100.0 * rep.accuracy,
+                rep.images
+            ),
+            classes: &FASHION_CLASSES,
+            counts: &rep.confusion,
+        };
+        outs.stage(id, &plot::render(&picture, format)?)?;
+    }
+    outs.commit()?;
+    if matches!(&args.json, Some(p) if p.as_os_str() == "-") {
+        crate::outln!("{}", serde_json::to_string_pretty(&json)?)?;
+        return Ok(());
     }
     crate::outln!(
         "accuracy {:.2}% ({} of {} test images) in {:.2} s ({:.0} images/s, {} threads)",

@@ -114,15 +114,43 @@ fn train_eval_resume_and_errors_on_synthetic_data() {
         "{stdout}"
     );
     assert!(text(&o.stderr).contains("epoch 2:"), "{}", text(&o.stderr));
-    // The folder: the weights, the manifest and one checkpoint set, nothing else.
+    // The folder: the weights, the manifest, one checkpoint set and the
+    // learning curves, nothing else.
     let mut names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
     assert!(names[0].starts_with("checkpoint-s"), "{names:?}");
-    assert_eq!(names[1..], ["checkpoint.json", "model.safetensors"]);
+    assert_eq!(
+        names[1..],
+        [
+            "checkpoint.json",
+            "curves.png",
+            "curves.svg",
+            "model.safetensors"
+        ]
+    );
+    let png = image::open(out.join("curves.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (1200, 480));
+    // Not a blank picture: the curves' blue and green are drawn.
+    let rgb = png.to_rgb8();
+    let has = |c: [u8; 3]| rgb.pixels().any(|p| p.0 == c);
+    assert!(
+        has([31, 119, 180]) && has([44, 160, 44]),
+        "curve colours missing"
+    );
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    for want in [
+        "<svg",
+        "2 of 2 epochs",
+        "validation",
+        "test, measured once",
+        "chosen: epoch",
+    ] {
+        assert!(svg.contains(want), "{want} not in the SVG");
+    }
     for f in [
         "model.safetensors",
         "optimizer.safetensors",
@@ -196,9 +224,58 @@ fn train_eval_resume_and_errors_on_synthetic_data() {
     assert_eq!(total, 40);
     let correct: u64 = (0..10).map(|i| conf[i][i].as_u64().unwrap()).sum();
     assert_eq!(v["correct"].as_u64().unwrap(), correct);
-    // The text report.
-    let o = na(&["eval", "--data", data_s, "--weights", w.to_str().unwrap()]);
+    // The text report, and the confusion matrix as a picture (PNG or SVG).
+    let conf_png = d.join("confusion.png");
+    let o = na(&[
+        "eval",
+        "--data",
+        data_s,
+        "--weights",
+        w.to_str().unwrap(),
+        "--confusion",
+        conf_png.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    let img = image::open(&conf_png).unwrap().to_rgb8();
+    assert!(
+        img.width() > 600 && img.height() > 600,
+        "{:?}",
+        img.dimensions()
+    );
+    let conf_svg = d.join("confusion.svg");
+    let o2 = na(&[
+        "eval",
+        "--data",
+        data_s,
+        "--weights",
+        w.to_str().unwrap(),
+        "--confusion",
+        conf_svg.to_str().unwrap(),
+    ]);
+    assert!(o2.status.success(), "{}", text(&o2.stderr));
+    let svg = std::fs::read_to_string(&conf_svg).unwrap();
+    assert!(
+        svg.contains("Ankle boot") && svg.contains("predicted class"),
+        "{svg}"
+    );
+    // Another extension is refused before the model runs, and nothing is written.
+    let bad_ext = d.join("confusion.txt");
+    let o3 = na(&[
+        "eval",
+        "--data",
+        data_s,
+        "--weights",
+        w.to_str().unwrap(),
+        "--confusion",
+        bad_ext.to_str().unwrap(),
+    ]);
+    assert_eq!(o3.status.code(), Some(1));
+    assert!(
+        text(&o3.stderr).contains("--confusion") && text(&o3.stderr).contains(".png or .svg"),
+        "{}",
+        text(&o3.stderr)
+    );
+    assert!(!bad_ext.exists());
     let s = text(&o.stdout);
     assert!(
         s.contains("accuracy") && s.contains("Ankle boot") && s.contains("confusion"),

@@ -618,6 +618,22 @@ pub fn save_checkpoint(
     Ok(())
 }
 
+/// The training state recorded in `dir`'s `checkpoint.json` (the history of
+/// every epoch, the chosen epoch, the test accuracy), without reading the
+/// weights; [`load_checkpoint`] reads and checks the whole set.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let sp = dir.join(STATE_FILE);
+    let text =
+        crate::limits::read_file(&sp, crate::limits::MAX_JSON_BYTES).map_err(|e| io_err(&sp, e))?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
+        io_err(
+            &sp,
+            format!("not a checkpoint manifest of this version of na ({e})"),
+        )
+    })?;
+    Ok(manifest.state)
+}
+
 /// Reads a checkpoint written by [`save_checkpoint`], checking every file of
 /// the set against the manifest's lengths and checksums.
 pub fn load_checkpoint(
