@@ -128,12 +128,12 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            epochs: 14,
+            epochs: 50,
             batch_size: 32,
             lr: 1e-3,
             min_lr: 1e-5,
             weight_decay: 0.05,
-            warmup_epochs: 0.5,
+            warmup_epochs: 1.0,
             label_smoothing: 0.1,
             shift: 2,
             hflip: true,
