@@ -53,11 +53,14 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// Runs this build's `na`, or `NA_TEST_BIN` (to show that a test fails on
+/// another build, as reliability_cli does).
 fn na(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_na"))
-        .args(args)
-        .output()
-        .unwrap()
+    let bin = std::env::var_os("NA_TEST_BIN").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_BIN_EXE_na")),
+        std::path::PathBuf::from,
+    );
+    Command::new(bin).args(args).output().unwrap()
 }
 
 /// A standard 2D setup: q/k/v [2, 7, 6, 2, 4] (v with head_dim_v 3), rpb for k=3.

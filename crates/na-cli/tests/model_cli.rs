@@ -23,11 +23,14 @@ fn tmp(test: &str) -> PathBuf {
     d
 }
 
+/// Runs this build's `na`, or `NA_TEST_BIN` (to show that a test fails on
+/// another build, as reliability_cli does).
 fn na(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_na"))
-        .args(args)
-        .output()
-        .unwrap()
+    let bin = std::env::var_os("NA_TEST_BIN").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_BIN_EXE_na")),
+        std::path::PathBuf::from,
+    );
+    Command::new(bin).args(args).output().unwrap()
 }
 
 fn stderr(o: &Output) -> String {
