@@ -622,6 +622,11 @@ pub fn save_checkpoint(
 /// every epoch, the chosen epoch, the test accuracy), without reading the
 /// weights; [`load_checkpoint`] reads and checks the whole set.
 pub fn read_state(dir: &Path) -> Result<TrainState> {
+    Ok(read_manifest(dir)?.1.state)
+}
+
+/// `dir`'s manifest (bounded read, parsed), with its path for messages.
+fn read_manifest(dir: &Path) -> Result<(std::path::PathBuf, Manifest)> {
     let sp = dir.join(STATE_FILE);
     let text =
         crate::limits::read_file(&sp, crate::limits::MAX_JSON_BYTES).map_err(|e| io_err(&sp, e))?;
@@ -631,7 +636,7 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
             format!("not a checkpoint manifest of this version of na ({e})"),
         )
     })?;
-    Ok(manifest.state)
+    Ok((sp, manifest))
 }
 
 /// Reads a checkpoint written by [`save_checkpoint`], checking every file of
@@ -640,15 +645,7 @@ pub fn load_checkpoint(
     dir: &Path,
     weight_decay: f32,
 ) -> Result<(ParamSet, AdamW, Averages, TrainState)> {
-    let sp = dir.join(STATE_FILE);
-    let text =
-        crate::limits::read_file(&sp, crate::limits::MAX_JSON_BYTES).map_err(|e| io_err(&sp, e))?;
-    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
-        io_err(
-            &sp,
-            format!("not a checkpoint manifest of this version of na ({e})"),
-        )
-    })?;
+    let (sp, manifest) = read_manifest(dir)?;
     let state = manifest.state;
     state.config.validate()?;
     if !manifest.set.starts_with(SET_PREFIX) || manifest.set.contains(['/', '\\']) {
