@@ -43,140 +43,39 @@
 //! else AVX2+FMA on x86-64; NEON with FMA on aarch64) and the kernels run
 //! inside `#[target_feature]` trampolines. Without `std` the choice is made
 //! at compile time from the target's enabled features.
+//!
+//! # Layout of this module
+//!
+//! From the entry points down: `mod.rs` (checks, scratch, threads) →
+//! `tile/` (the tile loops: `forward.rs`, `backward.rs`, `io.rs` for loads,
+//! stores and transposes, `shape.rs` for a tile's lanes) → `geo.rs` (tile
+//! geometry, work and scratch lengths), `softmax.rs`, `mask.rs`, `micro.rs`
+//! (register-blocked micro-kernels) → `simd/` (the `Simd` trait and
+//! one file per ISA) and `isa.rs` (`Isa`, detection, dispatch).
 
-mod kernels;
+mod geo;
+mod isa;
+mod mask;
+mod micro;
 mod simd;
+mod softmax;
 mod tile;
+
+pub use isa::Isa;
 
 use crate::tensors::{check_backward, check_forward, check_scratch, Grads, Inputs, Saved};
 #[cfg(feature = "alloc")]
 use crate::Par;
 use crate::{Element, Error, Problem};
-use tile::{Geo, LMAX};
-
-/// An instruction set the fused kernels can run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Isa {
-    /// Portable code, 8 lanes, no FMA: whatever the compiler makes of it for
-    /// the build target (SSE2 on x86-64, NEON on aarch64).
-    Generic,
-    /// aarch64 NEON with fused multiply-add, 8 lanes (two registers).
-    #[cfg(all(feature = "std", target_arch = "aarch64"))]
-    Neon,
-    /// x86-64 AVX2 with FMA, 8 lanes.
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    Avx2,
-    /// x86-64 AVX-512F, 16 lanes.
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    Avx512,
-}
-
-impl Isa {
-    /// A short lower-case name (`generic`, `neon`, `avx2`, `avx512`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Generic => "generic",
-            #[cfg(all(feature = "std", target_arch = "aarch64"))]
-            Isa::Neon => "neon",
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx2 => "avx2",
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx512 => "avx512",
-        }
-    }
-
-    /// Whether this CPU can run `self`.
-    pub fn is_available(self) -> bool {
-        match self {
-            Isa::Generic => true,
-            #[cfg(all(feature = "std", target_arch = "aarch64"))]
-            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx512 => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-            }
-        }
-    }
-
-    /// Every ISA of this build that this CPU can run, best last.
-    pub fn available() -> impl Iterator<Item = Isa> {
-        let all = [
-            Isa::Generic,
-            #[cfg(all(feature = "std", target_arch = "aarch64"))]
-            Isa::Neon,
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx2,
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx512,
-        ];
-        all.into_iter().filter(|i| i.is_available())
-    }
-
-    /// The best ISA of this CPU, detected once and cached (under `std`).
-    pub fn best() -> Isa {
-        #[cfg(feature = "std")]
-        {
-            static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-            *BEST.get_or_init(|| Isa::available().last().unwrap_or(Isa::Generic))
-        }
-        #[cfg(not(feature = "std"))]
-        Isa::Generic
-    }
-}
-
-impl Isa {
-    /// The ISA the default entry points use for `p`: [`Isa::best`], except
-    /// that AVX-512 gives way to AVX2 when the last spatial axis has dilation
-    /// groups shorter than 64 positions. Tiles are one vector of queries of
-    /// one group, so 16-lane tiles leave lanes idle on short groups (a
-    /// group of 7 in `dinat-l0` fills 7 of 16), and on CPUs that split
-    /// 512-bit operations in two (AMD Zen 4) the wider vector gains nothing
-    /// to make up for it. Measured on Zen 4 (AMD EPYC, 2 cores, 2 threads,
-    /// forward medians of `na bench --isa avx2|avx512`, files under
-    /// `bench/results/isa/`): `dinat-l0` 1.34 ms (AVX2) vs 2.78 ms
-    /// (AVX-512), `nat-l2` 0.43 vs 0.79, `vol-3d` 5.3 vs 7.1, `nat-l0` 1.15
-    /// vs 1.46 (`cpu-*-small-fwd-na.json`, back to back); `seq-1d` 28.5 vs
-    /// 25.5 and `hires` 41.6 vs 33.8 (`cpu-avx2-fwd-na.json`,
-    /// `cpu-avx512-fwd-na.json`, a noisier pair).
-    pub fn best_for(p: &Problem) -> Isa {
-        let best = Isa::best();
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        if best == Isa::Avx512 {
-            let a = p.axes3()[2];
-            if a.len() / a.dilation() < 64 && Isa::Avx2.is_available() {
-                return Isa::Avx2;
-            }
-        }
-        let _ = p;
-        best
-    }
-}
-
-impl core::fmt::Display for Isa {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-fn check_isa(isa: Isa) -> Result<(), Error> {
-    if isa.is_available() {
-        Ok(())
-    } else {
-        Err(Error::UnsupportedIsa { isa: isa.name() })
-    }
-}
+use geo::{Geo, LMAX};
+use isa::check_isa;
 
 /// Scratch (in `f32`) one sequential forward call needs, for any ISA: the
 /// tile workspace plus, with stride 1 on the last axis, transposed keys and
 /// values of one batch element.
 pub fn forward_scratch_len(p: &Problem) -> usize {
     let g = Geo::new(p);
-    tile::fwd_work_len(p, LMAX) + transposed_len(&g)
+    geo::fwd_work_len(p, LMAX) + transposed_len(&g)
 }
 
 fn transposed_len(g: &Geo) -> usize {
@@ -189,7 +88,7 @@ fn transposed_len(g: &Geo) -> usize {
 
 /// Scratch (in `f32`) one sequential backward call needs, for any ISA.
 pub fn backward_scratch_len(p: &Problem) -> usize {
-    p.lse_len() + 2 * p.rpb_len() + tile::bwd_work_len(p, LMAX) + bwd_transposed_len(&Geo::new(p))
+    p.lse_len() + 2 * p.rpb_len() + geo::bwd_work_len(p, LMAX) + bwd_transposed_len(&Geo::new(p))
 }
 
 /// Forward pass without allocation, on the calling thread: writes `out`
@@ -263,7 +162,7 @@ fn split_transposed<'a>(
     let (vt, work) = rest.split_at_mut(nv);
     for t in [&mut *kt, &mut *vt] {
         let n = t.len();
-        t[n.saturating_sub(tile::T_PAD)..].fill(0.0);
+        t[n.saturating_sub(geo::T_PAD)..].fill(0.0);
     }
     (kt, vt, work)
 }
@@ -340,7 +239,7 @@ fn split_bwd_transposed<'a>(g: &Geo, scratch: &'a mut [f32]) -> (BwdT<'a>, &'a m
         let (a, b) = core::mem::take(&mut rest).split_at_mut(n);
         rest = b;
         let m = a.len();
-        a[m.saturating_sub(tile::T_PAD)..].fill(0.0);
+        a[m.saturating_sub(geo::T_PAD)..].fill(0.0);
         a
     };
     let t = BwdT {
@@ -546,7 +445,7 @@ fn forward_rayon<T: Element>(
     check_isa(isa)?;
     check_forward(p, &x, out, lse.as_deref())?;
     let g = Geo::new(p);
-    let len = tile::fwd_work_len(p, LMAX);
+    let len = geo::fwd_work_len(p, LMAX);
     let mut kv = Recycled::take(transposed_len(&g));
     let (kt, vt, _) = split_transposed(&g, &mut kv);
     let cpb = g.chunks_per_batch();
@@ -714,7 +613,7 @@ fn backward_rayon<T: Element>(
     );
     let mut delta = alloc::vec![0.0f32; p.lse_len()];
     let want_rpb = gr.d_rpb.is_some();
-    let work_len = tile::bwd_work_len(p, LMAX);
+    let work_len = geo::bwd_work_len(p, LMAX);
     let rpb_len = if want_rpb { p.rpb_len() } else { 0 };
     let mut tbuf = Recycled::take(bwd_transposed_len(&g));
     let (tb, _) = split_bwd_transposed(&g, &mut tbuf);

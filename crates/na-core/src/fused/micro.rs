@@ -14,39 +14,7 @@
 // SIMD lane, and writing it as an index is what lets them vectorise.
 #![allow(clippy::needless_range_loop)]
 
-use super::simd::Simd;
-
-/// How a kernel multiplies and adds: fused (one rounding, one instruction on
-/// FMA hardware) or plain (for targets without FMA, where a fused multiply-add
-/// would be a slow library call).
-pub(crate) trait Arith: Copy {
-    /// `a * b + c`.
-    fn fma(a: f32, b: f32, c: f32) -> f32;
-}
-
-/// `a * b + c` with two roundings.
-#[derive(Clone, Copy)]
-pub(crate) struct Plain;
-
-impl Arith for Plain {
-    #[inline(always)]
-    fn fma(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
-    }
-}
-
-/// Fused multiply-add (`f32::mul_add`); only used where the target has FMA.
-#[cfg(feature = "std")]
-#[derive(Clone, Copy)]
-pub(crate) struct Fused;
-
-#[cfg(feature = "std")]
-impl Arith for Fused {
-    #[inline(always)]
-    fn fma(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
-    }
-}
+use super::simd::{Arith, Simd};
 
 /// `out[j] = sum_c rows[j * stride + c] * lanes[c]` for `j < out.len()`.
 ///
@@ -385,68 +353,10 @@ pub(crate) fn diag_axpy_masked<A: Arith, const L: usize, const BC: bool>(
     }
 }
 
-/// Inputs below this give `exp(x) = 0` (the smallest normal is `exp(-87.34)`).
-const EXP_LO: f32 = -87.336_54;
-/// Inputs above this are clamped (`exp(88.38)` is near `f32::MAX`).
-const EXP_HI: f32 = 88.376_26;
-
-/// `exp(x)` for one lane: Cody-Waite reduction `x = n ln2 + r`, a degree-7
-/// polynomial for `exp(r)` on `|r| <= ln2/2` (Cephes `expf` coefficients,
-/// within 2 ulp), and `2^n` built in the exponent bits.
-///
-/// Written without branches or saturating casts so that a loop over lanes
-/// vectorises: `n` is read from the mantissa of `x log2(e) + 1.5 * 2^23`, and
-/// inputs below `EXP_LO` (including `-inf`) are zeroed with a bit mask.
-///
-/// A NaN input gives NaN (a NaN logit must reach the softmax sum, as in a
-/// dense softmax): the mask keeps every input that is not below `EXP_LO`.
-#[inline(always)]
-pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
-    const LOG2E: f32 = core::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = x.clamp(EXP_LO, EXP_HI);
-    let t = xc * LOG2E + MAGIC;
-    let n = t - MAGIC;
-    let r = A::fma(n, -LN2_LO, A::fma(n, -LN2_HI, xc));
-    let mut p = 1.987_569_1e-4f32;
-    p = A::fma(p, r, 1.398_2e-3);
-    p = A::fma(p, r, 8.333_452e-3);
-    p = A::fma(p, r, 4.166_579_6e-2);
-    p = A::fma(p, r, 1.666_666_5e-1);
-    p = A::fma(p, r, 0.5);
-    let e = A::fma(p, r * r, r) + 1.0;
-    // The integer n sits in the low mantissa bits of t.
-    let n_int = t.to_bits().wrapping_sub(MAGIC.to_bits());
-    let pow2 = f32::from_bits(n_int.wrapping_add(127) << 23);
-    // Not `x >= EXP_LO`: that is false for NaN, which must pass.
-    #[allow(clippy::neg_cmp_op_on_partial_ord)]
-    let keep = u32::from(!(x < EXP_LO)).wrapping_neg();
-    f32::from_bits((e * pow2).to_bits() & keep)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::simd::Lanes8;
-
-    #[test]
-    fn exp_is_accurate_over_the_range_that_matters() {
-        let mut worst = 0.0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let got = exp::<Plain>(x) as f64;
-            let want = (x as f64).exp();
-            worst = worst.max(((got - want) / want).abs());
-            x += 0.0137;
-        }
-        assert!(worst < 3e-7, "relative error {worst:e}");
-        assert_eq!(exp::<Plain>(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp::<Plain>(-1000.0), 0.0);
-        assert_eq!(exp::<Plain>(0.0), 1.0);
-        assert!(exp::<Plain>(f32::NAN).is_nan());
-    }
+    use crate::fused::simd::{Generic, Plain};
 
     #[test]
     fn kernels_match_naive_loops() {
@@ -457,7 +367,7 @@ mod tests {
             .map(|c| core::array::from_fn(|l| (c * L + l) as f32 * 0.25))
             .collect();
         let mut out = vec![[0.0; L]; n];
-        rows_dot_lanes::<Lanes8<Plain>, L>(Lanes8::new(), &rows, w, w, &lanes, &mut out);
+        rows_dot_lanes::<Generic, L>(Generic::new(), &rows, w, w, &lanes, &mut out);
         for j in 0..n {
             for l in 0..L {
                 let want: f32 = (0..w).map(|c| rows[j * w + c] * lanes[c][l]).sum();
@@ -470,8 +380,8 @@ mod tests {
             .map(|i| ((i * 7) % 11) as f32 - 5.0)
             .collect();
         let mut dd = vec![[0.0; L]; k];
-        let vx = Lanes8::<Plain>::new();
-        diag_dot::<Lanes8<Plain>, L, false>(vx, &kt, ld, w, &lanes, &mut dd);
+        let vx = Generic::new();
+        diag_dot::<Generic, L, false>(vx, &kt, ld, w, &lanes, &mut dd);
         for o in 0..k {
             for l in 0..L {
                 let want: f32 = (0..w).map(|c| lanes[c][l] * kt[c * ld + o + l]).sum();
@@ -479,7 +389,7 @@ mod tests {
             }
         }
         let mut da = vec![[0.5; L]; w];
-        diag_axpy::<Lanes8<Plain>, L, false>(vx, &dd, &kt, ld, &mut da);
+        diag_axpy::<Generic, L, false>(vx, &dd, &kt, ld, &mut da);
         for c in 0..w {
             for l in 0..L {
                 let want: f32 = 0.5 + (0..k).map(|o| dd[o][l] * kt[c * ld + o + l]).sum::<f32>();
@@ -487,7 +397,7 @@ mod tests {
             }
         }
         let mut acc = vec![[1.0; L]; w];
-        lanes_times_rows::<Lanes8<Plain>, L>(Lanes8::new(), &out, &rows, w, &mut acc);
+        lanes_times_rows::<Generic, L>(Generic::new(), &out, &rows, w, &mut acc);
         for c in 0..w {
             for l in 0..L {
                 let want: f32 = 1.0 + (0..n).map(|j| out[j][l] * rows[j * w + c]).sum::<f32>();
@@ -499,7 +409,7 @@ mod tests {
     #[test]
     fn masked_kernels_select_rows_and_agree_with_the_fast_ones() {
         const L: usize = 8;
-        let vx = Lanes8::<Plain>::new();
+        let vx = Generic::new();
         let (n, w, ld) = (9, 11, 24);
         // Weights and a mask as the tiles make them: masked slots weigh +0.
         let mask: Vec<[f32; L]> = (0..n)
@@ -514,11 +424,11 @@ mod tests {
             .collect();
         // Finite rows: bit for bit the fast forms.
         let (mut fast, mut slow) = (vec![[0.5; L]; w], vec![[0.5; L]; w]);
-        lanes_times_rows::<Lanes8<Plain>, L>(vx, &p, &rows, w, &mut fast);
+        lanes_times_rows::<Generic, L>(vx, &p, &rows, w, &mut fast);
         lanes_times_rows_masked::<Plain, L>(&p, &mask, &rows, w, &mut slow);
         assert_eq!(fast, slow);
         let (mut fast, mut slow) = (vec![[0.5; L]; w], vec![[0.5; L]; w]);
-        diag_axpy::<Lanes8<Plain>, L, false>(vx, &p, &vt, ld, &mut fast);
+        diag_axpy::<Generic, L, false>(vx, &p, &vt, ld, &mut fast);
         diag_axpy_masked::<Plain, L, false>(&p, &mask, &vt, ld, &mut slow);
         assert_eq!(fast, slow);
         // A non-finite element in slot 0 reaches only the lanes that attend
@@ -549,7 +459,7 @@ mod tests {
     #[test]
     fn broadcast_diagonal_kernels_match_naive_loops() {
         const L: usize = 8;
-        let vx = Lanes8::<Plain>::new();
+        let vx = Generic::new();
         let (w, k, ld) = (5, 7, 24);
         // A border run: every lane's window starts at the same slot.
         let idx = [0u32; L];
@@ -560,7 +470,7 @@ mod tests {
             .map(|c| core::array::from_fn(|l| (c + 2 * l) as f32 * 0.5 - 1.0))
             .collect();
         let mut dd = vec![[0.0; L]; k];
-        diag_dot::<Lanes8<Plain>, L, true>(vx, &kt, ld, w, &lanes, &mut dd);
+        diag_dot::<Generic, L, true>(vx, &kt, ld, w, &lanes, &mut dd);
         for o in 0..k {
             for l in 0..L {
                 let at = |c: usize| kt[c * ld + o + idx[l] as usize];
@@ -569,7 +479,7 @@ mod tests {
             }
         }
         let mut da = vec![[0.25; L]; w];
-        diag_axpy::<Lanes8<Plain>, L, true>(vx, &dd, &kt, ld, &mut da);
+        diag_axpy::<Generic, L, true>(vx, &dd, &kt, ld, &mut da);
         for c in 0..w {
             for l in 0..L {
                 let terms = (0..k).map(|o| dd[o][l] * kt[c * ld + o + idx[l] as usize]);

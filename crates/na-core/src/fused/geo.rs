@@ -1,0 +1,243 @@
+//! Tile geometry, resolved once per call: the problem padded to three
+//! spatial axes ([`Geo`]), the fixed work chunks threads take ([`Chunk`]),
+//! dilation groups of the last axis, and the scratch lengths of the tile
+//! loops.
+//!
+//! A *chunk* is a run of positions `[a, a + len)` on the last axis of one
+//! line `(b, x0, x1)` (1D and 2D problems are padded in front to 3D with unit
+//! axes); a *line* is one combination of leading-axis coordinates.
+
+use super::micro::DIAG_PAD;
+use crate::problem::MAX_AXES;
+use crate::window::{Axis, Window};
+use crate::Problem;
+
+/// The widest lane count of any ISA (AVX-512), used to size scratch.
+pub(crate) const LMAX: usize = 16;
+
+/// Zero padding after transposed keys and values: the sliding-window
+/// kernels read up to `DIAG_PAD + LMAX` slots past a group's last position.
+pub(crate) const T_PAD: usize = DIAG_PAD + LMAX;
+
+/// Positions per chunk along the last axis, per unit of dilation.
+pub(crate) const SEG: usize = 64;
+
+/// Problem geometry resolved once per call.
+pub(crate) struct Geo {
+    pub(crate) axes: [Axis; MAX_AXES],
+    pub(crate) ext: [usize; MAX_AXES],
+    pub(crate) rext: [usize; MAX_AXES],
+    /// Bias entries per head.
+    pub(crate) rph: usize,
+    pub(crate) tokens: usize,
+    pub(crate) heads: usize,
+    pub(crate) dk: usize,
+    pub(crate) dv: usize,
+    pub(crate) scale: f32,
+    /// Chunk length on the last axis, and chunks per line.
+    pub(crate) seg: usize,
+    pub(crate) segs: usize,
+    /// Number of lines: `batch * ext[0] * ext[1]`.
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    pub(crate) lines: usize,
+}
+
+/// One chunk: positions `[a, a + len)` of the last axis of line `(b, x0, x1)`.
+#[derive(Clone, Copy)]
+pub(crate) struct Chunk {
+    pub(crate) b: usize,
+    pub(crate) x0: usize,
+    pub(crate) x1: usize,
+    pub(crate) a: usize,
+    pub(crate) len: usize,
+}
+
+impl Geo {
+    pub(crate) fn new(p: &Problem) -> Self {
+        let axes = *p.axes3();
+        let ext = axes.map(|a| a.len());
+        let seg = (SEG * axes[2].dilation()).min(ext[2]);
+        Geo {
+            axes,
+            ext,
+            rext: axes.map(|a| a.rpb_len()),
+            rph: p.rpb_per_head(),
+            tokens: p.tokens(),
+            heads: p.heads(),
+            dk: p.head_dim(),
+            dv: p.head_dim_v(),
+            scale: p.scale(),
+            seg,
+            segs: ext[2].div_ceil(seg),
+            lines: p.batch() * ext[0] * ext[1],
+        }
+    }
+
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    pub(crate) fn chunks(&self) -> usize {
+        self.lines * self.segs
+    }
+
+    pub(crate) fn chunk(&self, ci: usize) -> Chunk {
+        let (line, s) = (ci / self.segs, ci % self.segs);
+        let a = s * self.seg;
+        Chunk {
+            b: line / (self.ext[0] * self.ext[1]),
+            x0: (line / self.ext[1]) % self.ext[0],
+            x1: line % self.ext[1],
+            a,
+            len: self.seg.min(self.ext[2] - a),
+        }
+    }
+
+    /// Whether forward tiles may take the sliding-window path (stride 1 on
+    /// the last axis), which reads keys and values transposed per batch
+    /// element (see [`transpose_kv_line`]).
+    pub(crate) fn transposed(&self) -> bool {
+        self.axes[2].stride() == 1
+    }
+
+    /// Spatial lines (`ext[0] * ext[1]`) of one batch element.
+    pub(crate) fn lines_per_batch(&self) -> usize {
+        self.ext[0] * self.ext[1]
+    }
+
+    /// Chunks of one batch element.
+    pub(crate) fn chunks_per_batch(&self) -> usize {
+        self.lines_per_batch() * self.segs
+    }
+
+    /// Floats of the transposed keys of one batch element (values: `dv`
+    /// instead of `dk`), plus [`T_PAD`] of zero padding that lanes past the
+    /// end of a tile may read.
+    pub(crate) fn kt_len(&self, width: usize) -> usize {
+        self.tokens * self.heads * width + T_PAD
+    }
+
+    /// Floats of one line's transposed block (all heads) of row width `width`.
+    pub(crate) fn line_len(&self, width: usize) -> usize {
+        self.heads * width * self.ext[2]
+    }
+
+    /// Query/key head dim.
+    pub(crate) fn dk(&self) -> usize {
+        self.dk
+    }
+
+    /// Value head dim.
+    pub(crate) fn dv(&self) -> usize {
+        self.dv
+    }
+
+    /// First position of dilation group `grp` in the group-major order of the last axis.
+    #[inline(always)]
+    pub(crate) fn gstart(&self, grp: usize) -> usize {
+        let (e, d) = (self.ext[2], self.axes[2].dilation());
+        grp * (e / d) + grp.min(e % d)
+    }
+
+    /// Length of dilation group `grp` of the last axis.
+    #[inline(always)]
+    pub(crate) fn glen(&self, grp: usize) -> usize {
+        let (e, d) = (self.ext[2], self.axes[2].dilation());
+        e / d + usize::from(grp < e % d)
+    }
+
+    /// Offset in a transposed buffer (of row width `width`) of channel 0,
+    /// group index 0 of group `grp`, head `h`, line `(t0, t1)`: channels are
+    /// `glen(grp)` apart, group indices adjacent.
+    #[inline(always)]
+    pub(crate) fn t_offset(
+        &self,
+        width: usize,
+        t0: usize,
+        t1: usize,
+        h: usize,
+        grp: usize,
+    ) -> usize {
+        ((t0 * self.ext[1] + t1) * self.heads + h) * width * self.ext[2] + width * self.gstart(grp)
+    }
+
+    /// Row (index into `lse`; times the head dim into q/k/v) of head `h` at
+    /// position `(t0, t1, t2)` of batch `b`.
+    #[inline(always)]
+    pub(crate) fn row(&self, b: usize, t0: usize, t1: usize, t2: usize, h: usize) -> usize {
+        (b * self.tokens + (t0 * self.ext[1] + t1) * self.ext[2] + t2) * self.heads + h
+    }
+
+    /// The bias entries of head `h` for leading offsets `(r0, r1)`: one
+    /// entry per last-axis offset.
+    #[inline(always)]
+    pub(crate) fn bias_row<'a, T>(&self, rpb: &'a [T], h: usize, r0: usize, r1: usize) -> &'a [T] {
+        &rpb[h * self.rph + (r0 * self.rext[1] + r1) * self.rext[2]..][..self.rext[2]]
+    }
+}
+
+/// Largest union of a tile's windows (forward, pass 1): `L + k + s`.
+pub(crate) fn union_fwd(p: &Problem, l: usize) -> usize {
+    let a = p.axes3()[2];
+    l + a.kernel() + a.stride()
+}
+
+/// Largest union of a key tile's inverse neighbourhoods (pass 2): `L + 2k`.
+pub(crate) fn union_inv(p: &Problem, l: usize) -> usize {
+    l + 2 * p.axes3()[2].kernel()
+}
+
+pub(crate) fn fwd_work_len(p: &Problem, l: usize) -> usize {
+    let (dk, dv, u) = (p.head_dim(), p.head_dim_v(), union_fwd(p, l));
+    (dk + dv) * l + (u.max(SC_SLOTS) + u) * l + u * (dk + dv)
+}
+
+pub(crate) fn bwd_work_len(p: &Problem, l: usize) -> usize {
+    let (dk, dv) = (p.head_dim(), p.head_dim_v());
+    let u1 = union_fwd(p, l);
+    let pass1 = (2 * dk + dv) * l + 3 * u1 * l + u1 * (dk + dv);
+    let u2 = union_inv(p, l);
+    let pass2 = 2 * (dk + dv) * l + 3 * u2 * l + u2 * (dk + dv) + 2 * u2;
+    pass1.max(pass2)
+}
+
+/// Group indices `ii` with `g + d * ii` in `[a, e)`.
+#[inline(always)]
+pub(crate) fn group_range(a: usize, e: usize, g: usize, d: usize) -> (usize, usize) {
+    (
+        a.saturating_sub(g).div_ceil(d),
+        e.saturating_sub(g).div_ceil(d),
+    )
+}
+
+/// Logit slots a forward tile gathers before one online-softmax step: whole
+/// windows of small kernels (7x7, 13x13, 3x7x7) in one step.
+pub(crate) const SC_SLOTS: usize = 512;
+
+/// The queries attending key `t` on axis `ax`, as one window (they form an
+/// interval of the key's dilation group).
+#[inline(always)]
+pub(crate) fn inverse_window(ax: &Axis, t: usize) -> Window {
+    let mut inv = ax.inverse(t);
+    match inv.next() {
+        Some(first) => {
+            let last = inv.last().unwrap_or(first);
+            Window {
+                start: first,
+                count: (last - first) / ax.dilation() + 1,
+                step: ax.dilation(),
+            }
+        }
+        None => Window {
+            start: t,
+            count: 0,
+            step: ax.dilation(),
+        },
+    }
+}
+
+/// The leading-axis key line `li` of windows `w0 x w1` (row-major).
+#[inline(always)]
+pub(crate) fn line_of(w0: &Window, w1: &Window, li: usize) -> (usize, usize) {
+    (
+        w0.start + (li / w1.count) * w0.step,
+        w1.start + (li % w1.count) * w1.step,
+    )
+}

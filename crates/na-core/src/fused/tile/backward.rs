@@ -1,0 +1,612 @@
+//! The backward tile loops: pass 1 gathers `d_query` (and `d_rpb`) over each
+//! query tile's window; pass 2 gathers `d_key` and `d_value` over each key
+//! tile's inverse neighbourhood, with lanes = keys.
+
+// Lane loops index several `[f32; L]` arrays with the same `l`: that is the
+// SIMD lane, and writing it as an index is what lets them vectorise.
+#![allow(clippy::needless_range_loop)]
+
+use super::io::{load_tile, rows_of, store_tile, QueriesT};
+use super::shape::{add_query_bias, lanes_of, slide_run, take, take_lanes, Lanes, Slide};
+use crate::fused::geo::{group_range, inverse_window, line_of, Chunk, Geo};
+use crate::fused::mask::{lanes_finite, mask_weights};
+use crate::fused::micro::{
+    diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
+    rows_dot_lanes,
+};
+use crate::fused::simd::Simd;
+use crate::fused::softmax::exp;
+use crate::tensors::{Inputs, Saved};
+use crate::Element;
+
+/// Per-slot buffers of backward pass 1's general path: probabilities,
+/// `d_logit`, the mask, packed keys and values of one line.
+pub(crate) type QueryUnionBufs<'a, const L: usize> = (
+    &'a mut [[f32; L]],
+    &'a mut [[f32; L]],
+    &'a [[f32; L]],
+    &'a mut [f32],
+    &'a mut [f32],
+);
+
+/// Three lane buffers of a backward tile: probabilities, `dP`, mask.
+pub(crate) type Three<'a, const L: usize> =
+    (&'a mut [[f32; L]], &'a mut [[f32; L]], &'a mut [[f32; L]]);
+
+/// What one tile of backward pass 1 works on.
+pub(crate) struct BwdQTile<'a, const L: usize> {
+    pub(crate) ch: Chunk,
+    pub(crate) h: usize,
+    pub(crate) grp: usize,
+    pub(crate) ii0: usize,
+    pub(crate) n: usize,
+    /// Scaled queries and `d_out`, transposed.
+    pub(crate) qt: &'a [[f32; L]],
+    pub(crate) dot: &'a [[f32; L]],
+    /// Per lane: `lse` and `delta`.
+    pub(crate) lse: [f32; L],
+    pub(crate) dlt: [f32; L],
+}
+
+/// Backward pass 1 of one tile on the transposed path: `d_query` into `dqt`
+/// and, when given, `d_rpb`. Ragged runs mask `d_logit` past each lane's
+/// window; `safe` selects the keys too (see "Masking" above).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    (kt, vt): (&[f32], &[f32]),
+    t: &BwdQTile<'_, L>,
+    sl: &Slide<L>,
+    safe: bool,
+    (sc, dp, mask): Three<'_, L>,
+    dqt: &mut [[f32; L]],
+    mut drpb: Option<&mut [f32]>,
+) {
+    let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (lg, km) = (g.glen(t.grp), sl.kmax);
+    if sl.ragged {
+        sl.mask(t.n, mask);
+    }
+    let (sc, dp, mask) = (&mut sc[..km], &mut dp[..km], &mask[..km]);
+    for li in 0..w0.count * w1.count {
+        let (t0, t1) = line_of(&w0, &w1, li);
+        let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
+        let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+        let ko = g.t_offset(dk, t0, t1, t.h, t.grp) + sl.st0;
+        let vo = g.t_offset(dv, t0, t1, t.h, t.grp) + sl.st0;
+        diag_dot::<S, L, BC>(vx, &kt[ko..], lg, dk, t.qt, sc);
+        let brow = x.rpb.map(|rpb| g.bias_row(rpb, t.h, r0, r1));
+        let b0 = |l: usize| sl.query_bias_start(l, k2, t.ii0);
+        if let Some(brow) = brow {
+            add_query_bias::<T, L, BC>(sc, brow, sl, k2, t.ii0, t.n);
+        }
+        for sj in sc.iter_mut() {
+            for l in 0..L {
+                sj[l] = exp::<S::A>(sj[l] - t.lse[l]);
+            }
+        }
+        diag_dot::<S, L, BC>(vx, &vt[vo..], lg, dv, t.dot, dp);
+        for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
+            for l in 0..L {
+                pj[l] = sj[l] * (pj[l] - t.dlt[l]);
+            }
+        }
+        if sl.ragged {
+            mask_weights(dp, mask);
+        }
+        if safe {
+            diag_axpy_masked::<S::A, L, BC>(dp, mask, &kt[ko..], lg, dqt);
+        } else {
+            diag_axpy::<S, L, BC>(vx, dp, &kt[ko..], lg, dqt);
+        }
+        if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
+            let off = t.h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
+            if BC {
+                for l in 0..t.n {
+                    let d = &mut d[off + b0(l)..];
+                    for (dr, pj) in d.iter_mut().zip(&dp[..sl.cnt[l]]) {
+                        *dr += pj[l];
+                    }
+                }
+            } else {
+                for (dr, pj) in d[off + b0(0)..].iter_mut().zip(dp.iter()) {
+                    *dr += pj[..t.n].iter().sum::<f32>();
+                }
+            }
+        }
+    }
+}
+
+/// Backward pass 1 of one tile on the general path: per key line, the
+/// union of the tile's windows, `d_logit` masked to each lane's window, into
+/// `dqt` ([`lanes_times_rows_masked`] when `safe`) and, when given, `d_rpb`.
+/// `mask` must hold [`Lanes::mask`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_query_union<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    t: &BwdQTile<'_, L>,
+    ln: &Lanes<L>,
+    safe: bool,
+    (sc, dp, mask, kp, vp): QueryUnionBufs<'_, L>,
+    dqt: &mut [[f32; L]],
+    mut drpb: Option<&mut [f32]>,
+) {
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2, u) = (ax.dilation(), ax.kernel(), ln.u);
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (sc, dp, mask) = (&mut sc[..u], &mut dp[..u], &mask[..u]);
+    for t0 in w0.iter() {
+        let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
+        for t1 in w1.iter() {
+            let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+            let r = g.row(t.ch.b, t0, t1, t.grp + d2 * ln.lo, t.h);
+            let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
+            let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
+            rows_dot_lanes::<S, L>(vx, keys, ks, dk, t.qt, sc);
+            let brow = x.rpb.map(|rpb| g.bias_row(rpb, t.h, r0, r1));
+            if let Some(brow) = brow {
+                for l in 0..t.n {
+                    // Bias index of slot j: (lo + j) - (ii0 + l) + k - 1.
+                    let b0 = (ln.lo + ln.first[l] + k2 - 1) - (t.ii0 + l);
+                    for (j, b) in (ln.first[l]..ln.last[l]).zip(&brow[b0..]) {
+                        sc[j][l] += b.to_f32();
+                    }
+                }
+            }
+            for sj in sc.iter_mut() {
+                for l in 0..L {
+                    sj[l] = exp::<S::A>(sj[l] - t.lse[l]);
+                }
+            }
+            rows_dot_lanes::<S, L>(vx, vals, vs, dv, t.dot, dp);
+            for (pj, sj) in dp.iter_mut().zip(sc.iter()) {
+                for l in 0..L {
+                    pj[l] = sj[l] * (pj[l] - t.dlt[l]);
+                }
+            }
+            mask_weights(dp, mask);
+            if safe {
+                lanes_times_rows_masked::<S::A, L>(dp, mask, keys, ks, dqt);
+            } else {
+                lanes_times_rows::<S, L>(vx, dp, keys, ks, dqt);
+            }
+            if let (Some(d), true) = (drpb.as_deref_mut(), brow.is_some()) {
+                let off = t.h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
+                for l in 0..t.n {
+                    let b0 = off + (ln.lo + ln.first[l] + k2 - 1) - (t.ii0 + l);
+                    for (j, dr) in (ln.first[l]..ln.last[l]).zip(&mut d[b0..]) {
+                        *dr += dp[j][l];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Backward pass 1 for one chunk of queries: `dq` (`(len, heads, dk)`),
+/// `delta = <d_out, out>` (`(len, heads)`), and every `d_logit` added into
+/// `drpb` (the whole bias table) when given.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_query<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    sv: &Saved<'_, T>,
+    kvt: Option<(&[f32], &[f32])>,
+    ci: usize,
+    dq: &mut [T],
+    delta: &mut [f32],
+    mut drpb: Option<&mut [f32]>,
+    scratch: &mut [f32],
+) {
+    let ch = g.chunk(ci);
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2) = (ax.dilation(), ax.kernel());
+    let umax = L + k2 + ax.stride();
+    let mut s = scratch;
+    let qt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries
+    let dot = take_lanes::<L>(&mut s, dv); // (dv, L): d_out, transposed
+    let dqt = take_lanes::<L>(&mut s, dk); // (dk, L): d_query accumulator
+    let sc = take_lanes::<L>(&mut s, umax); // (U, L): probabilities
+    let dp = take_lanes::<L>(&mut s, umax); // (U, L): dP, then d_logit
+    let mask = take_lanes::<L>(&mut s, umax); // (U, L): window mask, 1 = attended
+    let kp = take(&mut s, umax * dk); // (U, dk)
+    let vp = take(&mut s, umax * dv); // (U, dv)
+    for h in 0..hn {
+        for grp in 0..d2 {
+            let (ia, ie) = group_range(ch.a, ch.a + ch.len, grp, d2);
+            let mut ii0 = ia;
+            while ii0 < ie {
+                let n = (ie - ii0).min(L);
+                let (mut x2, mut st, mut en, mut rows) = ([0; L], [0; L], [0; L], [0; L]);
+                let (mut lse, mut dlt) = ([0.0f32; L], [0.0f32; L]);
+                for l in 0..n {
+                    x2[l] = grp + d2 * (ii0 + l);
+                    let w = ax.window(x2[l]);
+                    st[l] = w.start / d2;
+                    en[l] = st[l] + w.count;
+                }
+                let n = if kvt.is_some() { slide_run(&st, n) } else { n };
+                for l in 0..n {
+                    let r = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
+                    rows[l] = r;
+                    lse[l] = sv.lse[r];
+                    let (o, d) = (&sv.out[r * dv..][..dv], &sv.d_out[r * dv..][..dv]);
+                    dlt[l] = o.iter().zip(d).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
+                    delta[(x2[l] - ch.a) * hn + h] = dlt[l];
+                }
+                load_tile::<S, T, L>(vx, qt, x.query, &rows[..n], dk, g.scale, kp);
+                load_tile::<S, T, L>(vx, dot, sv.d_out, &rows[..n], dv, 1.0, vp);
+                for v in dqt.iter_mut() {
+                    *v = [0.0; L];
+                }
+                let t = BwdQTile {
+                    ch,
+                    h,
+                    grp,
+                    ii0,
+                    n,
+                    qt,
+                    dot,
+                    lse,
+                    dlt,
+                };
+                let slide = kvt.and_then(|_| Slide::<L>::new(n, &st, &en));
+                // A redo (`safe`) adds nothing to d_rpb: d_logit is the same
+                // in both runs, and the first one has added it.
+                if let (Some(kv), Some(sl)) = (kvt, slide) {
+                    for safe in [false, true] {
+                        let bufs = (&mut *sc, &mut *dp, &mut *mask);
+                        let d = if safe { None } else { drpb.as_deref_mut() };
+                        if !sl.bcast {
+                            backward_query_slide::<S, L, T, false>(
+                                vx, g, x, kv, &t, &sl, safe, bufs, dqt, d,
+                            );
+                        } else {
+                            backward_query_slide::<S, L, T, true>(
+                                vx, g, x, kv, &t, &sl, safe, bufs, dqt, d,
+                            );
+                        }
+                        if safe || !sl.ragged || lanes_finite(dqt, n) {
+                            break;
+                        }
+                        for v in dqt.iter_mut() {
+                            *v = [0.0; L];
+                        }
+                    }
+                } else {
+                    let ln = Lanes::new(n, st, en);
+                    ln.mask(mask);
+                    for safe in [false, true] {
+                        let bufs = (&mut *sc, &mut *dp, &*mask, &mut *kp, &mut *vp);
+                        let d = if safe { None } else { drpb.as_deref_mut() };
+                        backward_query_union::<S, L, T>(vx, g, x, &t, &ln, safe, bufs, dqt, d);
+                        if safe || lanes_finite(dqt, n) {
+                            break;
+                        }
+                        for v in dqt.iter_mut() {
+                            *v = [0.0; L];
+                        }
+                    }
+                }
+                let mut orow = [0usize; L];
+                for l in 0..n {
+                    orow[l] = (x2[l] - ch.a) * hn + h;
+                }
+                let scale = [g.scale; L];
+                store_tile::<S, T, L>(vx, dq, &orow[..n], dk, dqt, Some(&scale), kp);
+                ii0 += n;
+            }
+        }
+    }
+}
+
+/// What one tile of backward pass 2 works on.
+pub(crate) struct BwdKTile<'a, const L: usize> {
+    pub(crate) ch: Chunk,
+    pub(crate) h: usize,
+    pub(crate) grp: usize,
+    pub(crate) jj0: usize,
+    pub(crate) n: usize,
+    /// Scaled keys and values, transposed.
+    pub(crate) kt: &'a [[f32; L]],
+    pub(crate) vt: &'a [[f32; L]],
+}
+
+/// Backward pass 2 of one key tile on the transposed path: `d_key` and
+/// `d_value` into `dkt` and `dvt`, over each key's inverse neighbourhood.
+/// Ragged runs mask the probabilities and `d_logit` past each lane's
+/// neighbourhood; `safe` selects the queries and `d_out` too (see "Masking"
+/// above).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_key_slide<S: Simd, const L: usize, T: Element, const BC: bool>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    tq: &QueriesT<'_>,
+    t: &BwdKTile<'_, L>,
+    sl: &Slide<L>,
+    safe: bool,
+    (sc, dp, mask): Three<'_, L>,
+    (dkt, dvt): (&mut [[f32; L]], &mut [[f32; L]]),
+) {
+    let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
+    let (a0, a1) = (g.axes[0], g.axes[1]);
+    let (lg, km) = (g.glen(t.grp), sl.kmax);
+    if sl.ragged {
+        sl.mask(t.n, mask);
+    }
+    let (sc, dp, mask) = (&mut sc[..km], &mut dp[..km], &mask[..km]);
+    let (i0, i1) = (inverse_window(&a0, t.ch.x0), inverse_window(&a1, t.ch.x1));
+    for q0 in i0.iter() {
+        let r0 = a0.rpb_index_unchecked(q0, t.ch.x0);
+        for q1 in i1.iter() {
+            let r1 = a1.rpb_index_unchecked(q1, t.ch.x1);
+            let qo = g.t_offset(dk, q0, q1, t.h, t.grp) + sl.st0;
+            let oo = g.t_offset(dv, q0, q1, t.h, t.grp) + sl.st0;
+            let so = g.t_offset(1, q0, q1, t.h, t.grp) + sl.st0;
+            diag_dot::<S, L, BC>(vx, &tq.q[qo..], lg, dk, t.kt, sc);
+            if let Some(rpb) = x.rpb {
+                // Lane l, slot o: key jj0 + l, query st0 + idx[l] + o.
+                let brow = g.bias_row(rpb, t.h, r0, r1);
+                let b0 = |l: usize| t.jj0 + l + k2 - 1 - sl.st0 - sl.idx[l] as usize;
+                if BC {
+                    for l in 0..t.n {
+                        let b0 = b0(l);
+                        for (o, sj) in sc[..sl.cnt[l]].iter_mut().enumerate() {
+                            sj[l] += brow[b0 - o].to_f32();
+                        }
+                    }
+                } else {
+                    let b0 = b0(0);
+                    for (o, sj) in sc.iter_mut().enumerate() {
+                        let b = brow[b0 - o].to_f32();
+                        for v in sj.iter_mut() {
+                            *v += b;
+                        }
+                    }
+                }
+            }
+            for (o, sj) in sc.iter_mut().enumerate() {
+                let lv = lanes_of::<L, BC>(&tq.lse[so + o..]);
+                for l in 0..L {
+                    sj[l] = exp::<S::A>(sj[l] - lv[l]);
+                }
+            }
+            diag_dot::<S, L, BC>(vx, &tq.d_out[oo..], lg, dv, t.vt, dp);
+            for (o, (pj, sj)) in dp.iter_mut().zip(sc.iter()).enumerate() {
+                let dl = lanes_of::<L, BC>(&tq.delta[so + o..]);
+                for l in 0..L {
+                    pj[l] = sj[l] * (pj[l] - dl[l]);
+                }
+            }
+            if sl.ragged {
+                mask_weights(sc, mask);
+                mask_weights(dp, mask);
+            }
+            if safe {
+                diag_axpy_masked::<S::A, L, BC>(sc, mask, &tq.d_out[oo..], lg, dvt);
+                diag_axpy_masked::<S::A, L, BC>(dp, mask, &tq.q[qo..], lg, dkt);
+            } else {
+                diag_axpy::<S, L, BC>(vx, sc, &tq.d_out[oo..], lg, dvt);
+                diag_axpy::<S, L, BC>(vx, dp, &tq.q[qo..], lg, dkt);
+            }
+        }
+    }
+}
+
+/// Per-slot buffers of backward pass 2's general path: probabilities,
+/// `d_logit`, the mask, packed queries and `d_out`, and the queries' `lse`
+/// and `delta`.
+pub(crate) type KeyUnionBufs<'a, const L: usize> = (
+    &'a mut [[f32; L]],
+    &'a mut [[f32; L]],
+    &'a [[f32; L]],
+    &'a mut [f32],
+    &'a mut [f32],
+    &'a mut [f32],
+    &'a mut [f32],
+);
+
+/// Backward pass 2 of one key tile on the general path: per query line, the
+/// union of the tile's inverse neighbourhoods, probabilities and `d_logit`
+/// masked to each lane's neighbourhood, into `dkt` and `dvt`
+/// ([`lanes_times_rows_masked`] when `safe`). `mask` must hold
+/// [`Lanes::mask`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_key_union<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    sv: &Saved<'_, T>,
+    delta: &[f32],
+    t: &BwdKTile<'_, L>,
+    ln: &Lanes<L>,
+    safe: bool,
+    (sc, dp, mask, qp, dop, lse_u, dlt_u): KeyUnionBufs<'_, L>,
+    (dkt, dvt): (&mut [[f32; L]], &mut [[f32; L]]),
+) {
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2, u) = (ax.dilation(), ax.kernel(), ln.u);
+    let (a0, a1) = (g.axes[0], g.axes[1]);
+    let (sc, dp, mask) = (&mut sc[..u], &mut dp[..u], &mask[..u]);
+    for q0 in a0.inverse(t.ch.x0) {
+        let r0 = a0.rpb_index_unchecked(q0, t.ch.x0);
+        for q1 in a1.inverse(t.ch.x1) {
+            let r1 = a1.rpb_index_unchecked(q1, t.ch.x1);
+            let r = g.row(t.ch.b, q0, q1, t.grp + d2 * ln.lo, t.h);
+            for i in 0..u {
+                lse_u[i] = sv.lse[r + i * d2 * hn];
+                dlt_u[i] = delta[r + i * d2 * hn];
+            }
+            let (qs, qst) = rows_of(x.query, r, d2 * hn, u, dk, qp);
+            let (dos, dost) = rows_of(sv.d_out, r, d2 * hn, u, dv, dop);
+            rows_dot_lanes::<S, L>(vx, qs, qst, dk, t.kt, sc);
+            if let Some(rpb) = x.rpb {
+                let brow = g.bias_row(rpb, t.h, r0, r1);
+                for l in 0..t.n {
+                    // Bias index: key group index - query group index + k - 1.
+                    let base = t.jj0 + l + k2 - 1 - ln.lo;
+                    for i in ln.first[l]..ln.last[l] {
+                        sc[i][l] += brow[base - i].to_f32();
+                    }
+                }
+            }
+            for (i, si) in sc.iter_mut().enumerate() {
+                for l in 0..L {
+                    si[l] = exp::<S::A>(si[l] - lse_u[i]);
+                }
+            }
+            rows_dot_lanes::<S, L>(vx, dos, dost, dv, t.vt, dp);
+            for (i, (pi, si)) in dp.iter_mut().zip(sc.iter()).enumerate() {
+                for l in 0..L {
+                    pi[l] = si[l] * (pi[l] - dlt_u[i]);
+                }
+            }
+            mask_weights(sc, mask);
+            mask_weights(dp, mask);
+            if safe {
+                lanes_times_rows_masked::<S::A, L>(sc, mask, dos, dost, dvt);
+                lanes_times_rows_masked::<S::A, L>(dp, mask, qs, qst, dkt);
+            } else {
+                lanes_times_rows::<S, L>(vx, sc, dos, dost, dvt);
+                lanes_times_rows::<S, L>(vx, dp, qs, qst, dkt);
+            }
+        }
+    }
+}
+
+/// Backward pass 2 for one chunk of keys: `dk` (`(len, heads, dk)`) and `dv`
+/// (`(len, heads, dv)`), gathered over each key's inverse neighbourhood.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_key<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    sv: &Saved<'_, T>,
+    delta: &[f32],
+    qdt: Option<QueriesT<'_>>,
+    ci: usize,
+    dk_out: &mut [T],
+    dv_out: &mut [T],
+    scratch: &mut [f32],
+) {
+    let ch = g.chunk(ci);
+    let (dk, dv, hn) = (g.dk, g.dv, g.heads);
+    let ax = g.axes[2];
+    let (d2, k2) = (ax.dilation(), ax.kernel());
+    let umax = L + 2 * k2;
+    let mut s = scratch;
+    let kt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled keys
+    let vt = take_lanes::<L>(&mut s, dv); // (dv, L): values
+    let dkt = take_lanes::<L>(&mut s, dk); // (dk, L): d_key accumulator
+    let dvt = take_lanes::<L>(&mut s, dv); // (dv, L): d_value accumulator
+    let sc = take_lanes::<L>(&mut s, umax); // (U, L): probabilities
+    let dp = take_lanes::<L>(&mut s, umax); // (U, L): dP, then d_logit
+    let mask = take_lanes::<L>(&mut s, umax); // (U, L): inverse mask, 1 = attending
+    let qp = take(&mut s, umax * dk); // (U, dk): packed queries of one line
+    let dop = take(&mut s, umax * dv); // (U, dv): packed d_out of one line
+    let lse_u = take(&mut s, umax); // (U,)
+    let dlt_u = take(&mut s, umax); // (U,)
+    for h in 0..hn {
+        for grp in 0..d2 {
+            let (ja, je) = group_range(ch.a, ch.a + ch.len, grp, d2);
+            let mut jj0 = ja;
+            while jj0 < je {
+                let n = (je - jj0).min(L);
+                let (mut x2, mut st, mut en, mut rows) = ([0; L], [0; L], [0; L], [0; L]);
+                for l in 0..n {
+                    x2[l] = grp + d2 * (jj0 + l);
+                    // The queries attending a key form one interval of its group.
+                    let inv = inverse_window(&ax, x2[l]);
+                    st[l] = inv.start / d2;
+                    en[l] = st[l] + inv.count;
+                    rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
+                }
+                let n = if qdt.is_some() { slide_run(&st, n) } else { n };
+                load_tile::<S, T, L>(vx, kt, x.key, &rows[..n], dk, g.scale, qp);
+                load_tile::<S, T, L>(vx, vt, x.value, &rows[..n], dv, 1.0, dop);
+                for v in dkt.iter_mut().chain(dvt.iter_mut()) {
+                    *v = [0.0; L];
+                }
+                let t = BwdKTile {
+                    ch,
+                    h,
+                    grp,
+                    jj0,
+                    n,
+                    kt,
+                    vt,
+                };
+                let slide = qdt.and_then(|_| Slide::<L>::new(n, &st, &en));
+                if let (Some(tq), Some(sl)) = (qdt, slide) {
+                    for safe in [false, true] {
+                        let bufs = (&mut *sc, &mut *dp, &mut *mask);
+                        let acc = (&mut *dkt, &mut *dvt);
+                        if !sl.bcast {
+                            backward_key_slide::<S, L, T, false>(
+                                vx, g, x, &tq, &t, &sl, safe, bufs, acc,
+                            );
+                        } else {
+                            backward_key_slide::<S, L, T, true>(
+                                vx, g, x, &tq, &t, &sl, safe, bufs, acc,
+                            );
+                        }
+                        if safe || !sl.ragged || (lanes_finite(dkt, n) && lanes_finite(dvt, n)) {
+                            break;
+                        }
+                        for v in dkt.iter_mut().chain(dvt.iter_mut()) {
+                            *v = [0.0; L];
+                        }
+                    }
+                } else {
+                    let ln = Lanes::new(n, st, en);
+                    ln.mask(mask);
+                    for safe in [false, true] {
+                        let bufs = (
+                            &mut *sc,
+                            &mut *dp,
+                            &*mask,
+                            &mut *qp,
+                            &mut *dop,
+                            &mut *lse_u,
+                            &mut *dlt_u,
+                        );
+                        let acc = (&mut *dkt, &mut *dvt);
+                        backward_key_union::<S, L, T>(
+                            vx, g, x, sv, delta, &t, &ln, safe, bufs, acc,
+                        );
+                        if safe || (lanes_finite(dkt, n) && lanes_finite(dvt, n)) {
+                            break;
+                        }
+                        for v in dkt.iter_mut().chain(dvt.iter_mut()) {
+                            *v = [0.0; L];
+                        }
+                    }
+                }
+                let mut orow = [0usize; L];
+                for l in 0..n {
+                    orow[l] = (x2[l] - ch.a) * hn + h;
+                }
+                let scale = [g.scale; L];
+                store_tile::<S, T, L>(vx, dk_out, &orow[..n], dk, dkt, Some(&scale), qp);
+                store_tile::<S, T, L>(vx, dv_out, &orow[..n], dv, dvt, None, dop);
+                jj0 += n;
+            }
+        }
+    }
+}
