@@ -41,10 +41,11 @@ impl ImplArg {
 /// Arguments of `na bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Cases to run (see --list); default: the whole CPU suite.
+    /// Cases to run (see --list); default: the whole suite of the device
+    /// (BENCHMARKS.md's CPU suite, or its GPU suite with `--device cuda`).
     #[arg(long, value_delimiter = ',')]
     pub case: Vec<String>,
-    /// List the suite's cases and exit.
+    /// List the suite's cases (of `--device`) and exit.
     #[arg(long)]
     pub list: bool,
     /// A custom case: the query shape `batch,*spatial,heads,head_dim` (with
@@ -201,6 +202,23 @@ fn suite() -> Vec<Case> {
         Case::suite("seq-1d-blocked", 1, &[4096], 4, 64, &[256], &[256], &[1]),
         Case::suite("vol-3d", 1, &[8, 16, 16], 4, 32, &[3, 7, 7], &[1], &[1]),
     ]
+}
+
+/// The GPU operator suite of BENCHMARKS.md (`na_cuda::bench::SUITE`): the
+/// default of `--device cuda`.
+fn gpu_suite() -> Vec<Case> {
+    na_cuda::bench::SUITE
+        .iter()
+        .map(|&(id, b, s, h, d, k, st, dil)| Case::suite(id, b, s, h, d, k, st, dil))
+        .collect()
+}
+
+/// The suite of the device the arguments name.
+fn suite_for(device: &DeviceArg) -> Vec<Case> {
+    match device {
+        DeviceArg::Cpu => suite(),
+        DeviceArg::Cuda(_) => gpu_suite(),
+    }
 }
 
 /// Deterministic standard-normal data (SplitMix64 + Box-Muller).
@@ -434,7 +452,7 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>> {
             rpb: args.rpb,
         }]);
     }
-    let all = suite();
+    let all = suite_for(&args.device);
     if args.case.is_empty() {
         return Ok(all);
     }
@@ -487,7 +505,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "dilation",
             "stride"
         )?;
-        for c in suite() {
+        for c in suite_for(&args.device) {
             crate::outln!(
                 "{:<16} {:>5} {:<14} {:>9} {:<10} {:<10} {:<8}",
                 c.id,
@@ -674,6 +692,7 @@ fn run_cuda(
             iters: args.iters.max(1),
             backward: args.backward,
             rpb: c.rpb,
+            max_seconds: args.max_seconds,
         };
         let times = na_cuda::bench::time_problem(&ctx, p, dtype, &cfg)
             .with_context(|| format!("case {}", c.id))?;

@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run --release -p na-cuda --example bench -- [--dtype f16|bf16|f32] [--backward]
-//!     [--case id,id] [--warmup N] [--iters N] [--json FILE] [--list]
+//!     [--case id,id] [--warmup N] [--iters N] [--max-seconds S] [--json FILE] [--list]
 //! ```
 //!
 //! Writes the fields of `na bench --json` plus `"gpu"` and `"driver"`, with
@@ -10,62 +10,9 @@
 //! SDPA and FlexAttention.
 
 use na_core::{DType, Params, Problem};
-use na_cuda::bench::{time_problem, BenchConfig};
+use na_cuda::bench::{time_problem, BenchConfig, Case, SUITE};
 use na_cuda::CudaContext;
 use serde_json::{json, Value};
-
-/// (id, batch, spatial, heads, head_dim, kernel, stride, dilation), as in
-/// `bench/gpu_baselines.py`.
-type Case = (
-    &'static str,
-    usize,
-    &'static [usize],
-    usize,
-    usize,
-    &'static [usize],
-    &'static [usize],
-    &'static [usize],
-);
-
-const SUITE: &[Case] = &[
-    ("nat-l0", 1, &[56, 56], 2, 32, &[7, 7], &[1], &[1]),
-    ("nat-l0-b64", 64, &[56, 56], 2, 32, &[7, 7], &[1], &[1]),
-    ("dinat-l0", 1, &[56, 56], 2, 32, &[7, 7], &[1], &[8]),
-    ("nat-l2", 1, &[14, 14], 8, 32, &[7, 7], &[1], &[1]),
-    ("hires", 1, &[128, 128], 4, 32, &[13, 13], &[1], &[1]),
-    ("seq-1d", 1, &[32768], 1, 128, &[2048], &[1], &[1]),
-    (
-        "seq-1d-blocked",
-        1,
-        &[32768],
-        1,
-        128,
-        &[2048],
-        &[2048],
-        &[1],
-    ),
-    (
-        "vol-3d",
-        1,
-        &[30, 48, 80],
-        24,
-        128,
-        &[18, 24, 24],
-        &[1],
-        &[1],
-    ),
-    ("flux-2d", 1, &[256, 256], 24, 128, &[80, 80], &[1], &[1]),
-    (
-        "flux-2d-s16",
-        1,
-        &[256, 256],
-        24,
-        128,
-        &[80, 80],
-        &[16],
-        &[1],
-    ),
-];
 
 fn problem(c: &Case) -> Problem {
     let params = Params::new(c.5)
@@ -115,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         iters: value("--iters").map_or(Ok(20), |s| s.parse())?,
         backward: flag("--backward"),
         rpb: false,
+        max_seconds: value("--max-seconds").map_or(Ok(10.0), |s| s.parse())?,
     };
     let ctx = CudaContext::new(0)?;
     let info = ctx.info().clone();
