@@ -80,3 +80,22 @@ fn cuda_device_is_a_clear_error_or_matches_the_cpu() {
         "a bad --device value is a usage error"
     );
 }
+
+/// `--device cuda` chooses BENCHMARKS.md's GPU suite (listing it needs no GPU),
+/// and a CPU-only case id is then unknown.
+#[test]
+fn bench_lists_the_gpu_suite_for_cuda() {
+    let gpu = na(&["bench", "--list", "--device", "cuda"]);
+    assert!(gpu.status.success());
+    let out = String::from_utf8_lossy(&gpu.stdout);
+    for id in ["nat-l0", "seq-1d", "vol-3d", "flux-2d", "flux-2d-s16"] {
+        assert!(out.contains(id), "{id} missing from\n{out}");
+    }
+    assert!(out.contains("[32768]") && out.contains("[80, 80]"), "{out}");
+    let cpu = na(&["bench", "--list"]);
+    let cpu_out = String::from_utf8_lossy(&cpu.stdout);
+    assert!(
+        cpu_out.contains("[4096]") && !cpu_out.contains("flux-2d"),
+        "{cpu_out}"
+    );
+}
