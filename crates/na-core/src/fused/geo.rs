@@ -40,23 +40,51 @@ pub(crate) struct Geo {
     /// Number of lines: `batch * ext[0] * ext[1]`.
     #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     pub(crate) lines: usize,
+    /// Rows (positions of axis 1) per forward chunk, and forward chunks
+    /// along axis 1 (see [`Geo::fchunk`]).
+    pub(crate) frows: usize,
+    pub(crate) fblocks: usize,
 }
 
-/// One chunk: positions `[a, a + len)` of the last axis of line `(b, x0, x1)`.
+/// One chunk: positions `[a, a + cols)` of the last axis of the `rows`
+/// lines `(b, x0, x1 .. x1 + rows)`, stored contiguously (several rows only
+/// when a chunk holds whole rows of the last axis).
 #[derive(Clone, Copy)]
 pub(crate) struct Chunk {
     pub(crate) b: usize,
     pub(crate) x0: usize,
+    /// First row (position on axis 1).
     pub(crate) x1: usize,
+    pub(crate) rows: usize,
     pub(crate) a: usize,
+    pub(crate) cols: usize,
+    /// Positions: `rows * cols`.
     pub(crate) len: usize,
 }
+
+impl Chunk {
+    /// Index of position `(x1, x2)` of this chunk among its positions.
+    #[inline(always)]
+    pub(crate) fn pos(&self, x1: usize, x2: usize) -> usize {
+        (x1 - self.x1) * self.cols + x2 - self.a
+    }
+}
+
+/// Query rows of one axis-1 dilation group that a forward chunk holds (when
+/// whole rows fit a chunk): the most any ISA puts in one multi-row tile.
+pub(crate) const FWD_ROWS: usize = 3;
 
 impl Geo {
     pub(crate) fn new(p: &Problem) -> Self {
         let axes = *p.axes3();
         let ext = axes.map(|a| a.len());
         let seg = (SEG * axes[2].dilation()).min(ext[2]);
+        let segs = ext[2].div_ceil(seg);
+        let frows = if segs == 1 {
+            (FWD_ROWS * axes[1].dilation()).min(ext[1])
+        } else {
+            1
+        };
         Geo {
             axes,
             ext,
@@ -68,8 +96,10 @@ impl Geo {
             dv: p.head_dim_v(),
             scale: p.scale(),
             seg,
-            segs: ext[2].div_ceil(seg),
+            segs,
             lines: p.batch() * ext[0] * ext[1],
+            frows,
+            fblocks: ext[1].div_ceil(frows),
         }
     }
 
@@ -81,13 +111,48 @@ impl Geo {
     pub(crate) fn chunk(&self, ci: usize) -> Chunk {
         let (line, s) = (ci / self.segs, ci % self.segs);
         let a = s * self.seg;
+        let cols = self.seg.min(self.ext[2] - a);
         Chunk {
             b: line / (self.ext[0] * self.ext[1]),
             x0: (line / self.ext[1]) % self.ext[0],
             x1: line % self.ext[1],
+            rows: 1,
             a,
-            len: self.seg.min(self.ext[2] - a),
+            cols,
+            len: cols,
         }
+    }
+
+    /// Chunks of the forward pass: like [`Geo::chunk`], but when a chunk
+    /// holds whole rows of the last axis it holds [`Geo::frows`] rows
+    /// (`FWD_ROWS` per axis-1 dilation group), so that tiles of several
+    /// query rows can share their key and value loads.
+    pub(crate) fn fchunk(&self, ci: usize) -> Chunk {
+        let (blk, s) = (ci / self.segs, ci % self.segs);
+        let a = s * self.seg;
+        let cols = self.seg.min(self.ext[2] - a);
+        let x1 = (blk % self.fblocks) * self.frows;
+        let rows = self.frows.min(self.ext[1] - x1);
+        Chunk {
+            b: blk / (self.ext[0] * self.fblocks),
+            x0: (blk / self.fblocks) % self.ext[0],
+            x1,
+            rows,
+            a,
+            cols,
+            len: rows * cols,
+        }
+    }
+
+    /// Forward chunks of the whole problem.
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    pub(crate) fn fchunks(&self) -> usize {
+        self.lines / self.lines_per_batch() * self.fchunks_per_batch()
+    }
+
+    /// Forward chunks of one batch element.
+    pub(crate) fn fchunks_per_batch(&self) -> usize {
+        self.ext[0] * self.fblocks * self.segs
     }
 
     /// Whether forward tiles may take the sliding-window path (stride 1 on
@@ -184,15 +249,20 @@ pub(crate) fn union_inv(p: &Problem, l: usize) -> usize {
     l + 2 * p.axes3()[2].kernel()
 }
 
+/// Floats of one forward chunk's tile workspace at `l` lanes: per row of a
+/// multi-row tile ([`FWD_ROWS`]) transposed queries and an output
+/// accumulator, then logits, mask, and one line of packed keys and values.
 pub(crate) fn fwd_work_len(p: &Problem, l: usize) -> usize {
     let (dk, dv, u) = (p.head_dim(), p.head_dim_v(), union_fwd(p, l));
-    (dk + dv) * l + (u.max(SC_SLOTS) + u) * l + u * (dk + dv)
+    FWD_ROWS * (dk + dv) * l + (u.max(SC_SLOTS) + u) * l + u * (dk + dv)
 }
 
 pub(crate) fn bwd_work_len(p: &Problem, l: usize) -> usize {
     let (dk, dv) = (p.head_dim(), p.head_dim_v());
     let u1 = union_fwd(p, l);
-    let pass1 = (2 * dk + dv) * l + 3 * u1 * l + u1 * (dk + dv);
+    // Per row of a multi-row tile: queries, d_out, d_query accumulator,
+    // probabilities and d_logit; one mask and one line of packed keys and values.
+    let pass1 = FWD_ROWS * ((2 * dk + dv) * l + 2 * u1 * l) + u1 * l + u1 * (dk + dv);
     let u2 = union_inv(p, l);
     let pass2 = 2 * (dk + dv) * l + 3 * u2 * l + u2 * (dk + dv) + 2 * u2;
     pass1.max(pass2)

@@ -231,6 +231,165 @@ fn diag_dot_block<S: Simd, const L: usize, const BC: bool, const N: usize>(
     }
 }
 
+/// Query rows a multi-row tile may hold on `S`: each key load of
+/// [`diag_dot_rows`] and [`diag_axpy_rows`] then feeds this many FMAs, and
+/// their accumulators (rows x a block of 8 offsets or channels, plus one
+/// operand per row) still fit the register file.
+#[inline(always)]
+pub(crate) fn rows_per_tile<S: Simd>() -> usize {
+    if S::REGS >= 32 {
+        3
+    } else {
+        2
+    }
+}
+
+/// [`diag_dot`] for the `R` query rows of a multi-row tile that share one
+/// key line: `out[r][o][l] = sum_c lanes[r][c][l] * kt[c * ld + o + idx[l]]`
+/// for `o < k`. Each key vector is loaded once and multiplied into every
+/// row, so a load (an unaligned one, which mostly straddles two cache lines)
+/// serves `R` FMAs instead of one. Per row and element, the same products
+/// are summed in the same order as by [`diag_dot`]: the results are
+/// bit-identical.
+///
+/// No closures here or in the blocks: a closure does not inherit the
+/// caller's `#[target_feature]`s, so intrinsics inside one are not inlined.
+#[inline(always)]
+pub(crate) fn diag_dot_rows<S: Simd, const L: usize, const BC: bool, const R: usize>(
+    s: S,
+    kt: &[f32],
+    ld: usize,
+    width: usize,
+    k: usize,
+    lanes: &[&[[f32; L]]; R],
+    out: &mut [&mut [[f32; L]]; R],
+) {
+    // Blocks of offsets sized to the register file: R x N accumulators,
+    // R query vectors and one key vector.
+    let nb = if S::REGS >= 32 { 8 } else { 4 };
+    let mut o = 0;
+    while o + nb <= k {
+        if nb == 8 {
+            diag_dot_rows_block::<S, L, BC, R, 8>(s, kt, ld, width, lanes, out, o);
+        } else {
+            diag_dot_rows_block::<S, L, BC, R, 4>(s, kt, ld, width, lanes, out, o);
+        }
+        o += nb;
+    }
+    match k - o {
+        0 => {}
+        1 => diag_dot_rows_block::<S, L, BC, R, 1>(s, kt, ld, width, lanes, out, o),
+        2 => diag_dot_rows_block::<S, L, BC, R, 2>(s, kt, ld, width, lanes, out, o),
+        3 => diag_dot_rows_block::<S, L, BC, R, 3>(s, kt, ld, width, lanes, out, o),
+        4 => diag_dot_rows_block::<S, L, BC, R, 4>(s, kt, ld, width, lanes, out, o),
+        5 => diag_dot_rows_block::<S, L, BC, R, 5>(s, kt, ld, width, lanes, out, o),
+        6 => diag_dot_rows_block::<S, L, BC, R, 6>(s, kt, ld, width, lanes, out, o),
+        _ => diag_dot_rows_block::<S, L, BC, R, 7>(s, kt, ld, width, lanes, out, o),
+    }
+}
+
+/// Offsets `o0 .. o0 + N` of [`diag_dot_rows`]: `R x N` accumulators.
+#[inline(always)]
+fn diag_dot_rows_block<S: Simd, const L: usize, const BC: bool, const R: usize, const N: usize>(
+    s: S,
+    kt: &[f32],
+    ld: usize,
+    width: usize,
+    lanes: &[&[[f32; L]]; R],
+    out: &mut [&mut [[f32; L]]; R],
+    o0: usize,
+) {
+    let mut acc = [[s.zero(); N]; R];
+    let mut q = [s.zero(); R];
+    for c in 0..width {
+        for r in 0..R {
+            q[r] = s.load(&lanes[r][c]);
+        }
+        let row = &kt[c * ld + o0..][..N + L - 1];
+        for jj in 0..N {
+            let kv = load_bc::<S, BC>(s, &row[jj..jj + L]);
+            for r in 0..R {
+                acc[r][jj] = s.fma(q[r], kv, acc[r][jj]);
+            }
+        }
+    }
+    for r in 0..R {
+        for jj in 0..N {
+            s.store(acc[r][jj], &mut out[r][o0 + jj]);
+        }
+    }
+}
+
+/// [`diag_axpy`] for the `R` query rows of a multi-row tile that share one
+/// value line: `acc[r][c][l] += sum_o p[r][o][l] * vt[c * ld + o + idx[l]]`
+/// for `o < k`. Each value vector is loaded once for all rows; per row the
+/// sums run in the order of [`diag_axpy`] (bit-identical results).
+#[inline(always)]
+pub(crate) fn diag_axpy_rows<S: Simd, const L: usize, const BC: bool, const R: usize>(
+    s: S,
+    p: &[&[[f32; L]]; R],
+    k: usize,
+    vt: &[f32],
+    ld: usize,
+    acc: &mut [&mut [[f32; L]]; R],
+) {
+    let width = acc[0].len();
+    let cb = if S::REGS >= 32 { 8 } else { 4 };
+    let mut c = 0;
+    while c + cb <= width {
+        if cb == 8 {
+            diag_axpy_rows_block::<S, L, BC, R, 8>(s, p, k, vt, ld, acc, c);
+        } else {
+            diag_axpy_rows_block::<S, L, BC, R, 4>(s, p, k, vt, ld, acc, c);
+        }
+        c += cb;
+    }
+    while c < width {
+        diag_axpy_rows_block::<S, L, BC, R, 1>(s, p, k, vt, ld, acc, c);
+        c += 1;
+    }
+}
+
+/// Channels `c0 .. c0 + C` of [`diag_axpy_rows`]: `R x C` accumulators.
+#[inline(always)]
+fn diag_axpy_rows_block<S: Simd, const L: usize, const BC: bool, const R: usize, const C: usize>(
+    s: S,
+    p: &[&[[f32; L]]; R],
+    k: usize,
+    vt: &[f32],
+    ld: usize,
+    io: &mut [&mut [[f32; L]]; R],
+    c0: usize,
+) {
+    let mut rows: [&[f32]; C] = [&[]; C];
+    for (cc, r) in rows.iter_mut().enumerate() {
+        *r = &vt[(c0 + cc) * ld..][..k + L - 1];
+    }
+    let mut acc = [[s.zero(); C]; R];
+    for r in 0..R {
+        for cc in 0..C {
+            acc[r][cc] = s.load(&io[r][c0 + cc]);
+        }
+    }
+    let mut pv = [s.zero(); R];
+    for o in 0..k {
+        for r in 0..R {
+            pv[r] = s.load(&p[r][o]);
+        }
+        for cc in 0..C {
+            let x = load_bc::<S, BC>(s, &rows[cc][o..o + L]);
+            for r in 0..R {
+                acc[r][cc] = s.fma(pv[r], x, acc[r][cc]);
+            }
+        }
+    }
+    for r in 0..R {
+        for cc in 0..C {
+            s.store(acc[r][cc], &mut io[r][c0 + cc]);
+        }
+    }
+}
+
 /// The block of offsets [`diag_dot`] keeps in registers, and the padding
 /// (with the lane count) callers leave after transposed rows.
 pub(crate) const DIAG_PAD: usize = 8;

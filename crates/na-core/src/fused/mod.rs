@@ -128,8 +128,8 @@ pub fn forward_with_scratch_on<T: Element>(
         } else {
             None
         };
-        for ci in b * g.chunks_per_batch()..(b + 1) * g.chunks_per_batch() {
-            let n = g.chunk(ci).len;
+        for ci in b * g.fchunks_per_batch()..(b + 1) * g.fchunks_per_batch() {
+            let n = g.fchunk(ci).len;
             let (o, rest) = core::mem::take(&mut out).split_at_mut(n * wv);
             out = rest;
             let l = match lse_rest.take() {
@@ -359,16 +359,24 @@ pub fn forward_on<T: Element>(
     }
 }
 
-/// Cuts `s` into one slice per chunk, `per_pos` elements per position.
+/// Cuts `s` into one slice per chunk (forward chunks when `fwd`, see
+/// [`Geo::fchunk`]), `per_pos` elements per position.
 #[cfg(feature = "rayon")]
 fn split_chunks<'a, T>(
     g: &Geo,
+    fwd: bool,
     mut s: &'a mut [T],
     per_pos: usize,
 ) -> alloc::vec::Vec<&'a mut [T]> {
-    let mut v = alloc::vec::Vec::with_capacity(g.chunks());
-    for ci in 0..g.chunks() {
-        let (a, b) = core::mem::take(&mut s).split_at_mut(g.chunk(ci).len * per_pos);
+    let n = if fwd { g.fchunks() } else { g.chunks() };
+    let mut v = alloc::vec::Vec::with_capacity(n);
+    for ci in 0..n {
+        let len = if fwd {
+            g.fchunk(ci).len
+        } else {
+            g.chunk(ci).len
+        };
+        let (a, b) = core::mem::take(&mut s).split_at_mut(len * per_pos);
         v.push(a);
         s = b;
     }
@@ -448,9 +456,9 @@ fn forward_rayon<T: Element>(
     let len = geo::fwd_work_len(p, LMAX);
     let mut kv = Recycled::take(transposed_len(&g));
     let (kt, vt, _) = split_transposed(&g, &mut kv);
-    let cpb = g.chunks_per_batch();
-    let mut outs = split_chunks(&g, out, p.heads() * p.head_dim_v()).into_iter();
-    let mut lses = lse.map(|l| split_chunks(&g, l, p.heads()).into_iter());
+    let cpb = g.fchunks_per_batch();
+    let mut outs = split_chunks(&g, true, out, p.heads() * p.head_dim_v()).into_iter();
+    let mut lses = lse.map(|l| split_chunks(&g, true, l, p.heads()).into_iter());
     let init = || alloc::vec![0.0f32; len];
     for b in 0..p.batch() {
         if g.transposed() {
@@ -525,9 +533,11 @@ pub fn backward_with_scratch_on<T: Element>(
         if g.transposed() {
             tb.keys(isa, &g, &x, b);
         }
-        // Pass 1: d_query, delta and d_rpb over this batch element's chunks.
-        for ci in b * cpb..(b + 1) * cpb {
-            let n = g.chunk(ci).len;
+        // Pass 1: d_query, delta and d_rpb over this batch element's
+        // (forward-shaped) chunks.
+        let fpb = g.fchunks_per_batch();
+        for ci in b * fpb..(b + 1) * fpb {
+            let n = g.fchunk(ci).len;
             let (a, rest) = core::mem::take(&mut dq).split_at_mut(n * wk);
             dq = rest;
             part.fill(0.0);
@@ -619,11 +629,11 @@ fn backward_rayon<T: Element>(
     let (tb, _) = split_bwd_transposed(&g, &mut tbuf);
     let cpb = g.chunks_per_batch();
     let per_b = p.tokens() * h;
-    let mut dqs = split_chunks(&g, gr.d_query, wk).into_iter();
-    let mut dks = split_chunks(&g, gr.d_key, wk).into_iter();
-    let mut dvs = split_chunks(&g, gr.d_value, wv).into_iter();
+    let mut dqs = split_chunks(&g, true, gr.d_query, wk).into_iter();
+    let mut dks = split_chunks(&g, false, gr.d_key, wk).into_iter();
+    let mut dvs = split_chunks(&g, false, gr.d_value, wv).into_iter();
     let mut parts: alloc::vec::Vec<alloc::vec::Vec<f32>> =
-        alloc::vec::Vec::with_capacity(g.chunks());
+        alloc::vec::Vec::with_capacity(g.fchunks());
     let (kl, vl, one, lines) = (
         g.line_len(g.dk()),
         g.line_len(g.dv()),
@@ -636,12 +646,13 @@ fn backward_rayon<T: Element>(
         }
         let kvt = g.transposed().then_some((&tb.kt[..], &tb.vt[..]));
         let first = b * cpb;
-        // Pass 1 over this batch element's chunks.
-        let dq_b: alloc::vec::Vec<_> = dqs.by_ref().take(cpb).collect();
+        // Pass 1 over this batch element's (forward-shaped) chunks.
+        let (fpb, ffirst) = (g.fchunks_per_batch(), b * g.fchunks_per_batch());
+        let dq_b: alloc::vec::Vec<_> = dqs.by_ref().take(fpb).collect();
         let mut delta_b = &mut delta[b * per_b..][..per_b];
-        let mut dl_b = alloc::vec::Vec::with_capacity(cpb);
-        for ci in first..first + cpb {
-            let (a, rest) = core::mem::take(&mut delta_b).split_at_mut(g.chunk(ci).len * h);
+        let mut dl_b = alloc::vec::Vec::with_capacity(fpb);
+        for ci in ffirst..ffirst + fpb {
+            let (a, rest) = core::mem::take(&mut delta_b).split_at_mut(g.fchunk(ci).len * h);
             dl_b.push(a);
             delta_b = rest;
         }
@@ -654,7 +665,7 @@ fn backward_rayon<T: Element>(
                 |work, (i, (dq, dl))| {
                     let mut part = alloc::vec![0.0f32; rpb_len];
                     let pb = if want_rpb { Some(&mut part[..]) } else { None };
-                    tile::backward_query_chunk(isa, &g, &x, &s, kvt, first + i, dq, dl, pb, work);
+                    tile::backward_query_chunk(isa, &g, &x, &s, kvt, ffirst + i, dq, dl, pb, work);
                     part
                 },
             )

@@ -20,6 +20,7 @@ impl Avx512 {
 impl Simd for Avx512 {
     type A = Fused;
     type V = __m512;
+    const REGS: usize = 32;
     #[inline(always)]
     fn zero(self) -> __m512 {
         // SAFETY: an `Avx512` token exists only on CPUs with AVX-512F.

@@ -66,6 +66,9 @@ pub(crate) trait Simd: Copy {
     type A: Arith;
     /// The vector register type.
     type V: Copy;
+    /// Vector registers of the ISA: how many accumulators a register-blocked
+    /// micro-kernel may keep (16 on AVX2 and in portable code, 32 on AVX-512).
+    const REGS: usize = 16;
     /// All lanes zero.
     fn zero(self) -> Self::V;
     /// All lanes `x`.

@@ -7,12 +7,13 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::io::{load_tile, rows_of, store_tile, QueriesT};
+use super::rows::{axpy_rows, dot_rows, rows_of_line};
 use super::shape::{add_query_bias, lanes_of, slide_run, take, take_lanes, Lanes, Slide};
-use crate::fused::geo::{group_range, inverse_window, line_of, Chunk, Geo};
+use crate::fused::geo::{group_range, inverse_window, line_of, Chunk, Geo, FWD_ROWS};
 use crate::fused::mask::{lanes_finite, mask_weights};
 use crate::fused::micro::{
     diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
-    rows_dot_lanes,
+    rows_dot_lanes, rows_per_tile,
 };
 use crate::fused::simd::Simd;
 use crate::fused::softmax::exp;
@@ -36,6 +37,8 @@ pub(crate) type Three<'a, const L: usize> =
 /// What one tile of backward pass 1 works on.
 pub(crate) struct BwdQTile<'a, const L: usize> {
     pub(crate) ch: Chunk,
+    /// The query row (position on axis 1).
+    pub(crate) x1: usize,
     pub(crate) h: usize,
     pub(crate) grp: usize,
     pub(crate) ii0: usize,
@@ -66,7 +69,7 @@ pub(crate) fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC
     mut drpb: Option<&mut [f32]>,
 ) {
     let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
-    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.x1));
     let (lg, km) = (g.glen(t.grp), sl.kmax);
     if sl.ragged {
         sl.mask(t.n, mask);
@@ -75,7 +78,7 @@ pub(crate) fn backward_query_slide<S: Simd, const L: usize, T: Element, const BC
     for li in 0..w0.count * w1.count {
         let (t0, t1) = line_of(&w0, &w1, li);
         let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
-        let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+        let r1 = g.axes[1].rpb_index_unchecked(t.x1, t1);
         let ko = g.t_offset(dk, t0, t1, t.h, t.grp) + sl.st0;
         let vo = g.t_offset(dv, t0, t1, t.h, t.grp) + sl.st0;
         diag_dot::<S, L, BC>(vx, &kt[ko..], lg, dk, t.qt, sc);
@@ -141,12 +144,12 @@ pub(crate) fn backward_query_union<S: Simd, const L: usize, T: Element>(
     let (dk, dv, hn) = (g.dk, g.dv, g.heads);
     let ax = g.axes[2];
     let (d2, k2, u) = (ax.dilation(), ax.kernel(), ln.u);
-    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.x1));
     let (sc, dp, mask) = (&mut sc[..u], &mut dp[..u], &mask[..u]);
     for t0 in w0.iter() {
         let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
         for t1 in w1.iter() {
-            let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+            let r1 = g.axes[1].rpb_index_unchecked(t.x1, t1);
             let r = g.row(t.ch.b, t0, t1, t.grp + d2 * ln.lo, t.h);
             let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
             let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
@@ -191,9 +194,117 @@ pub(crate) fn backward_query_union<S: Simd, const L: usize, T: Element>(
     }
 }
 
-/// Backward pass 1 for one chunk of queries: `dq` (`(len, heads, dk)`),
-/// `delta = <d_out, out>` (`(len, heads)`), and every `d_logit` added into
+/// Backward pass 1 of a multi-row tile on the transposed path: the rows
+/// `t[r]` (consecutive rows of one axis-1 dilation group, same columns, so
+/// one [`Slide`]). Every key and value line of the union of their windows is
+/// read once for all rows that see it ([`dot_rows`], [`axpy_rows`]); per row
+/// the arithmetic is that of [`backward_query_slide`] with `safe = false`,
+/// in the same order. `d_rpb` gets every row's `d_logit`; the caller redoes
+/// (without `d_rpb`) a row whose ragged tile came out non-finite.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_query_slide_rows<
+    S: Simd,
+    const L: usize,
+    T: Element,
+    const BC: bool,
+    const R: usize,
+>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    (kt, vt): (&[f32], &[f32]),
+    t: [&BwdQTile<'_, L>; R],
+    sl: &Slide<L>,
+    (sc, dp, mask): Three<'_, L>,
+    dqt: &mut [&mut [[f32; L]]; R],
+    mut drpb: Option<&mut [f32]>,
+) {
+    let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
+    let (t00, d1) = (t[0], g.axes[1].dilation());
+    let (h, grp, x0, n) = (t00.h, t00.grp, t00.ch.x0, t00.n);
+    let w0 = g.axes[0].window(x0);
+    let w1 = t.map(|tr| g.axes[1].window(tr.x1));
+    let (lg, km) = (g.glen(grp), sl.kmax);
+    if sl.ragged {
+        sl.mask(n, mask);
+    }
+    let mask = &mask[..km];
+    let (q, dot) = (t.map(|tr| tr.qt), t.map(|tr| tr.dot));
+    // Row r's probabilities and d_logit of the current line: km slots at r * km.
+    let mut base = [0usize; R];
+    for r in 0..R {
+        base[r] = r * km;
+    }
+    let (u_lo, u_hi) = (w1[0].start, w1[R - 1].start + w1[R - 1].count * d1);
+    let b0 = |l: usize| sl.query_bias_start(l, k2, t00.ii0);
+    for t0 in w0.iter() {
+        let r0 = g.axes[0].rpb_index_unchecked(x0, t0);
+        let mut t1 = u_lo;
+        while t1 < u_hi {
+            let ko = g.t_offset(dk, t0, t1, h, grp) + sl.st0;
+            let vo = g.t_offset(dv, t0, t1, h, grp) + sl.st0;
+            let (ra, rb, _) = rows_of_line(&w1, d1, t1, 0, &base, km);
+            let off = base;
+            dot_rows::<S, L, BC, R>(vx, &kt[ko..], lg, dk, km, &q, ra, rb, sc, &off);
+            for r in ra..rb {
+                let s = &mut sc[off[r]..][..km];
+                if let Some(rpb) = x.rpb {
+                    let r1 = g.axes[1].rpb_index_unchecked(t[r].x1, t1);
+                    add_query_bias::<T, L, BC>(s, g.bias_row(rpb, h, r0, r1), sl, k2, t00.ii0, n);
+                }
+                let lse = &t[r].lse;
+                for sj in s.iter_mut() {
+                    for l in 0..L {
+                        sj[l] = exp::<S::A>(sj[l] - lse[l]);
+                    }
+                }
+            }
+            dot_rows::<S, L, BC, R>(vx, &vt[vo..], lg, dv, km, &dot, ra, rb, dp, &off);
+            for r in ra..rb {
+                let (p, s) = (&mut dp[off[r]..][..km], &sc[off[r]..][..km]);
+                let dlt = &t[r].dlt;
+                for (pj, sj) in p.iter_mut().zip(s) {
+                    for l in 0..L {
+                        pj[l] = sj[l] * (pj[l] - dlt[l]);
+                    }
+                }
+                if sl.ragged {
+                    mask_weights(p, mask);
+                }
+            }
+            axpy_rows::<S, L, BC, R>(vx, dp, &off, km, &kt[ko..], lg, dqt, ra, rb);
+            if let (Some(d), true) = (drpb.as_deref_mut(), x.rpb.is_some()) {
+                for r in ra..rb {
+                    let r1 = g.axes[1].rpb_index_unchecked(t[r].x1, t1);
+                    let off_b = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
+                    let p = &dp[off[r]..][..km];
+                    if BC {
+                        for l in 0..n {
+                            let d = &mut d[off_b + b0(l)..];
+                            for (dr, pj) in d.iter_mut().zip(&p[..sl.cnt[l]]) {
+                                *dr += pj[l];
+                            }
+                        }
+                    } else {
+                        for (dr, pj) in d[off_b + b0(0)..].iter_mut().zip(p.iter()) {
+                            *dr += pj[..n].iter().sum::<f32>();
+                        }
+                    }
+                }
+            }
+            t1 += d1;
+        }
+    }
+}
+
+/// Backward pass 1 for one chunk of queries ([`Geo::fchunk`]): `dq`
+/// (`(rows * cols, heads, dk)`), `delta` (`(rows * cols, heads)`), and
 /// `drpb` (the whole bias table) when given.
+///
+/// As in the forward pass, up to [`rows_per_tile`] rows of one axis-1
+/// dilation group go through [`backward_query_slide_rows`] together on the
+/// transposed path.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_query<S: Simd, const L: usize, T: Element>(
@@ -208,28 +319,33 @@ pub(crate) fn backward_query<S: Simd, const L: usize, T: Element>(
     mut drpb: Option<&mut [f32]>,
     scratch: &mut [f32],
 ) {
-    let ch = g.chunk(ci);
+    let ch = g.fchunk(ci);
     let (dk, dv, hn) = (g.dk, g.dv, g.heads);
     let ax = g.axes[2];
-    let (d2, k2) = (ax.dilation(), ax.kernel());
+    let (d2, k2, d1) = (ax.dilation(), ax.kernel(), g.axes[1].dilation());
     let umax = L + k2 + ax.stride();
+    let rmax = rows_per_tile::<S>().min(FWD_ROWS);
     let mut s = scratch;
-    let qt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries
-    let dot = take_lanes::<L>(&mut s, dv); // (dv, L): d_out, transposed
-    let dqt = take_lanes::<L>(&mut s, dk); // (dk, L): d_query accumulator
-    let sc = take_lanes::<L>(&mut s, umax); // (U, L): probabilities
-    let dp = take_lanes::<L>(&mut s, umax); // (U, L): dP, then d_logit
-    let mask = take_lanes::<L>(&mut s, umax); // (U, L): window mask, 1 = attended
+    let mut qts: [&mut [[f32; L]]; FWD_ROWS] = Default::default();
+    let mut dots: [&mut [[f32; L]]; FWD_ROWS] = Default::default();
+    let mut dqts: [&mut [[f32; L]]; FWD_ROWS] = Default::default();
+    for r in 0..FWD_ROWS {
+        qts[r] = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries
+        dots[r] = take_lanes::<L>(&mut s, dv); // (dv, L): d_out, transposed
+        dqts[r] = take_lanes::<L>(&mut s, dk); // (dk, L): d_query accumulator
+    }
+    let sc = take_lanes::<L>(&mut s, FWD_ROWS * umax); // (R, U, L): probabilities
+    let dp = take_lanes::<L>(&mut s, FWD_ROWS * umax); // (R, U, L): dP, then d_logit
+    let mask = take_lanes::<L>(&mut s, umax); // (U, L): window mask
     let kp = take(&mut s, umax * dk); // (U, dk)
     let vp = take(&mut s, umax * dv); // (U, dv)
     for h in 0..hn {
         for grp in 0..d2 {
-            let (ia, ie) = group_range(ch.a, ch.a + ch.len, grp, d2);
+            let (ia, ie) = group_range(ch.a, ch.a + ch.cols, grp, d2);
             let mut ii0 = ia;
             while ii0 < ie {
                 let n = (ie - ii0).min(L);
-                let (mut x2, mut st, mut en, mut rows) = ([0; L], [0; L], [0; L], [0; L]);
-                let (mut lse, mut dlt) = ([0.0f32; L], [0.0f32; L]);
+                let (mut x2, mut st, mut en) = ([0; L], [0; L], [0; L]);
                 for l in 0..n {
                     x2[l] = grp + d2 * (ii0 + l);
                     let w = ax.window(x2[l]);
@@ -237,75 +353,200 @@ pub(crate) fn backward_query<S: Simd, const L: usize, T: Element>(
                     en[l] = st[l] + w.count;
                 }
                 let n = if kvt.is_some() { slide_run(&st, n) } else { n };
-                for l in 0..n {
-                    let r = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
-                    rows[l] = r;
-                    lse[l] = sv.lse[r];
-                    let (o, d) = (&sv.out[r * dv..][..dv], &sv.d_out[r * dv..][..dv]);
-                    dlt[l] = o.iter().zip(d).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
-                    delta[(x2[l] - ch.a) * hn + h] = dlt[l];
-                }
-                load_tile::<S, T, L>(vx, qt, x.query, &rows[..n], dk, g.scale, kp);
-                load_tile::<S, T, L>(vx, dot, sv.d_out, &rows[..n], dv, 1.0, vp);
-                for v in dqt.iter_mut() {
-                    *v = [0.0; L];
-                }
-                let t = BwdQTile {
-                    ch,
-                    h,
-                    grp,
-                    ii0,
-                    n,
-                    qt,
-                    dot,
-                    lse,
-                    dlt,
-                };
                 let slide = kvt.and_then(|_| Slide::<L>::new(n, &st, &en));
-                // A redo (`safe`) adds nothing to d_rpb: d_logit is the same
-                // in both runs, and the first one has added it.
-                if let (Some(kv), Some(sl)) = (kvt, slide) {
-                    for safe in [false, true] {
-                        let bufs = (&mut *sc, &mut *dp, &mut *mask);
-                        let d = if safe { None } else { drpb.as_deref_mut() };
-                        if !sl.bcast {
-                            backward_query_slide::<S, L, T, false>(
-                                vx, g, x, kv, &t, &sl, safe, bufs, dqt, d,
+                for g1 in 0..d1.min(ch.rows) {
+                    let mut x1 = ch.x1 + g1;
+                    while x1 < ch.x1 + ch.rows {
+                        let mut run = 0;
+                        while run < rmax && x1 + run * d1 < ch.x1 + ch.rows {
+                            run += 1;
+                        }
+                        let (mut lse, mut dlt) = ([[0.0f32; L]; FWD_ROWS], [[0.0f32; L]; FWD_ROWS]);
+                        for r in 0..run {
+                            let x1r = x1 + r * d1;
+                            let mut rows = [0; L];
+                            for l in 0..n {
+                                let row = g.row(ch.b, ch.x0, x1r, x2[l], h);
+                                rows[l] = row;
+                                lse[r][l] = sv.lse[row];
+                                let o = &sv.out[row * dv..][..dv];
+                                let d = &sv.d_out[row * dv..][..dv];
+                                dlt[r][l] =
+                                    o.iter().zip(d).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
+                                delta[ch.pos(x1r, x2[l]) * hn + h] = dlt[r][l];
+                            }
+                            load_tile::<S, T, L>(vx, qts[r], x.query, &rows[..n], dk, g.scale, kp);
+                            load_tile::<S, T, L>(vx, dots[r], sv.d_out, &rows[..n], dv, 1.0, vp);
+                            for v in dqts[r].iter_mut() {
+                                *v = [0.0; L];
+                            }
+                        }
+                        let tile = |r: usize| BwdQTile {
+                            ch,
+                            x1: x1 + r * d1,
+                            h,
+                            grp,
+                            ii0,
+                            n,
+                            qt: &*qts[r],
+                            dot: &*dots[r],
+                            lse: lse[r],
+                            dlt: dlt[r],
+                        };
+                        let multi = run > 1 && slide.is_some();
+                        let mut redo = [!multi; FWD_ROWS];
+                        if let (true, Some(kv), Some(sl)) = (multi, kvt, slide.as_ref()) {
+                            let bufs = (&mut *sc, &mut *dp, &mut *mask);
+                            let d = drpb.as_deref_mut();
+                            let [a, b, c] = &mut dqts;
+                            if run == 2 {
+                                let ts = [&tile(0), &tile(1)];
+                                let mut o = [&mut **a, &mut **b];
+                                if sl.bcast {
+                                    backward_query_slide_rows::<S, L, T, true, 2>(
+                                        vx, g, x, kv, ts, sl, bufs, &mut o, d,
+                                    );
+                                } else {
+                                    backward_query_slide_rows::<S, L, T, false, 2>(
+                                        vx, g, x, kv, ts, sl, bufs, &mut o, d,
+                                    );
+                                }
+                            } else {
+                                let ts = [&tile(0), &tile(1), &tile(2)];
+                                let mut o = [&mut **a, &mut **b, &mut **c];
+                                if sl.bcast {
+                                    backward_query_slide_rows::<S, L, T, true, 3>(
+                                        vx, g, x, kv, ts, sl, bufs, &mut o, d,
+                                    );
+                                } else {
+                                    backward_query_slide_rows::<S, L, T, false, 3>(
+                                        vx, g, x, kv, ts, sl, bufs, &mut o, d,
+                                    );
+                                }
+                            }
+                            for r in 0..run {
+                                if sl.ragged && !lanes_finite(dqts[r], n) {
+                                    redo[r] = true;
+                                    for v in dqts[r].iter_mut() {
+                                        *v = [0.0; L];
+                                    }
+                                }
+                            }
+                        }
+                        for r in (0..run).filter(|&r| redo[r]) {
+                            let tr = tile(r);
+                            let bufs = (
+                                &mut sc[..umax],
+                                &mut dp[..umax],
+                                &mut *mask,
+                                &mut *kp,
+                                &mut *vp,
                             );
-                        } else {
-                            backward_query_slide::<S, L, T, true>(
-                                vx, g, x, kv, &t, &sl, safe, bufs, dqt, d,
+                            // A redo after a multi-row pass is safe at once and
+                            // adds nothing to d_rpb (the fast pass did).
+                            let d = if multi { None } else { drpb.as_deref_mut() };
+                            query_one_row::<S, L, T>(
+                                vx,
+                                g,
+                                x,
+                                kvt,
+                                &tr,
+                                &st,
+                                &en,
+                                slide.as_ref(),
+                                multi,
+                                bufs,
+                                dqts[r],
+                                d,
                             );
                         }
-                        if safe || !sl.ragged || lanes_finite(dqt, n) {
-                            break;
+                        for r in 0..run {
+                            let x1r = x1 + r * d1;
+                            let mut orow = [0usize; L];
+                            for l in 0..n {
+                                orow[l] = ch.pos(x1r, x2[l]) * hn + h;
+                            }
+                            let scale = [g.scale; L];
+                            store_tile::<S, T, L>(
+                                vx,
+                                dq,
+                                &orow[..n],
+                                dk,
+                                dqts[r],
+                                Some(&scale),
+                                kp,
+                            );
                         }
-                        for v in dqt.iter_mut() {
-                            *v = [0.0; L];
-                        }
-                    }
-                } else {
-                    let ln = Lanes::new(n, st, en);
-                    ln.mask(mask);
-                    for safe in [false, true] {
-                        let bufs = (&mut *sc, &mut *dp, &*mask, &mut *kp, &mut *vp);
-                        let d = if safe { None } else { drpb.as_deref_mut() };
-                        backward_query_union::<S, L, T>(vx, g, x, &t, &ln, safe, bufs, dqt, d);
-                        if safe || lanes_finite(dqt, n) {
-                            break;
-                        }
-                        for v in dqt.iter_mut() {
-                            *v = [0.0; L];
-                        }
+                        x1 += run * d1;
                     }
                 }
-                let mut orow = [0usize; L];
-                for l in 0..n {
-                    orow[l] = (x2[l] - ch.a) * hn + h;
-                }
-                let scale = [g.scale; L];
-                store_tile::<S, T, L>(vx, dq, &orow[..n], dk, dqt, Some(&scale), kp);
                 ii0 += n;
+            }
+        }
+    }
+}
+
+/// The buffers of [`query_one_row`]: probabilities, `dP`, mask, packed keys
+/// and values.
+type QueryRowBufs<'a, const L: usize> = (
+    &'a mut [[f32; L]],
+    &'a mut [[f32; L]],
+    &'a mut [[f32; L]],
+    &'a mut [f32],
+    &'a mut [f32],
+);
+
+/// Backward pass 1 of one row's tile on its own: the sliding-window path
+/// when `slide` is given, else the general path; a fast pass that comes out
+/// non-finite where masked slots could be the cause is redone safely (see
+/// "Masking" in `mask.rs`), adding nothing more to `d_rpb`. `safe_first`
+/// skips the fast pass.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn query_one_row<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    kvt: Option<(&[f32], &[f32])>,
+    t: &BwdQTile<'_, L>,
+    st: &[usize; L],
+    en: &[usize; L],
+    slide: Option<&Slide<L>>,
+    safe_first: bool,
+    (sc, dp, mask, kp, vp): QueryRowBufs<'_, L>,
+    dqt: &mut [[f32; L]],
+    mut drpb: Option<&mut [f32]>,
+) {
+    let n = t.n;
+    let passes: &[bool] = if safe_first { &[true] } else { &[false, true] };
+    if let (Some(kv), Some(sl)) = (kvt, slide) {
+        for &safe in passes {
+            let bufs = (&mut *sc, &mut *dp, &mut *mask);
+            let d = if safe { None } else { drpb.as_deref_mut() };
+            if !sl.bcast {
+                backward_query_slide::<S, L, T, false>(vx, g, x, kv, t, sl, safe, bufs, dqt, d);
+            } else {
+                backward_query_slide::<S, L, T, true>(vx, g, x, kv, t, sl, safe, bufs, dqt, d);
+            }
+            if safe || !sl.ragged || lanes_finite(dqt, n) {
+                break;
+            }
+            for v in dqt.iter_mut() {
+                *v = [0.0; L];
+            }
+        }
+    } else {
+        let ln = Lanes::new(n, *st, *en);
+        ln.mask(mask);
+        for &safe in passes {
+            let bufs = (&mut *sc, &mut *dp, &*mask, &mut *kp, &mut *vp);
+            let d = if safe { None } else { drpb.as_deref_mut() };
+            backward_query_union::<S, L, T>(vx, g, x, t, &ln, safe, bufs, dqt, d);
+            if safe || lanes_finite(dqt, n) {
+                break;
+            }
+            for v in dqt.iter_mut() {
+                *v = [0.0; L];
             }
         }
     }
@@ -524,7 +765,7 @@ pub(crate) fn backward_key<S: Simd, const L: usize, T: Element>(
     let dlt_u = take(&mut s, umax); // (U,)
     for h in 0..hn {
         for grp in 0..d2 {
-            let (ja, je) = group_range(ch.a, ch.a + ch.len, grp, d2);
+            let (ja, je) = group_range(ch.a, ch.a + ch.cols, grp, d2);
             let mut jj0 = ja;
             while jj0 < je {
                 let n = (je - jj0).min(L);

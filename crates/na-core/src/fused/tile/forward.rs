@@ -7,12 +7,13 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::io::{load_tile, rows_of, store_tile};
+use super::rows::{axpy_rows, dot_rows, rows_of_line};
 use super::shape::{add_query_bias, slide_run, take, take_lanes, Lanes, Slide};
-use crate::fused::geo::{group_range, line_of, Chunk, Geo, SC_SLOTS};
+use crate::fused::geo::{group_range, line_of, Chunk, Geo, FWD_ROWS, SC_SLOTS};
 use crate::fused::mask::{lanes_finite, mask_logits};
 use crate::fused::micro::{
     diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
-    rows_dot_lanes,
+    rows_dot_lanes, rows_per_tile,
 };
 use crate::fused::simd::Simd;
 use crate::fused::softmax::softmax_step;
@@ -21,8 +22,10 @@ use crate::Element;
 
 /// What one tile of the forward pass works on.
 pub(crate) struct FwdTile<'a, const L: usize> {
-    /// Chunk, head, dilation group, group index of lane 0, active lanes.
+    /// Chunk, query row (position on axis 1), head, dilation group of the
+    /// last axis, group index of lane 0, active lanes.
     pub(crate) ch: Chunk,
+    pub(crate) x1: usize,
     pub(crate) h: usize,
     pub(crate) grp: usize,
     pub(crate) ii0: usize,
@@ -65,7 +68,7 @@ pub(crate) fn forward_slide<S: Simd, const L: usize, T: Element, const BC: bool>
     (m, lsum, ot): FwdAcc<'_, L>,
 ) {
     let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
-    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.x1));
     let (lg, km) = (g.glen(t.grp), sl.kmax);
     if sl.ragged {
         sl.mask(t.n, mask);
@@ -83,7 +86,7 @@ pub(crate) fn forward_slide<S: Simd, const L: usize, T: Element, const BC: bool>
             diag_dot::<S, L, BC>(vx, &kt[ko..], lg, dk, t.qt, s);
             if let Some(rpb) = x.rpb {
                 let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
-                let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+                let r1 = g.axes[1].rpb_index_unchecked(t.x1, t1);
                 let brow = g.bias_row(rpb, t.h, r0, r1);
                 add_query_bias::<T, L, BC>(s, brow, sl, k2, t.ii0, t.n);
             }
@@ -135,12 +138,12 @@ pub(crate) fn forward_union<S: Simd, const L: usize, T: Element>(
     let (dk, dv, hn) = (g.dk, g.dv, g.heads);
     let ax = g.axes[2];
     let (d2, k2, u) = (ax.dilation(), ax.kernel(), ln.u);
-    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.ch.x1));
+    let (w0, w1) = (g.axes[0].window(t.ch.x0), g.axes[1].window(t.x1));
     let (sc, mask) = (&mut sc[..u], &mask[..u]);
     for t0 in w0.iter() {
         let r0 = g.axes[0].rpb_index_unchecked(t.ch.x0, t0);
         for t1 in w1.iter() {
-            let r1 = g.axes[1].rpb_index_unchecked(t.ch.x1, t1);
+            let r1 = g.axes[1].rpb_index_unchecked(t.x1, t1);
             let r = g.row(t.ch.b, t0, t1, t.grp + d2 * ln.lo, t.h);
             let (keys, ks) = rows_of(x.key, r, d2 * hn, u, dk, kp);
             let (vals, vs) = rows_of(x.value, r, d2 * hn, u, dv, vp);
@@ -166,7 +169,92 @@ pub(crate) fn forward_union<S: Simd, const L: usize, T: Element>(
     }
 }
 
-/// Forward for one chunk: `out` (`(len, heads, dv)`) and `lse` (`(len, heads)`).
+/// The forward pass of a multi-row tile on the transposed path: the rows
+/// `t[r]` (consecutive rows of one axis-1 dilation group, same columns, so
+/// one [`Slide`]) whose windows fit one online-softmax step together
+/// (`sum nl_r * kmax <= SC_SLOTS`, so each row is one step as in [`forward_slide`]). Every key (value) line of the union of
+/// their windows is read once for all rows that see it ([`diag_dot_rows`],
+/// [`diag_axpy_rows`]); per row, the arithmetic is that of
+/// [`forward_slide`] with `safe = false`, in the same order. The caller
+/// redoes a row whose ragged tile came out non-finite.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_slide_rows<S: Simd, const L: usize, T: Element, const BC: bool, const R: usize>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    (kt, vt): (&[f32], &[f32]),
+    t: [&FwdTile<'_, L>; R],
+    sl: &Slide<L>,
+    (sc, mask): (&mut [[f32; L]], &mut [[f32; L]]),
+    m: &mut [[f32; L]; R],
+    lsum: &mut [[f32; L]; R],
+    mut ot: [&mut [[f32; L]]; R],
+) {
+    let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
+    let (t00, d1) = (t[0], g.axes[1].dilation());
+    let (h, grp, x0) = (t00.h, t00.grp, t00.ch.x0);
+    let w0 = g.axes[0].window(x0);
+    let w1 = t.map(|tr| g.axes[1].window(tr.x1));
+    let (lg, km) = (g.glen(grp), sl.kmax);
+    if sl.ragged {
+        sl.mask(t00.n, mask);
+    }
+    let mask = &mask[..km];
+    // Row r's logits: sc[base[r]..], one block of km slots per line of its
+    // window, lines in the order of `line_of`.
+    let mut base = [0usize; R];
+    for r in 1..R {
+        base[r] = base[r - 1] + w0.count * w1[r - 1].count * km;
+    }
+    // The union of the rows' windows on axis 1 (starts and ends grow with
+    // the row), in steps of the dilation.
+    let (u_lo, u_hi) = (w1[0].start, w1[R - 1].start + w1[R - 1].count * d1);
+    for (i0, t0) in w0.iter().enumerate() {
+        let mut t1 = u_lo;
+        while t1 < u_hi {
+            let ko = g.t_offset(dk, t0, t1, h, grp) + sl.st0;
+            let (ra, rb, off) = rows_of_line(&w1, d1, t1, i0, &base, km);
+            let q = t.map(|tr| tr.qt);
+            dot_rows::<S, L, BC, R>(vx, &kt[ko..], lg, dk, km, &q, ra, rb, sc, &off);
+            if let Some(rpb) = x.rpb {
+                let r0 = g.axes[0].rpb_index_unchecked(x0, t0);
+                for r in ra..rb {
+                    let r1 = g.axes[1].rpb_index_unchecked(t[r].x1, t1);
+                    let brow = g.bias_row(rpb, h, r0, r1);
+                    let s = &mut sc[off[r]..][..km];
+                    add_query_bias::<T, L, BC>(s, brow, sl, k2, t00.ii0, t00.n);
+                }
+            }
+            if sl.ragged {
+                for r in ra..rb {
+                    mask_logits(&mut sc[off[r]..][..km], mask);
+                }
+            }
+            t1 += d1;
+        }
+    }
+    for r in 0..R {
+        let n = w0.count * w1[r].count * km;
+        softmax_step::<S::A, L>(&mut sc[base[r]..][..n], &mut m[r], &mut lsum[r], ot[r]);
+    }
+    for (i0, t0) in w0.iter().enumerate() {
+        let mut t1 = u_lo;
+        while t1 < u_hi {
+            let vo = g.t_offset(dv, t0, t1, h, grp) + sl.st0;
+            let (ra, rb, off) = rows_of_line(&w1, d1, t1, i0, &base, km);
+            axpy_rows::<S, L, BC, R>(vx, sc, &off, km, &vt[vo..], lg, &mut ot, ra, rb);
+            t1 += d1;
+        }
+    }
+}
+
+/// Forward for one chunk ([`Geo::fchunk`]): `out` (`(rows * cols, heads,
+/// dv)`) and `lse` (`(rows * cols, heads)`).
+///
+/// Query tiles are `L` positions of the last axis; on the transposed path,
+/// up to [`rows_per_tile`] rows of one axis-1 dilation group go through
+/// [`forward_slide_rows`] together when their windows fit one softmax step.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<S: Simd, const L: usize, T: Element>(
@@ -179,84 +267,299 @@ pub(crate) fn forward<S: Simd, const L: usize, T: Element>(
     mut lse: Option<&mut [f32]>,
     scratch: &mut [f32],
 ) {
-    let ch = g.chunk(ci);
+    let ch = g.fchunk(ci);
     let (dk, dv, hn) = (g.dk, g.dv, g.heads);
     let ax = g.axes[2];
-    let (d2, k2) = (ax.dilation(), ax.kernel());
+    let (d2, k2, d1) = (ax.dilation(), ax.kernel(), g.axes[1].dilation());
     let umax = L + k2 + ax.stride();
+    let rmax = rows_per_tile::<S>().min(FWD_ROWS);
     let mut s = scratch;
-    let qt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries, transposed
-    let ot = take_lanes::<L>(&mut s, dv); // (dv, L): output accumulator
+    let mut qts: [&mut [[f32; L]]; FWD_ROWS] = Default::default();
+    let mut ots: [&mut [[f32; L]]; FWD_ROWS] = Default::default();
+    for r in 0..FWD_ROWS {
+        qts[r] = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries, transposed
+        ots[r] = take_lanes::<L>(&mut s, dv); // (dv, L): output accumulator
+    }
     let sc = take_lanes::<L>(&mut s, umax.max(SC_SLOTS)); // logits, then probabilities
-    let mask = take_lanes::<L>(&mut s, umax); // (U, L): window mask, 1 = attended
+    let mask = take_lanes::<L>(&mut s, umax); // (U, L): window mask
     let kp = take(&mut s, umax * dk); // (U, dk): packed keys of one line
     let vp = take(&mut s, umax * dv); // (U, dv): packed values of one line
+    let nl0 = g.axes[0].window(ch.x0).count;
     for h in 0..hn {
         for grp in 0..d2 {
-            let (ia, ie) = group_range(ch.a, ch.a + ch.len, grp, d2);
+            let (ia, ie) = group_range(ch.a, ch.a + ch.cols, grp, d2);
             let mut ii0 = ia;
             while ii0 < ie {
                 let n = (ie - ii0).min(L);
-                let (mut x2, mut st, mut en, mut rows) = ([0; L], [0; L], [0; L], [0; L]);
+                let (mut x2, mut st, mut en) = ([0; L], [0; L], [0; L]);
                 for l in 0..n {
                     x2[l] = grp + d2 * (ii0 + l);
                     let w = ax.window(x2[l]);
                     st[l] = w.start / d2;
                     en[l] = st[l] + w.count;
-                    rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
                 }
                 let n = if kvt.is_some() { slide_run(&st, n) } else { n };
-                load_tile::<S, T, L>(vx, qt, x.query, &rows[..n], dk, g.scale, kp);
-                let mut m = [f32::MIN; L];
-                let mut lsum = [0.0f32; L];
-                reset_fwd((&mut m, &mut lsum, &mut *ot));
-                let t = FwdTile {
-                    ch,
-                    h,
-                    grp,
-                    ii0,
-                    n,
-                    qt,
-                };
                 let slide = kvt.and_then(|_| Slide::<L>::new(n, &st, &en));
-                if let (Some(kv), Some(sl)) = (kvt, slide) {
-                    for safe in [false, true] {
-                        let bufs = (&mut *sc, &mut *mask);
-                        let acc = (&mut m, &mut lsum, &mut *ot);
-                        if !sl.bcast {
-                            forward_slide::<S, L, T, false>(vx, g, x, kv, &t, &sl, safe, bufs, acc);
-                        } else {
-                            forward_slide::<S, L, T, true>(vx, g, x, kv, &t, &sl, safe, bufs, acc);
+                for g1 in 0..d1.min(ch.rows) {
+                    // The chunk's rows of axis-1 dilation group `g1`, in runs
+                    // of up to `rmax` rows.
+                    let mut x1 = ch.x1 + g1;
+                    while x1 < ch.x1 + ch.rows {
+                        let mut run = 0;
+                        while run < rmax && x1 + run * d1 < ch.x1 + ch.rows {
+                            run += 1;
                         }
-                        if safe || !sl.ragged || lanes_finite(ot, n) {
-                            break;
+                        let (mut m, mut lsum) =
+                            ([[f32::MIN; L]; FWD_ROWS], [[0.0f32; L]; FWD_ROWS]);
+                        for r in 0..run {
+                            let x1r = x1 + r * d1;
+                            let mut rows = [0; L];
+                            for l in 0..n {
+                                rows[l] = g.row(ch.b, ch.x0, x1r, x2[l], h);
+                            }
+                            load_tile::<S, T, L>(vx, qts[r], x.query, &rows[..n], dk, g.scale, kp);
+                            reset_fwd((&mut m[r], &mut lsum[r], &mut *ots[r]));
                         }
-                        reset_fwd((&mut m, &mut lsum, &mut *ot));
-                    }
-                } else {
-                    let ln = Lanes::new(n, st, en);
-                    ln.mask(mask);
-                    for safe in [false, true] {
-                        let bufs = (&mut *sc, &*mask, &mut *kp, &mut *vp);
-                        let acc = (&mut m, &mut lsum, &mut *ot);
-                        forward_union::<S, L, T>(vx, g, x, &t, &ln, safe, bufs, acc);
-                        if safe || lanes_finite(ot, n) {
-                            break;
+                        let fits = slide.as_ref().is_some_and(|sl| {
+                            let lines: usize = (0..run)
+                                .map(|r| nl0 * g.axes[1].window(x1 + r * d1).count)
+                                .sum();
+                            run > 1 && lines * sl.kmax <= SC_SLOTS
+                        });
+                        let mut redo = [!fits; FWD_ROWS];
+                        if let (true, Some(kv), Some(sl)) = (fits, kvt, slide.as_ref()) {
+                            multi_row::<S, L, T>(
+                                vx,
+                                g,
+                                x,
+                                kv,
+                                ch,
+                                h,
+                                grp,
+                                ii0,
+                                n,
+                                x1,
+                                run,
+                                sl,
+                                &qts,
+                                &mut ots,
+                                (&mut *sc, &mut *mask),
+                                &mut m,
+                                &mut lsum,
+                            );
+                            for r in 0..run {
+                                if sl.ragged && !lanes_finite(ots[r], n) {
+                                    redo[r] = true;
+                                    reset_fwd((&mut m[r], &mut lsum[r], &mut *ots[r]));
+                                }
+                            }
                         }
-                        reset_fwd((&mut m, &mut lsum, &mut *ot));
+                        for r in (0..run).filter(|&r| redo[r]) {
+                            let t = FwdTile {
+                                ch,
+                                x1: x1 + r * d1,
+                                h,
+                                grp,
+                                ii0,
+                                n,
+                                qt: &*qts[r],
+                            };
+                            let acc = (&mut m[r], &mut lsum[r], &mut *ots[r]);
+                            // A multi-row tile redone here is ragged and non-finite: safe at once.
+                            let first_safe = fits;
+                            one_row::<S, L, T>(
+                                vx,
+                                g,
+                                x,
+                                kvt,
+                                &t,
+                                &st,
+                                &en,
+                                slide.as_ref(),
+                                first_safe,
+                                (&mut *sc, &mut *mask, &mut *kp, &mut *vp),
+                                acc,
+                            );
+                        }
+                        for r in 0..run {
+                            let x1r = x1 + r * d1;
+                            let (mut orow, mut inv) = ([0; L], [0.0f32; L]);
+                            for l in 0..n {
+                                orow[l] = ch.pos(x1r, x2[l]) * hn + h;
+                                inv[l] = 1.0 / lsum[r][l];
+                                if let Some(ls) = lse.as_deref_mut() {
+                                    ls[orow[l]] = m[r][l] + libm::logf(lsum[r][l]);
+                                }
+                            }
+                            store_tile::<S, T, L>(vx, out, &orow[..n], dv, ots[r], Some(&inv), vp);
+                        }
+                        x1 += run * d1;
                     }
                 }
-                let (mut orow, mut inv) = ([0; L], [0.0f32; L]);
-                for l in 0..n {
-                    orow[l] = (x2[l] - ch.a) * hn + h;
-                    inv[l] = 1.0 / lsum[l];
-                    if let Some(ls) = lse.as_deref_mut() {
-                        ls[orow[l]] = m[l] + libm::logf(lsum[l]);
-                    }
-                }
-                store_tile::<S, T, L>(vx, out, &orow[..n], dv, ot, Some(&inv), vp);
                 ii0 += n;
             }
+        }
+    }
+}
+
+/// [`forward_slide_rows`] for `run` (2 or 3) rows from `x1`, `d1` apart.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn multi_row<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    kv: (&[f32], &[f32]),
+    ch: Chunk,
+    h: usize,
+    grp: usize,
+    ii0: usize,
+    n: usize,
+    x1: usize,
+    run: usize,
+    sl: &Slide<L>,
+    qts: &[&mut [[f32; L]]; FWD_ROWS],
+    ots: &mut [&mut [[f32; L]]; FWD_ROWS],
+    bufs: (&mut [[f32; L]], &mut [[f32; L]]),
+    m: &mut [[f32; L]; FWD_ROWS],
+    lsum: &mut [[f32; L]; FWD_ROWS],
+) {
+    let d1 = g.axes[1].dilation();
+    let tile = |r: usize| FwdTile {
+        ch,
+        x1: x1 + r * d1,
+        h,
+        grp,
+        ii0,
+        n,
+        qt: &*qts[r],
+    };
+    let [o0, o1, o2] = ots;
+    let [m0, m1, m2] = m;
+    let [l0, l1, l2] = lsum;
+    if run == 2 {
+        let (t0, t1) = (tile(0), tile(1));
+        let (mut mm, mut ll) = ([*m0, *m1], [*l0, *l1]);
+        let o = [&mut **o0, &mut **o1];
+        if sl.bcast {
+            forward_slide_rows::<S, L, T, true, 2>(
+                vx,
+                g,
+                x,
+                kv,
+                [&t0, &t1],
+                sl,
+                bufs,
+                &mut mm,
+                &mut ll,
+                o,
+            );
+        } else {
+            forward_slide_rows::<S, L, T, false, 2>(
+                vx,
+                g,
+                x,
+                kv,
+                [&t0, &t1],
+                sl,
+                bufs,
+                &mut mm,
+                &mut ll,
+                o,
+            );
+        }
+        [*m0, *m1] = mm;
+        [*l0, *l1] = ll;
+    } else {
+        let (t0, t1, t2) = (tile(0), tile(1), tile(2));
+        let (mut mm, mut ll) = ([*m0, *m1, *m2], [*l0, *l1, *l2]);
+        let o = [&mut **o0, &mut **o1, &mut **o2];
+        if sl.bcast {
+            forward_slide_rows::<S, L, T, true, 3>(
+                vx,
+                g,
+                x,
+                kv,
+                [&t0, &t1, &t2],
+                sl,
+                bufs,
+                &mut mm,
+                &mut ll,
+                o,
+            );
+        } else {
+            forward_slide_rows::<S, L, T, false, 3>(
+                vx,
+                g,
+                x,
+                kv,
+                [&t0, &t1, &t2],
+                sl,
+                bufs,
+                &mut mm,
+                &mut ll,
+                o,
+            );
+        }
+        [*m0, *m1, *m2] = mm;
+        [*l0, *l1, *l2] = ll;
+    }
+}
+
+/// The buffers of [`one_row`]: logits, mask, packed keys and values.
+type RowBufs<'a, const L: usize> = (
+    &'a mut [[f32; L]],
+    &'a mut [[f32; L]],
+    &'a mut [f32],
+    &'a mut [f32],
+);
+
+/// One row's tile on its own: the sliding-window path when `slide` is
+/// given, else the general path; a tile whose fast pass comes out
+/// non-finite where masked slots could be the cause is redone safely (see
+/// "Masking" in `mask.rs`). `safe_first` skips the fast pass.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn one_row<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    x: &Inputs<'_, T>,
+    kvt: Option<(&[f32], &[f32])>,
+    t: &FwdTile<'_, L>,
+    st: &[usize; L],
+    en: &[usize; L],
+    slide: Option<&Slide<L>>,
+    safe_first: bool,
+    (sc, mask, kp, vp): RowBufs<'_, L>,
+    (m, lsum, ot): FwdAcc<'_, L>,
+) {
+    let n = t.n;
+    let passes: &[bool] = if safe_first { &[true] } else { &[false, true] };
+    if let (Some(kv), Some(sl)) = (kvt, slide) {
+        for &safe in passes {
+            let bufs = (&mut *sc, &mut *mask);
+            let acc = (&mut *m, &mut *lsum, &mut *ot);
+            if !sl.bcast {
+                forward_slide::<S, L, T, false>(vx, g, x, kv, t, sl, safe, bufs, acc);
+            } else {
+                forward_slide::<S, L, T, true>(vx, g, x, kv, t, sl, safe, bufs, acc);
+            }
+            if safe || !sl.ragged || lanes_finite(ot, n) {
+                break;
+            }
+            reset_fwd((&mut *m, &mut *lsum, &mut *ot));
+        }
+    } else {
+        let ln = Lanes::new(n, *st, *en);
+        ln.mask(mask);
+        for &safe in passes {
+            let bufs = (&mut *sc, &*mask, &mut *kp, &mut *vp);
+            let acc = (&mut *m, &mut *lsum, &mut *ot);
+            forward_union::<S, L, T>(vx, g, x, t, &ln, safe, bufs, acc);
+            if safe || lanes_finite(ot, n) {
+                break;
+            }
+            reset_fwd((&mut *m, &mut *lsum, &mut *ot));
         }
     }
 }

@@ -10,6 +10,7 @@
 mod backward;
 mod forward;
 mod io;
+mod rows;
 mod shape;
 
 use super::geo::Geo;
