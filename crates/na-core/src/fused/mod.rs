@@ -26,6 +26,13 @@
 //! `L + k + s` keys per line) and masks each lane's keys. No `N x window`
 //! score tensor exists; scratch is a few kilobytes per thread.
 //!
+//! On the sliding-window path, tiles of up to 3 query rows (2 on AVX2 and
+//! NEON) of one dilation group of the second-to-last axis share their
+//! columns: each key and value line in the union of the rows' windows is
+//! loaded once and multiplied into every row that sees it, so one unaligned
+//! load feeds up to 3 FMAs (forward and backward pass 1; see
+//! `tile/rows.rs`). Per row, results are bit-identical to one-row tiles.
+//!
 //! The backward pass recomputes probabilities from the saved `lse`. Pass 1
 //! gathers `d_query` (and `d_rpb`) over each query tile's window. Pass 2
 //! gathers `d_key` and `d_value` over each key tile's **inverse
