@@ -237,11 +237,17 @@ fn diag_dot_block<S: Simd, const L: usize, const BC: bool, const N: usize>(
 /// operand per row) still fit the register file.
 #[inline(always)]
 pub(crate) fn rows_per_tile<S: Simd>() -> usize {
-    if S::REGS >= 32 {
+    if wide::<S>() {
         3
     } else {
         2
     }
+}
+
+/// Whether `S` has the register file for 3-row tiles and 8-wide blocks (a
+/// `const fn`, so `if const { wide::<S>() }` compiles one branch only).
+pub(crate) const fn wide<S: Simd>() -> bool {
+    S::REGS >= 32
 }
 
 /// [`diag_dot`] for the `R` query rows of a multi-row tile that share one
@@ -266,25 +272,28 @@ pub(crate) fn diag_dot_rows<S: Simd, const L: usize, const BC: bool, const R: us
 ) {
     // Blocks of offsets sized to the register file: R x N accumulators,
     // R query vectors and one key vector.
-    let nb = if S::REGS >= 32 { 8 } else { 4 };
+    let nb = if wide::<S>() { 8 } else { 4 };
     let mut o = 0;
     while o + nb <= k {
-        if nb == 8 {
+        if const { wide::<S>() } {
             diag_dot_rows_block::<S, L, BC, R, 8>(s, kt, ld, width, lanes, out, o);
         } else {
             diag_dot_rows_block::<S, L, BC, R, 4>(s, kt, ld, width, lanes, out, o);
         }
         o += nb;
     }
-    match k - o {
-        0 => {}
-        1 => diag_dot_rows_block::<S, L, BC, R, 1>(s, kt, ld, width, lanes, out, o),
-        2 => diag_dot_rows_block::<S, L, BC, R, 2>(s, kt, ld, width, lanes, out, o),
-        3 => diag_dot_rows_block::<S, L, BC, R, 3>(s, kt, ld, width, lanes, out, o),
-        4 => diag_dot_rows_block::<S, L, BC, R, 4>(s, kt, ld, width, lanes, out, o),
-        5 => diag_dot_rows_block::<S, L, BC, R, 5>(s, kt, ld, width, lanes, out, o),
-        6 => diag_dot_rows_block::<S, L, BC, R, 6>(s, kt, ld, width, lanes, out, o),
-        _ => diag_dot_rows_block::<S, L, BC, R, 7>(s, kt, ld, width, lanes, out, o),
+    // The last offsets in blocks of 4, 2 and 1 (each output's sum is the
+    // same whatever block holds it): three block sizes instead of seven.
+    if nb == 8 && k - o >= 4 {
+        diag_dot_rows_block::<S, L, BC, R, 4>(s, kt, ld, width, lanes, out, o);
+        o += 4;
+    }
+    if k - o >= 2 {
+        diag_dot_rows_block::<S, L, BC, R, 2>(s, kt, ld, width, lanes, out, o);
+        o += 2;
+    }
+    if k - o == 1 {
+        diag_dot_rows_block::<S, L, BC, R, 1>(s, kt, ld, width, lanes, out, o);
     }
 }
 
@@ -334,10 +343,10 @@ pub(crate) fn diag_axpy_rows<S: Simd, const L: usize, const BC: bool, const R: u
     acc: &mut [&mut [[f32; L]]; R],
 ) {
     let width = acc[0].len();
-    let cb = if S::REGS >= 32 { 8 } else { 4 };
+    let cb = if wide::<S>() { 8 } else { 4 };
     let mut c = 0;
     while c + cb <= width {
-        if cb == 8 {
+        if const { wide::<S>() } {
             diag_axpy_rows_block::<S, L, BC, R, 8>(s, p, k, vt, ld, acc, c);
         } else {
             diag_axpy_rows_block::<S, L, BC, R, 4>(s, p, k, vt, ld, acc, c);

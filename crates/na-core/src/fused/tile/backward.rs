@@ -13,7 +13,7 @@ use crate::fused::geo::{group_range, inverse_window, line_of, Chunk, Geo, FWD_RO
 use crate::fused::mask::{lanes_finite, mask_weights};
 use crate::fused::micro::{
     diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
-    rows_dot_lanes, rows_per_tile,
+    rows_dot_lanes, rows_per_tile, wide,
 };
 use crate::fused::simd::Simd;
 use crate::fused::softmax::exp;
@@ -393,13 +393,14 @@ pub(crate) fn backward_query<S: Simd, const L: usize, T: Element>(
                             lse: lse[r],
                             dlt: dlt[r],
                         };
-                        let multi = run > 1 && slide.is_some();
+                        // As in the forward pass: tiles of exactly `rmax` rows.
+                        let multi = run == rmax && run > 1 && slide.is_some();
                         let mut redo = [!multi; FWD_ROWS];
                         if let (true, Some(kv), Some(sl)) = (multi, kvt, slide.as_ref()) {
                             let bufs = (&mut *sc, &mut *dp, &mut *mask);
                             let d = drpb.as_deref_mut();
                             let [a, b, c] = &mut dqts;
-                            if run == 2 {
+                            if const { !wide::<S>() } {
                                 let ts = [&tile(0), &tile(1)];
                                 let mut o = [&mut **a, &mut **b];
                                 if sl.bcast {

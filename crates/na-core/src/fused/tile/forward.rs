@@ -13,7 +13,7 @@ use crate::fused::geo::{group_range, line_of, Chunk, Geo, FWD_ROWS, SC_SLOTS};
 use crate::fused::mask::{lanes_finite, mask_logits};
 use crate::fused::micro::{
     diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
-    rows_dot_lanes, rows_per_tile,
+    rows_dot_lanes, rows_per_tile, wide,
 };
 use crate::fused::simd::Simd;
 use crate::fused::softmax::softmax_step;
@@ -324,7 +324,9 @@ pub(crate) fn forward<S: Simd, const L: usize, T: Element>(
                             let lines: usize = (0..run)
                                 .map(|r| nl0 * g.axes[1].window(x1 + r * d1).count)
                                 .sum();
-                            run > 1 && lines * sl.kmax <= SC_SLOTS
+                            // Multi-row tiles of exactly `rmax` rows: one row count
+                            // per ISA is compiled; shorter runs go row by row.
+                            run == rmax && run > 1 && lines * sl.kmax <= SC_SLOTS
                         });
                         let mut redo = [!fits; FWD_ROWS];
                         if let (true, Some(kv), Some(sl)) = (fits, kvt, slide.as_ref()) {
@@ -437,7 +439,10 @@ fn multi_row<S: Simd, const L: usize, T: Element>(
     let [o0, o1, o2] = ots;
     let [m0, m1, m2] = m;
     let [l0, l1, l2] = lsum;
-    if run == 2 {
+    debug_assert_eq!(run, rows_per_tile::<S>());
+    // One row count per ISA (`rows_per_tile`), chosen at compile time: the
+    // other branch is not instantiated.
+    if const { !wide::<S>() } {
         let (t0, t1) = (tile(0), tile(1));
         let (mut mm, mut ll) = ([*m0, *m1], [*l0, *l1]);
         let o = [&mut **o0, &mut **o1];

@@ -49,22 +49,19 @@ pub(crate) fn dot_rows<S: Simd, const L: usize, const BC: bool, const R: usize>(
     sc: &mut [[f32; L]],
     off: &[usize; R],
 ) {
-    match rb.saturating_sub(ra) {
-        0 => {}
-        1 => {
-            let a = &mut sc[off[ra]..][..km];
-            diag_dot_rows::<S, L, BC, 1>(vx, kt, lg, dk, km, &[q[ra]], &mut [a]);
-        }
-        2 => {
-            let (a, b) = two(sc, off[ra], off[ra + 1], km);
-            let q = [q[ra], q[ra + 1]];
-            diag_dot_rows::<S, L, BC, 2>(vx, kt, lg, dk, km, &q, &mut [a, b]);
-        }
-        _ => {
-            let (a, b, c) = three(sc, [off[ra], off[ra + 1], off[ra + 2]], km);
-            let q = [q[ra], q[ra + 1], q[ra + 2]];
-            diag_dot_rows::<S, L, BC, 3>(vx, kt, lg, dk, km, &q, &mut [a, b, c]);
-        }
+    // `const { R >= n } && ..`: arms for more rows than `R` are not compiled.
+    let n = rb.saturating_sub(ra);
+    if const { R >= 3 } && n >= 3 {
+        let (a, b, c) = three(sc, [off[ra], off[ra + 1], off[ra + 2]], km);
+        let q = [q[ra], q[ra + 1], q[ra + 2]];
+        diag_dot_rows::<S, L, BC, 3>(vx, kt, lg, dk, km, &q, &mut [a, b, c]);
+    } else if const { R >= 2 } && n == 2 {
+        let (a, b) = two(sc, off[ra], off[ra + 1], km);
+        let q = [q[ra], q[ra + 1]];
+        diag_dot_rows::<S, L, BC, 2>(vx, kt, lg, dk, km, &q, &mut [a, b]);
+    } else if n == 1 {
+        let a = &mut sc[off[ra]..][..km];
+        diag_dot_rows::<S, L, BC, 1>(vx, kt, lg, dk, km, &[q[ra]], &mut [a]);
     }
 }
 
@@ -83,28 +80,24 @@ pub(crate) fn axpy_rows<S: Simd, const L: usize, const BC: bool, const R: usize>
     ra: usize,
     rb: usize,
 ) {
-    match rb.saturating_sub(ra) {
-        0 => {}
-        1 => {
-            let p = [&sc[off[ra]..][..km]];
-            diag_axpy_rows::<S, L, BC, 1>(vx, &p, km, vt, lg, &mut [&mut *ot[ra]]);
-        }
-        2 => {
-            let (a, b) = ot[ra..].split_at_mut(1);
-            let p = [&sc[off[ra]..][..km], &sc[off[ra + 1]..][..km]];
-            diag_axpy_rows::<S, L, BC, 2>(vx, &p, km, vt, lg, &mut [&mut *a[0], &mut *b[0]]);
-        }
-        _ => {
-            let (a, rest) = ot[ra..].split_at_mut(1);
-            let (b, c) = rest.split_at_mut(1);
-            let p = [
-                &sc[off[ra]..][..km],
-                &sc[off[ra + 1]..][..km],
-                &sc[off[ra + 2]..][..km],
-            ];
-            let mut o = [&mut *a[0], &mut *b[0], &mut *c[0]];
-            diag_axpy_rows::<S, L, BC, 3>(vx, &p, km, vt, lg, &mut o);
-        }
+    let n = rb.saturating_sub(ra);
+    if const { R >= 3 } && n >= 3 {
+        let (a, rest) = ot[ra..].split_at_mut(1);
+        let (b, c) = rest.split_at_mut(1);
+        let p = [
+            &sc[off[ra]..][..km],
+            &sc[off[ra + 1]..][..km],
+            &sc[off[ra + 2]..][..km],
+        ];
+        let mut o = [&mut *a[0], &mut *b[0], &mut *c[0]];
+        diag_axpy_rows::<S, L, BC, 3>(vx, &p, km, vt, lg, &mut o);
+    } else if const { R >= 2 } && n == 2 {
+        let (a, b) = ot[ra..].split_at_mut(1);
+        let p = [&sc[off[ra]..][..km], &sc[off[ra + 1]..][..km]];
+        diag_axpy_rows::<S, L, BC, 2>(vx, &p, km, vt, lg, &mut [&mut *a[0], &mut *b[0]]);
+    } else if n == 1 {
+        let p = [&sc[off[ra]..][..km]];
+        diag_axpy_rows::<S, L, BC, 1>(vx, &p, km, vt, lg, &mut [&mut *ot[ra]]);
     }
 }
 
