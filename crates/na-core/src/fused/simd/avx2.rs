@@ -70,6 +70,16 @@ impl Avx2 {
 }
 
 impl Simd for Avx2 {
+    #[inline(always)]
+    fn vectorize<Op: super::WithSimd>(self, op: Op) -> Op::Output {
+        #[target_feature(enable = "avx2,fma")]
+        fn run<Op: super::WithSimd>(s: Avx2, op: Op) -> Op::Output {
+            op.with_simd(s)
+        }
+        // SAFETY: a `Avx2` token exists only where AVX2 and FMA were detected
+        // (its `new` is unsafe and every caller checks the ISA first).
+        unsafe { run(self, op) }
+    }
     type A = Fused;
     type V = __m256;
     #[inline(always)]

@@ -18,6 +18,16 @@ impl Avx512 {
 }
 
 impl Simd for Avx512 {
+    #[inline(always)]
+    fn vectorize<Op: super::WithSimd>(self, op: Op) -> Op::Output {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn run<Op: super::WithSimd>(s: Avx512, op: Op) -> Op::Output {
+            op.with_simd(s)
+        }
+        // SAFETY: a `Avx512` token exists only where AVX-512F, AVX2 and FMA were detected
+        // (its `new` is unsafe and every caller checks the ISA first).
+        unsafe { run(self, op) }
+    }
     type A = Fused;
     type V = __m512;
     const REGS: usize = 32;

@@ -61,6 +61,17 @@ impl Arith for Fused {
 }
 
 /// A SIMD vector of `f32` lanes and the operations the kernels need.
+/// An operation generic over the ISA, run by [`Simd::vectorize`]: its
+/// `with_simd` is `#[inline(always)]`, so it is compiled inside the
+/// target-feature function of each ISA (a closure would not be: closures do
+/// not inherit target features).
+pub(crate) trait WithSimd {
+    /// What the operation returns.
+    type Output;
+    /// Runs the operation on `s`.
+    fn with_simd<S: Simd>(self, s: S) -> Self::Output;
+}
+
 pub(crate) trait Simd: Copy {
     /// Scalar arithmetic for the lane loops the compiler vectorises itself.
     type A: Arith;
@@ -80,6 +91,13 @@ pub(crate) trait Simd: Copy {
     fn store(self, v: Self::V, s: &mut [f32]);
     /// `a * b + c`.
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Runs `op` with this ISA's target features enabled, in a function of
+    /// its own (not inlined into the caller): code that does not depend on
+    /// the storage type is then compiled once per ISA, not once per caller.
+    #[inline(never)]
+    fn vectorize<Op: WithSimd>(self, op: Op) -> Op::Output {
+        op.with_simd(self)
+    }
     /// An 8x8 transpose: `dst[c * ds + l] = src[l * ss + c]` for `l, c < 8`.
     #[inline(always)]
     fn transpose8(self, src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {

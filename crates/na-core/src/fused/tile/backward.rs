@@ -8,14 +8,16 @@
 
 use super::io::{load_tile, rows_of, store_tile, QueriesT};
 use super::rows::{axpy_rows, dot_rows, rows_of_line};
-use super::shape::{add_query_bias, lanes_of, slide_run, take, take_lanes, Lanes, Slide};
+use super::shape::{
+    add_query_bias, lanes_of, slide_run, take, take_lanes, BiasRows, BiasTable, Lanes, Slide,
+};
 use crate::fused::geo::{group_range, inverse_window, line_of, Chunk, Geo, FWD_ROWS};
 use crate::fused::mask::{lanes_finite, mask_weights};
 use crate::fused::micro::{
     diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
     rows_dot_lanes, rows_per_tile, wide,
 };
-use crate::fused::simd::Simd;
+use crate::fused::simd::{Simd, WithSimd};
 use crate::fused::softmax::exp;
 use crate::tensors::{Inputs, Saved};
 use crate::Element;
@@ -49,6 +51,62 @@ pub(crate) struct BwdQTile<'a, const L: usize> {
     /// Per lane: `lse` and `delta`.
     pub(crate) lse: [f32; L],
     pub(crate) dlt: [f32; L],
+}
+
+/// The arguments of a multi-row [`backward_query_slide_rows`] (rows
+/// per tile: [`rows_per_tile`]), run through [`Simd::vectorize`].
+struct BwdRows<'a, 'b, const L: usize> {
+    g: &'a Geo,
+    bias: Option<&'a dyn BiasRows<L>>,
+    kv: (&'a [f32], &'a [f32]),
+    ts: [&'a BwdQTile<'a, L>; FWD_ROWS],
+    sl: &'a Slide<L>,
+    bufs: Three<'a, L>,
+    dqts: &'a mut [&'b mut [[f32; L]]; FWD_ROWS],
+    drpb: Option<&'a mut [f32]>,
+}
+
+impl<const L: usize> WithSimd for BwdRows<'_, '_, L> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, vx: S) {
+        let BwdRows {
+            g,
+            bias,
+            kv,
+            ts,
+            sl,
+            bufs,
+            dqts,
+            drpb: d,
+        } = self;
+        let [a, b, c] = dqts;
+        // One row count per ISA, chosen at compile time.
+        if const { !wide::<S>() } {
+            let ts = [ts[0], ts[1]];
+            let mut o = [&mut **a, &mut **b];
+            if sl.bcast {
+                backward_query_slide_rows::<S, L, true, 2>(
+                    vx, g, bias, kv, ts, sl, bufs, &mut o, d,
+                );
+            } else {
+                backward_query_slide_rows::<S, L, false, 2>(
+                    vx, g, bias, kv, ts, sl, bufs, &mut o, d,
+                );
+            }
+        } else {
+            let mut o = [&mut **a, &mut **b, &mut **c];
+            if sl.bcast {
+                backward_query_slide_rows::<S, L, true, 3>(
+                    vx, g, bias, kv, ts, sl, bufs, &mut o, d,
+                );
+            } else {
+                backward_query_slide_rows::<S, L, false, 3>(
+                    vx, g, bias, kv, ts, sl, bufs, &mut o, d,
+                );
+            }
+        }
+    }
 }
 
 /// Backward pass 1 of one tile on the transposed path: `d_query` into `dqt`
@@ -203,16 +261,10 @@ pub(crate) fn backward_query_union<S: Simd, const L: usize, T: Element>(
 /// (without `d_rpb`) a row whose ragged tile came out non-finite.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn backward_query_slide_rows<
-    S: Simd,
-    const L: usize,
-    T: Element,
-    const BC: bool,
-    const R: usize,
->(
+fn backward_query_slide_rows<S: Simd, const L: usize, const BC: bool, const R: usize>(
     vx: S,
     g: &Geo,
-    x: &Inputs<'_, T>,
+    bias: Option<&dyn BiasRows<L>>,
     (kt, vt): (&[f32], &[f32]),
     t: [&BwdQTile<'_, L>; R],
     sl: &Slide<L>,
@@ -249,9 +301,9 @@ fn backward_query_slide_rows<
             dot_rows::<S, L, BC, R>(vx, &kt[ko..], lg, dk, km, &q, ra, rb, sc, &off);
             for r in ra..rb {
                 let s = &mut sc[off[r]..][..km];
-                if let Some(rpb) = x.rpb {
+                if let Some(b) = bias {
                     let r1 = g.axes[1].rpb_index_unchecked(t[r].x1, t1);
-                    add_query_bias::<T, L, BC>(s, g.bias_row(rpb, h, r0, r1), sl, k2, t00.ii0, n);
+                    b.add_row(g, (h, r0, r1), s, sl, k2, t00.ii0, n, BC);
                 }
                 let lse = &t[r].lse;
                 for sj in s.iter_mut() {
@@ -274,7 +326,7 @@ fn backward_query_slide_rows<
                 }
             }
             axpy_rows::<S, L, BC, R>(vx, dp, &off, km, &kt[ko..], lg, dqt, ra, rb);
-            if let (Some(d), true) = (drpb.as_deref_mut(), x.rpb.is_some()) {
+            if let (Some(d), true) = (drpb.as_deref_mut(), bias.is_some()) {
                 for r in ra..rb {
                     let r1 = g.axes[1].rpb_index_unchecked(t[r].x1, t1);
                     let off_b = h * g.rph + (r0 * g.rext[1] + r1) * g.rext[2];
@@ -397,34 +449,18 @@ pub(crate) fn backward_query<S: Simd, const L: usize, T: Element>(
                         let multi = run == rmax && run > 1 && slide.is_some();
                         let mut redo = [!multi; FWD_ROWS];
                         if let (true, Some(kv), Some(sl)) = (multi, kvt, slide.as_ref()) {
-                            let bufs = (&mut *sc, &mut *dp, &mut *mask);
-                            let d = drpb.as_deref_mut();
-                            let [a, b, c] = &mut dqts;
-                            if const { !wide::<S>() } {
-                                let ts = [&tile(0), &tile(1)];
-                                let mut o = [&mut **a, &mut **b];
-                                if sl.bcast {
-                                    backward_query_slide_rows::<S, L, T, true, 2>(
-                                        vx, g, x, kv, ts, sl, bufs, &mut o, d,
-                                    );
-                                } else {
-                                    backward_query_slide_rows::<S, L, T, false, 2>(
-                                        vx, g, x, kv, ts, sl, bufs, &mut o, d,
-                                    );
-                                }
-                            } else {
-                                let ts = [&tile(0), &tile(1), &tile(2)];
-                                let mut o = [&mut **a, &mut **b, &mut **c];
-                                if sl.bcast {
-                                    backward_query_slide_rows::<S, L, T, true, 3>(
-                                        vx, g, x, kv, ts, sl, bufs, &mut o, d,
-                                    );
-                                } else {
-                                    backward_query_slide_rows::<S, L, T, false, 3>(
-                                        vx, g, x, kv, ts, sl, bufs, &mut o, d,
-                                    );
-                                }
-                            }
+                            // Compiled once per ISA, not per storage type.
+                            let table = x.rpb.map(BiasTable);
+                            vx.vectorize(BwdRows {
+                                g,
+                                bias: table.as_ref().map(|b| b as &dyn BiasRows<L>),
+                                kv,
+                                ts: [&tile(0), &tile(1), &tile(2)],
+                                sl,
+                                bufs: (&mut *sc, &mut *dp, &mut *mask),
+                                dqts: &mut dqts,
+                                drpb: drpb.as_deref_mut(),
+                            });
                             for r in 0..run {
                                 if sl.ragged && !lanes_finite(dqts[r], n) {
                                     redo[r] = true;

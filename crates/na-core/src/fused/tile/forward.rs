@@ -8,14 +8,16 @@
 
 use super::io::{load_tile, rows_of, store_tile};
 use super::rows::{axpy_rows, dot_rows, rows_of_line};
-use super::shape::{add_query_bias, slide_run, take, take_lanes, Lanes, Slide};
+use super::shape::{
+    add_query_bias, slide_run, take, take_lanes, BiasRows, BiasTable, Lanes, Slide,
+};
 use crate::fused::geo::{group_range, line_of, Chunk, Geo, FWD_ROWS, SC_SLOTS};
 use crate::fused::mask::{lanes_finite, mask_logits};
 use crate::fused::micro::{
     diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
     rows_dot_lanes, rows_per_tile, wide,
 };
-use crate::fused::simd::Simd;
+use crate::fused::simd::{Simd, WithSimd};
 use crate::fused::softmax::softmax_step;
 use crate::tensors::Inputs;
 use crate::Element;
@@ -179,10 +181,10 @@ pub(crate) fn forward_union<S: Simd, const L: usize, T: Element>(
 /// redoes a row whose ragged tile came out non-finite.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_slide_rows<S: Simd, const L: usize, T: Element, const BC: bool, const R: usize>(
+fn forward_slide_rows<S: Simd, const L: usize, const BC: bool, const R: usize>(
     vx: S,
     g: &Geo,
-    x: &Inputs<'_, T>,
+    bias: Option<&dyn BiasRows<L>>,
     (kt, vt): (&[f32], &[f32]),
     t: [&FwdTile<'_, L>; R],
     sl: &Slide<L>,
@@ -217,13 +219,12 @@ fn forward_slide_rows<S: Simd, const L: usize, T: Element, const BC: bool, const
             let (ra, rb, off) = rows_of_line(&w1, d1, t1, i0, &base, km);
             let q = t.map(|tr| tr.qt);
             dot_rows::<S, L, BC, R>(vx, &kt[ko..], lg, dk, km, &q, ra, rb, sc, &off);
-            if let Some(rpb) = x.rpb {
+            if let Some(b) = bias {
                 let r0 = g.axes[0].rpb_index_unchecked(x0, t0);
                 for r in ra..rb {
                     let r1 = g.axes[1].rpb_index_unchecked(t[r].x1, t1);
-                    let brow = g.bias_row(rpb, h, r0, r1);
                     let s = &mut sc[off[r]..][..km];
-                    add_query_bias::<T, L, BC>(s, brow, sl, k2, t00.ii0, t00.n);
+                    b.add_row(g, (h, r0, r1), s, sl, k2, t00.ii0, t00.n, BC);
                 }
             }
             if sl.ragged {
@@ -330,10 +331,11 @@ pub(crate) fn forward<S: Simd, const L: usize, T: Element>(
                         });
                         let mut redo = [!fits; FWD_ROWS];
                         if let (true, Some(kv), Some(sl)) = (fits, kvt, slide.as_ref()) {
-                            multi_row::<S, L, T>(
-                                vx,
+                            // Compiled once per ISA, not per storage type.
+                            let table = x.rpb.map(BiasTable);
+                            vx.vectorize(FwdRows {
                                 g,
-                                x,
+                                bias: table.as_ref().map(|b| b as &dyn BiasRows<L>),
                                 kv,
                                 ch,
                                 h,
@@ -343,12 +345,12 @@ pub(crate) fn forward<S: Simd, const L: usize, T: Element>(
                                 x1,
                                 run,
                                 sl,
-                                &qts,
-                                &mut ots,
-                                (&mut *sc, &mut *mask),
-                                &mut m,
-                                &mut lsum,
-                            );
+                                qts: &qts,
+                                ots: &mut ots,
+                                bufs: (&mut *sc, &mut *mask),
+                                m: &mut m,
+                                lsum: &mut lsum,
+                            });
                             for r in 0..run {
                                 if sl.ragged && !lanes_finite(ots[r], n) {
                                     redo[r] = true;
@@ -404,13 +406,45 @@ pub(crate) fn forward<S: Simd, const L: usize, T: Element>(
     }
 }
 
+/// The arguments of [`multi_row`], run through [`Simd::vectorize`].
+struct FwdRows<'a, 'b, const L: usize> {
+    g: &'a Geo,
+    bias: Option<&'a dyn BiasRows<L>>,
+    kv: (&'a [f32], &'a [f32]),
+    ch: Chunk,
+    h: usize,
+    grp: usize,
+    ii0: usize,
+    n: usize,
+    x1: usize,
+    run: usize,
+    sl: &'a Slide<L>,
+    qts: &'a [&'b mut [[f32; L]]; FWD_ROWS],
+    ots: &'a mut [&'b mut [[f32; L]]; FWD_ROWS],
+    bufs: (&'a mut [[f32; L]], &'a mut [[f32; L]]),
+    m: &'a mut [[f32; L]; FWD_ROWS],
+    lsum: &'a mut [[f32; L]; FWD_ROWS],
+}
+
+impl<const L: usize> WithSimd for FwdRows<'_, '_, L> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, vx: S) {
+        let f = self;
+        multi_row::<S, L>(
+            vx, f.g, f.bias, f.kv, f.ch, f.h, f.grp, f.ii0, f.n, f.x1, f.run, f.sl, f.qts, f.ots,
+            f.bufs, f.m, f.lsum,
+        );
+    }
+}
+
 /// [`forward_slide_rows`] for `run` (2 or 3) rows from `x1`, `d1` apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn multi_row<S: Simd, const L: usize, T: Element>(
+fn multi_row<S: Simd, const L: usize>(
     vx: S,
     g: &Geo,
-    x: &Inputs<'_, T>,
+    bias: Option<&dyn BiasRows<L>>,
     kv: (&[f32], &[f32]),
     ch: Chunk,
     h: usize,
@@ -447,10 +481,10 @@ fn multi_row<S: Simd, const L: usize, T: Element>(
         let (mut mm, mut ll) = ([*m0, *m1], [*l0, *l1]);
         let o = [&mut **o0, &mut **o1];
         if sl.bcast {
-            forward_slide_rows::<S, L, T, true, 2>(
+            forward_slide_rows::<S, L, true, 2>(
                 vx,
                 g,
-                x,
+                bias,
                 kv,
                 [&t0, &t1],
                 sl,
@@ -460,10 +494,10 @@ fn multi_row<S: Simd, const L: usize, T: Element>(
                 o,
             );
         } else {
-            forward_slide_rows::<S, L, T, false, 2>(
+            forward_slide_rows::<S, L, false, 2>(
                 vx,
                 g,
-                x,
+                bias,
                 kv,
                 [&t0, &t1],
                 sl,
@@ -480,10 +514,10 @@ fn multi_row<S: Simd, const L: usize, T: Element>(
         let (mut mm, mut ll) = ([*m0, *m1, *m2], [*l0, *l1, *l2]);
         let o = [&mut **o0, &mut **o1, &mut **o2];
         if sl.bcast {
-            forward_slide_rows::<S, L, T, true, 3>(
+            forward_slide_rows::<S, L, true, 3>(
                 vx,
                 g,
-                x,
+                bias,
                 kv,
                 [&t0, &t1, &t2],
                 sl,
@@ -493,10 +527,10 @@ fn multi_row<S: Simd, const L: usize, T: Element>(
                 o,
             );
         } else {
-            forward_slide_rows::<S, L, T, false, 3>(
+            forward_slide_rows::<S, L, false, 3>(
                 vx,
                 g,
-                x,
+                bias,
                 kv,
                 [&t0, &t1, &t2],
                 sl,

@@ -187,6 +187,50 @@ pub(crate) fn add_query_bias<T: Element, const L: usize, const BC: bool>(
     }
 }
 
+/// A bias table seen without its storage type, so that the multi-row tile
+/// kernels (the largest inlined bodies) are compiled once per ISA and lane
+/// count instead of once per storage type too: one dynamic call per key
+/// line and row adds that line's biases ([`add_query_bias`]).
+pub(crate) trait BiasRows<const L: usize> {
+    /// [`add_query_bias`] with the bias row `(h, r0, r1)` of this table.
+    #[allow(clippy::too_many_arguments)]
+    fn add_row(
+        &self,
+        g: &crate::fused::geo::Geo,
+        row: (usize, usize, usize),
+        s: &mut [[f32; L]],
+        sl: &Slide<L>,
+        k: usize,
+        ii0: usize,
+        n: usize,
+        bc: bool,
+    );
+}
+
+/// A bias table of storage type `T` (`[heads, 2k-1, ...]`).
+pub(crate) struct BiasTable<'a, T>(pub(crate) &'a [T]);
+
+impl<T: Element, const L: usize> BiasRows<L> for BiasTable<'_, T> {
+    fn add_row(
+        &self,
+        g: &crate::fused::geo::Geo,
+        (h, r0, r1): (usize, usize, usize),
+        s: &mut [[f32; L]],
+        sl: &Slide<L>,
+        k: usize,
+        ii0: usize,
+        n: usize,
+        bc: bool,
+    ) {
+        let brow = g.bias_row(self.0, h, r0, r1);
+        if bc {
+            add_query_bias::<T, L, true>(s, brow, sl, k, ii0, n);
+        } else {
+            add_query_bias::<T, L, false>(s, brow, sl, k, ii0, n);
+        }
+    }
+}
+
 /// `v[l] = x[l]`, or `x[0]` in every lane when `BC`.
 #[inline(always)]
 pub(crate) fn lanes_of<const L: usize, const BC: bool>(x: &[f32]) -> [f32; L] {
