@@ -32,6 +32,9 @@
 //! loaded once and multiplied into every row that sees it, so one unaligned
 //! load feeds up to 3 FMAs (forward and backward pass 1; see
 //! `tile/rows.rs`). Per row, results are bit-identical to one-row tiles.
+//! Each ISA compiles one row count, and these kernels do not depend on the
+//! storage type: they run through `Simd::vectorize` (a `WithSimd`
+//! operation inside the ISA's target-feature function), once per ISA.
 //!
 //! The backward pass recomputes probabilities from the saved `lse`. Pass 1
 //! gathers `d_query` (and `d_rpb`) over each query tile's window. Pass 2
