@@ -480,68 +480,39 @@ fn multi_row<S: Simd, const L: usize>(
         let (t0, t1) = (tile(0), tile(1));
         let (mut mm, mut ll) = ([*m0, *m1], [*l0, *l1]);
         let o = [&mut **o0, &mut **o1];
-        if sl.bcast {
-            forward_slide_rows::<S, L, true, 2>(
-                vx,
-                g,
-                bias,
-                kv,
-                [&t0, &t1],
-                sl,
-                bufs,
-                &mut mm,
-                &mut ll,
-                o,
-            );
-        } else {
-            forward_slide_rows::<S, L, false, 2>(
-                vx,
-                g,
-                bias,
-                kv,
-                [&t0, &t1],
-                sl,
-                bufs,
-                &mut mm,
-                &mut ll,
-                o,
-            );
-        }
+        slide_rows::<S, L, 2>(vx, g, bias, kv, [&t0, &t1], sl, bufs, &mut mm, &mut ll, o);
         [*m0, *m1] = mm;
         [*l0, *l1] = ll;
     } else {
         let (t0, t1, t2) = (tile(0), tile(1), tile(2));
         let (mut mm, mut ll) = ([*m0, *m1, *m2], [*l0, *l1, *l2]);
         let o = [&mut **o0, &mut **o1, &mut **o2];
-        if sl.bcast {
-            forward_slide_rows::<S, L, true, 3>(
-                vx,
-                g,
-                bias,
-                kv,
-                [&t0, &t1, &t2],
-                sl,
-                bufs,
-                &mut mm,
-                &mut ll,
-                o,
-            );
-        } else {
-            forward_slide_rows::<S, L, false, 3>(
-                vx,
-                g,
-                bias,
-                kv,
-                [&t0, &t1, &t2],
-                sl,
-                bufs,
-                &mut mm,
-                &mut ll,
-                o,
-            );
-        }
+        let t = [&t0, &t1, &t2];
+        slide_rows::<S, L, 3>(vx, g, bias, kv, t, sl, bufs, &mut mm, &mut ll, o);
         [*m0, *m1, *m2] = mm;
         [*l0, *l1, *l2] = ll;
+    }
+}
+
+/// [`forward_slide_rows`] with the slide's broadcast flag made a constant.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn slide_rows<S: Simd, const L: usize, const R: usize>(
+    vx: S,
+    g: &Geo,
+    bias: Option<&dyn BiasRows<L>>,
+    kv: (&[f32], &[f32]),
+    t: [&FwdTile<'_, L>; R],
+    sl: &Slide<L>,
+    bufs: (&mut [[f32; L]], &mut [[f32; L]]),
+    m: &mut [[f32; L]; R],
+    lsum: &mut [[f32; L]; R],
+    o: [&mut [[f32; L]]; R],
+) {
+    if sl.bcast {
+        forward_slide_rows::<S, L, true, R>(vx, g, bias, kv, t, sl, bufs, m, lsum, o);
+    } else {
+        forward_slide_rows::<S, L, false, R>(vx, g, bias, kv, t, sl, bufs, m, lsum, o);
     }
 }
 
