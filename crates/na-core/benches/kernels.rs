@@ -116,8 +116,12 @@ fn bench_dtype<T: Element>(c: &mut Criterion, dtype: &str, shapes: &[&Shape]) {
         };
         let mut out = vec![T::default(); p.v_len()];
         let mut lse = vec![0.0f32; p.lse_len()];
-        let mut fs = vec![0.0f32; fused::forward_scratch_len(&p)];
-        let mut bs = vec![0.0f32; fused::backward_scratch_len(&p)];
+        // Scratch for the hungriest ISA (lengths scale with the lanes).
+        let most = |len: fn(Isa, &Problem) -> usize| {
+            Isa::available().map(|i| len(i, &p)).max().unwrap_or(0)
+        };
+        let mut fs = vec![0.0f32; most(fused::forward_scratch_len_on)];
+        let mut bs = vec![0.0f32; most(fused::backward_scratch_len_on)];
         let (mut dq, mut dk, mut dv) = (
             vec![T::default(); n],
             vec![T::default(); n],

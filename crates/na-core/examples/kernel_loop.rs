@@ -43,8 +43,8 @@ fn main() {
     };
     let mut out = vec![0.0f32; n];
     let mut lse = vec![0.0f32; p.lse_len()];
-    let mut scratch = vec![0.0f32; fused::forward_scratch_len(&p)];
-    let mut bscratch = vec![0.0f32; fused::backward_scratch_len(&p)];
+    let mut scratch = vec![0.0f32; fused::forward_scratch_len_on(isa, &p)];
+    let mut bscratch = vec![0.0f32; fused::backward_scratch_len_on(isa, &p)];
     let (mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
     let mut best = f64::INFINITY;
     let mut total = 0.0;

@@ -22,7 +22,70 @@ pub use crate::tensors::{Grads, Inputs, Saved};
 use crate::window::Axis;
 #[cfg(feature = "alloc")]
 use crate::Par;
-use crate::{Element, Error, Problem};
+use crate::{Element, Error, Kernels, Problem};
+
+/// The reference kernels as a [`Kernels`] family (the free functions of this
+/// module, as methods).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Reference;
+
+impl Kernels for Reference {
+    fn name(&self) -> &'static str {
+        "reference"
+    }
+
+    fn forward_scratch_len(&self, p: &Problem) -> usize {
+        forward_scratch_len(p)
+    }
+
+    fn backward_scratch_len(&self, p: &Problem) -> usize {
+        backward_scratch_len(p)
+    }
+
+    fn forward_with_scratch<T: Element>(
+        &self,
+        p: &Problem,
+        x: Inputs<'_, T>,
+        out: &mut [T],
+        lse: Option<&mut [f32]>,
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        forward_with_scratch(p, x, out, lse, scratch)
+    }
+
+    fn backward_with_scratch<T: Element>(
+        &self,
+        p: &Problem,
+        x: Inputs<'_, T>,
+        s: Saved<'_, T>,
+        g: Grads<'_, T>,
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        backward_with_scratch(p, x, s, g, scratch)
+    }
+
+    #[cfg(feature = "rayon")]
+    fn forward_threaded<T: Element>(
+        &self,
+        p: &Problem,
+        x: Inputs<'_, T>,
+        out: &mut [T],
+        lse: Option<&mut [f32]>,
+    ) -> Result<(), Error> {
+        forward_rayon(p, x, out, lse)
+    }
+
+    #[cfg(feature = "rayon")]
+    fn backward_threaded<T: Element>(
+        &self,
+        p: &Problem,
+        x: Inputs<'_, T>,
+        s: Saved<'_, T>,
+        g: Grads<'_, T>,
+    ) -> Result<(), Error> {
+        backward_rayon(p, x, s, g)
+    }
+}
 
 /// Spatial positions per work block.
 pub const BLOCK: usize = 16;
@@ -241,14 +304,7 @@ pub fn forward<T: Element>(
     lse: Option<&mut [f32]>,
     par: Par,
 ) -> Result<(), Error> {
-    match par {
-        Par::Seq => {
-            let mut scratch = alloc::vec![0.0; forward_scratch_len(p)];
-            forward_with_scratch(p, x, out, lse, &mut scratch)
-        }
-        #[cfg(feature = "rayon")]
-        Par::Rayon(n) => Par::install(n, || forward_rayon(p, x, out, lse)),
-    }
+    Reference.forward(p, x, out, lse, par)
 }
 
 #[cfg(feature = "rayon")]
@@ -445,14 +501,7 @@ pub fn backward<T: Element>(
     g: Grads<'_, T>,
     par: Par,
 ) -> Result<(), Error> {
-    match par {
-        Par::Seq => {
-            let mut scratch = alloc::vec![0.0; backward_scratch_len(p)];
-            backward_with_scratch(p, x, s, g, &mut scratch)
-        }
-        #[cfg(feature = "rayon")]
-        Par::Rayon(n) => Par::install(n, || backward_rayon(p, x, s, g)),
-    }
+    Reference.backward(p, x, s, g, par)
 }
 
 #[cfg(feature = "rayon")]

@@ -4,8 +4,9 @@
 mod common;
 
 use common::{dense, max_abs_diff, spec_mask, Normal};
-use na_core::fused::{self, Isa};
-use na_core::{bf16, f16, reference, Element, Error, Grads, Inputs, Par, Params, Problem, Saved};
+use na_core::fused::{self, Fused, Isa};
+use na_core::reference::Reference;
+use na_core::{bf16, f16, Element, Error, Grads, Inputs, Kernels, Par, Params, Problem, Saved};
 use proptest::prelude::*;
 
 /// Everything one implementation produces, widened to f32.
@@ -52,7 +53,17 @@ enum Impl {
 }
 
 fn run<T: Element>(p: &Problem, d: &Data, imp: Impl, par: Par) -> Run {
-    let (q, k, v, d_out) = (
+    match imp {
+        Impl::Reference => run_family::<T, _>(p, d, Reference, Some(par)),
+        Impl::Fused(isa) => run_family::<T, _>(p, d, Fused::on(isa), Some(par)),
+    }
+}
+
+/// Forward then backward through a [`Kernels`] family: its allocating entry
+/// points with `par`, or with `None` its `*_with_scratch` forms on a scratch
+/// buffer of exactly the stated length.
+fn run_family<T: Element, K: Kernels>(p: &Problem, d: &Data, k: K, par: Option<Par>) -> Run {
+    let (q, kk, v, d_out) = (
         conv::<T>(&d.q),
         conv::<T>(&d.k),
         conv::<T>(&d.v),
@@ -61,15 +72,18 @@ fn run<T: Element>(p: &Problem, d: &Data, imp: Impl, par: Par) -> Run {
     let rpb = d.rpb.as_deref().map(conv::<T>);
     let x = Inputs {
         query: &q,
-        key: &k,
+        key: &kk,
         value: &v,
         rpb: rpb.as_deref(),
     };
     let mut out = vec![T::default(); p.v_len()];
     let mut lse = vec![0.0f32; p.lse_len()];
-    match imp {
-        Impl::Reference => reference::forward(p, x, &mut out, Some(&mut lse), par),
-        Impl::Fused(isa) => fused::forward_on(isa, p, x, &mut out, Some(&mut lse), par),
+    match par {
+        Some(par) => k.forward(p, x, &mut out, Some(&mut lse), par),
+        None => {
+            let mut scratch = vec![f32::NAN; k.forward_scratch_len(p)];
+            k.forward_with_scratch(p, x, &mut out, Some(&mut lse), &mut scratch)
+        }
     }
     .unwrap();
     let (mut dq, mut dk, mut dv) = (
@@ -89,9 +103,12 @@ fn run<T: Element>(p: &Problem, d: &Data, imp: Impl, par: Par) -> Run {
         lse: &lse,
         d_out: &d_out,
     };
-    match imp {
-        Impl::Reference => reference::backward(p, x, s, g, par),
-        Impl::Fused(isa) => fused::backward_on(isa, p, x, s, g, par),
+    match par {
+        Some(par) => k.backward(p, x, s, g, par),
+        None => {
+            let mut scratch = vec![f32::NAN; k.backward_scratch_len(p)];
+            k.backward_with_scratch(p, x, s, g, &mut scratch)
+        }
     }
     .unwrap();
     Run {
@@ -352,6 +369,56 @@ fn threads_give_bit_identical_results() {
                 seq,
                 "{isa} with {n} threads"
             );
+        }
+    }
+}
+
+/// Every family through the one [`Kernels`] interface: caller-owned scratch
+/// of exactly the stated length (filled with NaN, so a kernel that read it
+/// before writing would show), one thread and two threads give the same bits.
+#[test]
+fn every_kernel_family_gives_the_same_bits_with_scratch_and_threads() {
+    let problems = [
+        Problem::new(2, &[9, 8], 2, 4, 4, Params::new(&[3, 3]).unwrap()).unwrap(),
+        Problem::new(
+            1,
+            &[13, 11],
+            1,
+            8,
+            8,
+            Params::new(&[5, 3])
+                .unwrap()
+                .with_dilation(&[2, 3])
+                .unwrap(),
+        )
+        .unwrap(),
+        Problem::new(
+            1,
+            &[40],
+            2,
+            16,
+            16,
+            Params::new(&[7]).unwrap().with_causal(&[true]).unwrap(),
+        )
+        .unwrap(),
+        Problem::new(1, &[4, 5, 6], 1, 4, 4, Params::new(&[3, 3, 3]).unwrap()).unwrap(),
+    ];
+    fn check<T: Element, K: Kernels>(p: &Problem, d: &Data, k: K) {
+        let with_scratch = run_family::<T, K>(p, d, k, None);
+        for par in [Par::Seq, Par::rayon(2)] {
+            let r = run_family::<T, K>(p, d, k, Some(par));
+            assert_eq!(r, with_scratch, "{} {par:?} {p:?}", k.name());
+        }
+    }
+    for (i, p) in problems.iter().enumerate() {
+        let rpb = p.rpb_len() > 0 && i != 2;
+        let d = data(p, rpb, 40 + i as u64);
+        check::<f32, _>(p, &d, Reference);
+        check::<f16, _>(p, &d, Reference);
+        check::<f32, _>(p, &d, Fused::best());
+        for isa in Isa::available() {
+            check::<f32, _>(p, &d, Fused::on(isa));
+            check::<bf16, _>(p, &d, Fused::on(isa));
         }
     }
 }

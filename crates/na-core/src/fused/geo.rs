@@ -12,7 +12,8 @@ use crate::problem::MAX_AXES;
 use crate::window::{Axis, Window};
 use crate::Problem;
 
-/// The widest lane count of any ISA (AVX-512), used to size scratch.
+/// The widest lane count of any ISA (AVX-512): the zero padding of transposed
+/// buffers is sized by it, so one buffer serves every ISA.
 pub(crate) const LMAX: usize = 16;
 
 /// Zero padding after transposed keys and values: the sliding-window
@@ -44,6 +45,9 @@ pub(crate) struct Geo {
     /// along axis 1 (see [`Geo::fchunk`]).
     pub(crate) frows: usize,
     pub(crate) fblocks: usize,
+    /// Logit slots per lane a forward tile gathers before one online-softmax
+    /// step (see [`logit_slots`]).
+    pub(crate) slots: usize,
 }
 
 /// One chunk: positions `[a, a + cols)` of the last axis of the `rows`
@@ -100,6 +104,7 @@ impl Geo {
             lines: p.batch() * ext[0] * ext[1],
             frows,
             fblocks: ext[1].div_ceil(frows),
+            slots: logit_slots(p),
         }
     }
 
@@ -249,20 +254,35 @@ pub(crate) fn union_inv(p: &Problem, l: usize) -> usize {
     l + 2 * p.axes3()[2].kernel()
 }
 
+/// Logit slots per lane of a forward tile on the sliding-window path: the
+/// whole windows of a multi-row tile (at most [`FWD_ROWS`] rows of at most
+/// `k0 * k1` key lines of at most `k2` slots) when they fit [`SC_SLOTS`],
+/// else `SC_SLOTS` (the tile then takes several online-softmax steps). A
+/// tile's steps are the same either way: below the cap every window is one
+/// step. 147 slots for a 7x7 kernel, 75 for 5x5.
+pub(crate) fn logit_slots(p: &Problem) -> usize {
+    let window: usize = p.axes3().iter().map(|a| a.kernel()).product();
+    (FWD_ROWS * window).min(SC_SLOTS)
+}
+
 /// Floats of one forward chunk's tile workspace at `l` lanes: per row of a
 /// multi-row tile ([`FWD_ROWS`]) transposed queries and an output
-/// accumulator, then logits, mask, and one line of packed keys and values.
+/// accumulator, then logits (the general path's union of windows, or
+/// [`logit_slots`]), mask, and one line of packed keys and values.
 pub(crate) fn fwd_work_len(p: &Problem, l: usize) -> usize {
     let (dk, dv, u) = (p.head_dim(), p.head_dim_v(), union_fwd(p, l));
-    FWD_ROWS * (dk + dv) * l + (u.max(SC_SLOTS) + u) * l + u * (dk + dv)
+    FWD_ROWS * (dk + dv) * l + (u.max(logit_slots(p)) + u) * l + u * (dk + dv)
 }
 
 pub(crate) fn bwd_work_len(p: &Problem, l: usize) -> usize {
     let (dk, dv) = (p.head_dim(), p.head_dim_v());
     let u1 = union_fwd(p, l);
-    // Per row of a multi-row tile: queries, d_out, d_query accumulator,
-    // probabilities and d_logit; one mask and one line of packed keys and values.
-    let pass1 = FWD_ROWS * ((2 * dk + dv) * l + 2 * u1 * l) + u1 * l + u1 * (dk + dv);
+    // Per row of a multi-row tile: queries, d_out and the d_query
+    // accumulator; probabilities and d_logit of one union of windows (one
+    // row) or of one key line of every row (`FWD_ROWS * k` slots); one mask
+    // and one line of packed keys and values.
+    let slots = u1.max(FWD_ROWS * p.axes3()[2].kernel());
+    let pass1 = FWD_ROWS * (2 * dk + dv) * l + 2 * slots * l + u1 * l + u1 * (dk + dv);
     let u2 = union_inv(p, l);
     let pass2 = 2 * (dk + dv) * l + 3 * u2 * l + u2 * (dk + dv) + 2 * u2;
     pass1.max(pass2)
@@ -277,8 +297,8 @@ pub(crate) fn group_range(a: usize, e: usize, g: usize, d: usize) -> (usize, usi
     )
 }
 
-/// Logit slots a forward tile gathers before one online-softmax step: whole
-/// windows of small kernels (7x7, 13x13, 3x7x7) in one step.
+/// The most logit slots a forward tile gathers before one online-softmax
+/// step: whole windows of small kernels (7x7, 13x13, 3x7x7) in one step.
 pub(crate) const SC_SLOTS: usize = 512;
 
 /// The queries attending key `t` on axis `ax`, as one window (they form an
@@ -310,4 +330,47 @@ pub(crate) fn line_of(w0: &Window, w1: &Window, li: usize) -> (usize, usize) {
         w0.start + (li / w1.count) * w0.step,
         w1.start + (li % w1.count) * w1.step,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Params;
+
+    /// Per-thread tile workspace, bytes, at `l` lanes: forward and backward.
+    fn work_bytes(p: &Problem, l: usize) -> (usize, usize) {
+        (fwd_work_len(p, l) * 4, bwd_work_len(p, l) * 4)
+    }
+
+    #[test]
+    fn tile_workspace_fits_32_kib_per_thread_for_the_target_shapes() {
+        let nat_l0 = Problem::new(1, &[56, 56], 2, 32, 32, Params::new(&[7, 7]).unwrap()).unwrap();
+        let k5 = || Params::new(&[5, 5]).unwrap();
+        let k5d2 = || k5().with_dilation(&[2, 2]).unwrap();
+        // The Fashion models' levels (head dim 32, and 20 for the 40-wide
+        // variant), dilated and not.
+        let fashion = [
+            Problem::new(1, &[14, 14], 1, 32, 32, k5d2()).unwrap(),
+            Problem::new(1, &[7, 7], 2, 32, 32, k5()).unwrap(),
+            Problem::new(1, &[14, 14], 2, 20, 20, k5d2()).unwrap(),
+            Problem::new(1, &[4, 4], 8, 20, 20, Params::new(&[3, 3]).unwrap()).unwrap(),
+        ];
+        for p in core::iter::once(&nat_l0).chain(&fashion) {
+            for l in [8, 16] {
+                let (f, b) = work_bytes(p, l);
+                assert!(f <= 32 << 10, "forward {f} B at {l} lanes for {p:?}");
+                assert!(b <= 32 << 10, "backward {b} B at {l} lanes for {p:?}");
+            }
+        }
+        // Eight lanes take less than sixteen.
+        assert!(work_bytes(&nat_l0, 8).0 < work_bytes(&nat_l0, 16).0);
+    }
+
+    #[test]
+    fn logit_slots_hold_a_multi_row_tile_or_cap_at_sc_slots() {
+        let p = Problem::new(1, &[56, 56], 2, 32, 32, Params::new(&[7, 7]).unwrap()).unwrap();
+        assert_eq!(logit_slots(&p), FWD_ROWS * 49);
+        let big = Problem::new(1, &[64, 64], 1, 8, 8, Params::new(&[21, 21]).unwrap()).unwrap();
+        assert_eq!(logit_slots(&big), SC_SLOTS);
+    }
 }

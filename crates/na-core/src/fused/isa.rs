@@ -37,6 +37,21 @@ impl Isa {
         }
     }
 
+    /// Query lanes per tile (the SIMD width in `f32`): 16 on AVX-512, 8
+    /// elsewhere. The scratch lengths of the `*_scratch_len_on` functions
+    /// scale with it.
+    pub fn lanes(self) -> usize {
+        match self {
+            Isa::Generic => 8,
+            #[cfg(all(feature = "std", target_arch = "aarch64"))]
+            Isa::Neon => 8,
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx2 => 8,
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx512 => 16,
+        }
+    }
+
     /// Whether this CPU can run `self`.
     pub fn is_available(self) -> bool {
         match self {

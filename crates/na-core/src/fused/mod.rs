@@ -56,7 +56,9 @@
 //!
 //! # Layout of this module
 //!
-//! From the entry points down: `mod.rs` (checks, scratch, threads) →
+//! From the entry points down: `mod.rs` ([`Fused`], the [`Kernels`]
+//! family, with its checks, scratch and threads; the allocating entry
+//! points come with the trait) →
 //! `tile/` (the tile loops: `forward.rs`, `backward.rs`, `io.rs` for loads,
 //! stores and transposes, `shape.rs` for a tile's lanes) → `geo.rs` (tile
 //! geometry, work and scratch lengths), `softmax.rs`, `mask.rs`, `micro.rs`
@@ -76,16 +78,108 @@ pub use isa::Isa;
 use crate::tensors::{check_backward, check_forward, check_scratch, Grads, Inputs, Saved};
 #[cfg(feature = "alloc")]
 use crate::Par;
-use crate::{Element, Error, Problem};
-use geo::{Geo, LMAX};
+use crate::{Element, Error, Kernels, Problem};
+use geo::Geo;
 use isa::check_isa;
 
-/// Scratch (in `f32`) one sequential forward call needs, for any ISA: the
-/// tile workspace plus, with stride 1 on the last axis, transposed keys and
-/// values of one batch element.
+/// The fused kernels as a [`Kernels`] family: on one chosen [`Isa`], or on
+/// the one [`Isa::best_for`] picks per problem (what the free functions
+/// without `_on` do).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Fused {
+    isa: Option<Isa>,
+}
+
+impl Fused {
+    /// On the ISA [`Isa::best_for`] picks for each problem.
+    pub fn best() -> Self {
+        Fused { isa: None }
+    }
+
+    /// On `isa` (calls fail with [`Error::UnsupportedIsa`] where this CPU
+    /// lacks it).
+    pub fn on(isa: Isa) -> Self {
+        Fused { isa: Some(isa) }
+    }
+
+    /// The ISA a call for `p` runs on.
+    pub fn isa_for(&self, p: &Problem) -> Isa {
+        self.isa.unwrap_or_else(|| Isa::best_for(p))
+    }
+}
+
+impl Kernels for Fused {
+    fn name(&self) -> &'static str {
+        "fused"
+    }
+
+    fn forward_scratch_len(&self, p: &Problem) -> usize {
+        forward_scratch_len_on(self.isa_for(p), p)
+    }
+
+    fn backward_scratch_len(&self, p: &Problem) -> usize {
+        backward_scratch_len_on(self.isa_for(p), p)
+    }
+
+    fn forward_with_scratch<T: Element>(
+        &self,
+        p: &Problem,
+        x: Inputs<'_, T>,
+        out: &mut [T],
+        lse: Option<&mut [f32]>,
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        forward_with_scratch_on(self.isa_for(p), p, x, out, lse, scratch)
+    }
+
+    fn backward_with_scratch<T: Element>(
+        &self,
+        p: &Problem,
+        x: Inputs<'_, T>,
+        s: Saved<'_, T>,
+        g: Grads<'_, T>,
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        backward_with_scratch_on(self.isa_for(p), p, x, s, g, scratch)
+    }
+
+    #[cfg(feature = "rayon")]
+    fn forward_threaded<T: Element>(
+        &self,
+        p: &Problem,
+        x: Inputs<'_, T>,
+        out: &mut [T],
+        lse: Option<&mut [f32]>,
+    ) -> Result<(), Error> {
+        forward_rayon(self.isa_for(p), p, x, out, lse)
+    }
+
+    #[cfg(feature = "rayon")]
+    fn backward_threaded<T: Element>(
+        &self,
+        p: &Problem,
+        x: Inputs<'_, T>,
+        s: Saved<'_, T>,
+        g: Grads<'_, T>,
+    ) -> Result<(), Error> {
+        backward_rayon(self.isa_for(p), p, x, s, g)
+    }
+}
+
+/// Scratch (in `f32`) one sequential forward call on the default ISA
+/// ([`Isa::best_for`], what [`forward_with_scratch`] runs on) needs: see
+/// [`forward_scratch_len_on`].
 pub fn forward_scratch_len(p: &Problem) -> usize {
+    forward_scratch_len_on(Isa::best_for(p), p)
+}
+
+/// Scratch (in `f32`) one sequential forward call on `isa` needs: the tile
+/// workspace, sized by the ISA's lanes ([`Isa::lanes`]) and the window, plus,
+/// with stride 1 on the last axis, transposed keys and values of one batch
+/// element.
+pub fn forward_scratch_len_on(isa: Isa, p: &Problem) -> usize {
     let g = Geo::new(p);
-    geo::fwd_work_len(p, LMAX) + transposed_len(&g)
+    geo::fwd_work_len(p, isa.lanes()) + transposed_len(&g)
 }
 
 fn transposed_len(g: &Geo) -> usize {
@@ -96,9 +190,21 @@ fn transposed_len(g: &Geo) -> usize {
     }
 }
 
-/// Scratch (in `f32`) one sequential backward call needs, for any ISA.
+/// Scratch (in `f32`) one sequential backward call on the default ISA
+/// ([`Isa::best_for`], what [`backward_with_scratch`] runs on) needs: see
+/// [`backward_scratch_len_on`].
 pub fn backward_scratch_len(p: &Problem) -> usize {
-    p.lse_len() + 2 * p.rpb_len() + geo::bwd_work_len(p, LMAX) + bwd_transposed_len(&Geo::new(p))
+    backward_scratch_len_on(Isa::best_for(p), p)
+}
+
+/// Scratch (in `f32`) one sequential backward call on `isa` needs: `delta`
+/// (one per `lse` entry), two bias-gradient accumulators, the tile workspace
+/// sized by the ISA's lanes ([`Isa::lanes`]), plus, with stride 1 on the last
+/// axis, transposed keys, values, queries, `d_out`, `lse` and `delta` of one
+/// batch element.
+pub fn backward_scratch_len_on(isa: Isa, p: &Problem) -> usize {
+    let work = geo::bwd_work_len(p, isa.lanes());
+    p.lse_len() + 2 * p.rpb_len() + work + bwd_transposed_len(&Geo::new(p))
 }
 
 /// Forward pass without allocation, on the calling thread: writes `out`
@@ -114,7 +220,8 @@ pub fn forward_with_scratch<T: Element>(
     forward_with_scratch_on(Isa::best_for(p), p, x, out, lse, scratch)
 }
 
-/// [`forward_with_scratch`] on a chosen ISA (for tests and benchmarks).
+/// [`forward_with_scratch`] on a chosen ISA (for tests and benchmarks):
+/// `scratch` needs [`forward_scratch_len_on`] for the same ISA.
 pub fn forward_with_scratch_on<T: Element>(
     isa: Isa,
     p: &Problem,
@@ -125,7 +232,7 @@ pub fn forward_with_scratch_on<T: Element>(
 ) -> Result<(), Error> {
     check_isa(isa)?;
     check_forward(p, &x, out, lse.as_deref())?;
-    let needed = forward_scratch_len(p);
+    let needed = forward_scratch_len_on(isa, p);
     check_scratch(scratch, needed)?;
     let g = Geo::new(p);
     let (kt, vt, work) = split_transposed(&g, scratch);
@@ -359,14 +466,7 @@ pub fn forward_on<T: Element>(
     lse: Option<&mut [f32]>,
     par: Par,
 ) -> Result<(), Error> {
-    match par {
-        Par::Seq => {
-            let mut scratch = alloc::vec![0.0; forward_scratch_len(p)];
-            forward_with_scratch_on(isa, p, x, out, lse, &mut scratch)
-        }
-        #[cfg(feature = "rayon")]
-        Par::Rayon(n) => Par::install(n, || forward_rayon(isa, p, x, out, lse)),
-    }
+    Fused::on(isa).forward(p, x, out, lse, par)
 }
 
 /// Cuts `s` into one slice per chunk (forward chunks when `fwd`, see
@@ -463,7 +563,7 @@ fn forward_rayon<T: Element>(
     check_isa(isa)?;
     check_forward(p, &x, out, lse.as_deref())?;
     let g = Geo::new(p);
-    let len = geo::fwd_work_len(p, LMAX);
+    let len = geo::fwd_work_len(p, isa.lanes());
     let mut kv = Recycled::take(transposed_len(&g));
     let (kt, vt, _) = split_transposed(&g, &mut kv);
     let cpb = g.fchunks_per_batch();
@@ -511,7 +611,8 @@ pub fn backward_with_scratch<T: Element>(
     backward_with_scratch_on(Isa::best_for(p), p, x, s, g, scratch)
 }
 
-/// [`backward_with_scratch`] on a chosen ISA (for tests and benchmarks).
+/// [`backward_with_scratch`] on a chosen ISA (for tests and benchmarks):
+/// `scratch` needs [`backward_scratch_len_on`] for the same ISA.
 pub fn backward_with_scratch_on<T: Element>(
     isa: Isa,
     p: &Problem,
@@ -522,7 +623,7 @@ pub fn backward_with_scratch_on<T: Element>(
 ) -> Result<(), Error> {
     check_isa(isa)?;
     check_backward(p, &x, &s, &gr)?;
-    let needed = backward_scratch_len(p);
+    let needed = backward_scratch_len_on(isa, p);
     check_scratch(scratch, needed)?;
     let g = Geo::new(p);
     let (delta, rest) = scratch.split_at_mut(p.lse_len());
@@ -604,14 +705,7 @@ pub fn backward_on<T: Element>(
     g: Grads<'_, T>,
     par: Par,
 ) -> Result<(), Error> {
-    match par {
-        Par::Seq => {
-            let mut scratch = alloc::vec![0.0; backward_scratch_len(p)];
-            backward_with_scratch_on(isa, p, x, s, g, &mut scratch)
-        }
-        #[cfg(feature = "rayon")]
-        Par::Rayon(n) => Par::install(n, || backward_rayon(isa, p, x, s, g)),
-    }
+    Fused::on(isa).backward(p, x, s, g, par)
 }
 
 #[cfg(feature = "rayon")]
@@ -633,7 +727,7 @@ fn backward_rayon<T: Element>(
     );
     let mut delta = alloc::vec![0.0f32; p.lse_len()];
     let want_rpb = gr.d_rpb.is_some();
-    let work_len = geo::bwd_work_len(p, LMAX);
+    let work_len = geo::bwd_work_len(p, isa.lanes());
     let rpb_len = if want_rpb { p.rpb_len() } else { 0 };
     let mut tbuf = Recycled::take(bwd_transposed_len(&g));
     let (tb, _) = split_bwd_transposed(&g, &mut tbuf);

@@ -386,8 +386,11 @@ pub(crate) fn backward_query<S: Simd, const L: usize, T: Element>(
         dots[r] = take_lanes::<L>(&mut s, dv); // (dv, L): d_out, transposed
         dqts[r] = take_lanes::<L>(&mut s, dk); // (dk, L): d_query accumulator
     }
-    let sc = take_lanes::<L>(&mut s, FWD_ROWS * umax); // (R, U, L): probabilities
-    let dp = take_lanes::<L>(&mut s, FWD_ROWS * umax); // (R, U, L): dP, then d_logit
+    // Probabilities and dP (then d_logit): one union of windows (general
+    // path, one row) or one key line of every row of a multi-row tile.
+    let slots = umax.max(FWD_ROWS * k2);
+    let sc = take_lanes::<L>(&mut s, slots); // (U, L) or (R, k, L): probabilities
+    let dp = take_lanes::<L>(&mut s, slots); // (U, L) or (R, k, L): dP, then d_logit
     let mask = take_lanes::<L>(&mut s, umax); // (U, L): window mask
     let kp = take(&mut s, umax * dk); // (U, dk)
     let vp = take(&mut s, umax * dv); // (U, dv)

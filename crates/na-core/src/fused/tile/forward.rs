@@ -11,7 +11,7 @@ use super::rows::{axpy_rows, dot_rows, rows_of_line};
 use super::shape::{
     add_query_bias, slide_run, take, take_lanes, BiasRows, BiasTable, Lanes, Slide,
 };
-use crate::fused::geo::{group_range, line_of, Chunk, Geo, FWD_ROWS, SC_SLOTS};
+use crate::fused::geo::{group_range, line_of, Chunk, Geo, FWD_ROWS};
 use crate::fused::mask::{lanes_finite, mask_logits};
 use crate::fused::micro::{
     diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
@@ -77,7 +77,7 @@ pub(crate) fn forward_slide<S: Simd, const L: usize, T: Element, const BC: bool>
     }
     let mask = &mask[..km];
     let nl = w0.count * w1.count;
-    let lb = (SC_SLOTS / km).max(1);
+    let lb = (g.slots / km).max(1);
     let mut l0 = 0;
     while l0 < nl {
         let nb = (nl - l0).min(lb);
@@ -174,7 +174,7 @@ pub(crate) fn forward_union<S: Simd, const L: usize, T: Element>(
 /// The forward pass of a multi-row tile on the transposed path: the rows
 /// `t[r]` (consecutive rows of one axis-1 dilation group, same columns, so
 /// one [`Slide`]) whose windows fit one online-softmax step together
-/// (`sum nl_r * kmax <= SC_SLOTS`, so each row is one step as in [`forward_slide`]). Every key (value) line of the union of
+/// (`sum nl_r * kmax <= g.slots`, so each row is one step as in [`forward_slide`]). Every key (value) line of the union of
 /// their windows is read once for all rows that see it ([`diag_dot_rows`],
 /// [`diag_axpy_rows`]); per row, the arithmetic is that of
 /// [`forward_slide`] with `safe = false`, in the same order. The caller
@@ -281,7 +281,7 @@ pub(crate) fn forward<S: Simd, const L: usize, T: Element>(
         qts[r] = take_lanes::<L>(&mut s, dk); // (dk, L): scaled queries, transposed
         ots[r] = take_lanes::<L>(&mut s, dv); // (dv, L): output accumulator
     }
-    let sc = take_lanes::<L>(&mut s, umax.max(SC_SLOTS)); // logits, then probabilities
+    let sc = take_lanes::<L>(&mut s, umax.max(g.slots)); // logits, then probabilities
     let mask = take_lanes::<L>(&mut s, umax); // (U, L): window mask
     let kp = take(&mut s, umax * dk); // (U, dk): packed keys of one line
     let vp = take(&mut s, umax * dv); // (U, dv): packed values of one line
@@ -327,7 +327,7 @@ pub(crate) fn forward<S: Simd, const L: usize, T: Element>(
                                 .sum();
                             // Multi-row tiles of exactly `rmax` rows: one row count
                             // per ISA is compiled; shorter runs go row by row.
-                            run == rmax && run > 1 && lines * sl.kmax <= SC_SLOTS
+                            run == rmax && run > 1 && lines * sl.kmax <= g.slots
                         });
                         let mut redo = [!fits; FWD_ROWS];
                         if let (true, Some(kv), Some(sl)) = (fits, kvt, slide.as_ref()) {
