@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Issue 17, second run: a wider/deeper DiNAT (embed 40, depths 2-4-2, heads 2-4-8,
-# 0.97 M parameters, 35 M multiply-adds at 28x28), same recipe, 40 epochs.
-# Resumable: run again and it continues.
-cd /work/train17b
-bin=${NA_BIN:-/work/train17b/na-4f14b73}
+# Issue 17, first long run: the shipped `fashion_dinat` architecture (embed 32, depths 2-2-4,
+# heads 1-2-4, 866,944 parameters, 25 M multiply-adds at 28x28) with the full recipe, 50 epochs.
+# Every option below is `na train`'s default written out (checkpoint.json's "options").
+# Resumable: run again and it continues from the last checkpoint set.
+cd /work/train17
+bin=${NA_BIN:-/work/train17/na-4f14b73}
 resume=""
-[ -f runs/fashion_dinat_v2/checkpoint.json ] && resume="--resume"
-exec "$bin" train --config fashion_dinat_v2.json --epochs 40 --batch-size 32 --lr 1e-3 --min-lr 1e-5 \
+[ -f runs/fashion_dinat_50ep/checkpoint.json ] && resume="--resume"
+exec "$bin" train --model fashion_dinat --epochs 50 --batch-size 32 --lr 1e-3 --min-lr 1e-5 \
   --weight-decay 0.05 --warmup-epochs 1 --label-smoothing 0.1 --shift 2 --erase-prob 0.25 \
   --ema-decay 0.999 --clip-grad-norm 1 --val-images 5000 --eval-every 1 --seed 0 \
-  --out runs/fashion_dinat_v2 $resume
+  --out runs/fashion_dinat_50ep $resume
