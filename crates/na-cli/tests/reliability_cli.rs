@@ -561,7 +561,7 @@ fn wrong_answers_are_errors() {
     let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fashion");
     let img = ex.join("0000_Ankle-boot.png");
     // NaN weights: no classification, not uniform 10% rows.
-    let w = na_model::WeightMap::load(&ex.join("fashion_dinat.safetensors")).unwrap();
+    let w = na_model::WeightMap::load(ex.join("fashion_dinat.safetensors")).unwrap();
     let mut nan = std::collections::BTreeMap::new();
     for name in w.names() {
         let mut t = w.get(name).unwrap().clone();

@@ -951,7 +951,8 @@ pub fn parse_npy(bytes: &[u8], max_elements: usize) -> Result<NpyArray, NpyError
 ///
 /// [`NpyError::Io`] if the file cannot be opened or read, otherwise as
 /// [`parse_npy`].
-pub fn read_npy(path: &Path, max_elements: usize) -> Result<NpyArray, NpyError> {
+pub fn read_npy(path: impl AsRef<Path>, max_elements: usize) -> Result<NpyArray, NpyError> {
+    let path = path.as_ref();
     let io_error = |op, source| NpyError::Io {
         op,
         path: path.to_path_buf(),

@@ -65,7 +65,8 @@ pub enum LabelsError {
 ///
 /// [`LabelsError`] when the file cannot be read, is not UTF-8, holds no names,
 /// or has a blank line between names.
-pub fn read_labels(path: &Path) -> Result<Vec<String>, LabelsError> {
+pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<String>, LabelsError> {
+    let path = path.as_ref();
     let bytes =
         crate::limits::read_file(path, crate::limits::MAX_JSON_BYTES).map_err(|source| {
             LabelsError::Io {

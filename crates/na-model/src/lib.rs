@@ -16,7 +16,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cpu = Cpu::new(0);
 //! let cfg = Config::preset("nat_mini")?;
-//! let weights = WeightMap::load("nat_mini.pth".as_ref())?;
+//! let weights = WeightMap::load("nat_mini.pth")?;
 //! let model = Model::load(&cpu, &cfg, weights, false)?;
 //! let x = cpu.upload(&[1, 3, 224, 224], &vec![0.0; 3 * 224 * 224])?;
 //! let logits = cpu.download(&model.forward(&cpu, &x)?)?;

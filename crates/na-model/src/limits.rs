@@ -76,7 +76,8 @@ pub fn check_threads(n: usize) -> Result<usize, String> {
 /// Reads a whole file of at most `limit` bytes. Directories are refused, and
 /// the read stops one byte past the limit, so an endless device
 /// (`/dev/zero`) or a file that grows while read costs at most the limit.
-pub fn read_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+pub fn read_file(path: impl AsRef<Path>, limit: u64) -> io::Result<Vec<u8>> {
+    let path = path.as_ref();
     let file = File::open(path)?;
     let meta = file.metadata()?;
     if meta.is_dir() {

@@ -159,13 +159,18 @@ pub enum PreprocessError {
 /// in a supported format, is corrupt or truncated (including a JPEG without its
 /// end-of-image marker, which the decoder alone would pad with grey), has more
 /// than [`MAX_PIXELS`] pixels, or has no pixels.
-pub fn load_rgb(path: &Path) -> Result<RgbImage, PreprocessError> {
+pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, PreprocessError> {
+    let path = path.as_ref();
     load_rgb_within(path, crate::limits::DEFAULT_MAX_IMAGE_BYTES)
 }
 
 /// [`load_rgb`] with a bound on the decoded image's bytes (the file itself is
 /// bounded by [`crate::limits::MAX_IMAGE_FILE_BYTES`]).
-pub fn load_rgb_within(path: &Path, max_decode_bytes: u64) -> Result<RgbImage, PreprocessError> {
+pub fn load_rgb_within(
+    path: impl AsRef<Path>,
+    max_decode_bytes: u64,
+) -> Result<RgbImage, PreprocessError> {
+    let path = path.as_ref();
     let bytes =
         crate::limits::read_file(path, crate::limits::MAX_IMAGE_FILE_BYTES).map_err(|source| {
             PreprocessError::Io {

@@ -40,7 +40,8 @@ impl WeightMap {
     /// Reads a weights file: a PyTorch checkpoint (a zip archive, as written
     /// by `torch.save`) or safetensors, told apart by their first bytes.
     /// HuggingFace names are detected and mapped to the authors' names.
-    pub fn load(path: &Path) -> Result<Self> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         let file_err = |reason: String| ModelError::WeightsFile {
             path: path.to_path_buf(),
             reason,

@@ -286,7 +286,7 @@ fn loads_the_debian_package_when_installed() {
         };
         write(&d, n, &out);
     }
-    let plain = Dataset::load(&d.join(FILE_NAMES[2]), &d.join(FILE_NAMES[3])).unwrap();
+    let plain = Dataset::load(d.join(FILE_NAMES[2]), d.join(FILE_NAMES[3])).unwrap();
     assert_eq!(plain, test);
     let _ = std::fs::remove_dir_all(&d);
 }

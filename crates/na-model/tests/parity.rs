@@ -19,7 +19,7 @@ fn manifest() -> Value {
 }
 
 fn npy(name: &str) -> (Vec<usize>, Vec<f32>) {
-    let a = read_npy(&dir().join(name), DEFAULT_MAX_ELEMENTS).unwrap();
+    let a = read_npy(dir().join(name), DEFAULT_MAX_ELEMENTS).unwrap();
     (a.shape, a.data)
 }
 
@@ -37,7 +37,7 @@ fn run_case(case: &Value, weights: &str, threads: usize) -> f32 {
     let cfg: Config = serde_json::from_value(case["config"].clone()).unwrap();
     cfg.validate().unwrap();
     let backbone = case["backbone"].as_bool().unwrap_or(false);
-    let w = WeightMap::load(&dir().join(weights)).unwrap();
+    let w = WeightMap::load(dir().join(weights)).unwrap();
     let want_naming = match case["naming"].as_str().unwrap() {
         "hf" => Naming::HuggingFace,
         _ => Naming::Authors,
@@ -125,7 +125,7 @@ fn wrong_weights_are_one_error_listing_every_problem() {
     let m = manifest();
     let case = &m["cases"][0];
     let cfg: Config = serde_json::from_value(case["config"].clone()).unwrap();
-    let mut w = WeightMap::load(&dir().join(case["weights"].as_str().unwrap())).unwrap();
+    let mut w = WeightMap::load(dir().join(case["weights"].as_str().unwrap())).unwrap();
     let head = w.take("head.weight").unwrap();
     w.insert(
         "head.weight",

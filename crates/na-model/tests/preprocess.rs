@@ -159,7 +159,7 @@ fn resize_matches_pillow() {
         let img = if src.ends_with(".jpg") {
             Npy::read(&fixtures().join("photo_200x150.decoded.npy")).rgb_image()
         } else {
-            load_rgb(&fixtures().join(src)).unwrap()
+            load_rgb(fixtures().join(src)).unwrap()
         };
         let want = Npy::read(&fixtures().join(format!("{name}.resized.npy")));
         assert_eq!(want.shape, [h as usize, w as usize, 3], "{name}");
@@ -205,7 +205,7 @@ fn transform_matches_torchvision() {
         let img = if src.ends_with(".jpg") {
             Npy::read(&fixtures().join("photo_200x150.decoded.npy")).rgb_image()
         } else {
-            load_rgb(&fixtures().join(src)).unwrap()
+            load_rgb(fixtures().join(src)).unwrap()
         };
         let rw = case["resized_wh"][0].as_u64().unwrap() as usize;
         let rh = case["resized_wh"][1].as_u64().unwrap() as usize;
@@ -230,7 +230,7 @@ fn imagenet_transform_full_size() {
     let t = Transform::imagenet();
     assert_eq!(t, reduced(256, 224));
     assert_eq!(t.output_len(), 3 * 224 * 224);
-    let img = load_rgb(&fixtures().join("rgb_300x257.png")).unwrap();
+    let img = load_rgb(fixtures().join("rgb_300x257.png")).unwrap();
     let want = Npy::read(&fixtures().join("rgb_300x257_imagenet.tensor.npy"));
     assert_eq!(want.shape, [3, 224, 224]);
     let mut ours = vec![f32::NAN; t.output_len()];
@@ -252,7 +252,7 @@ fn pixel_formats_convert_like_pillow() {
         ("grey16_70x50.png", 70, 50),
         ("rgb16_45x80.png", 45, 80),
     ] {
-        let img = load_rgb(&fixtures().join(file)).unwrap();
+        let img = load_rgb(fixtures().join(file)).unwrap();
         assert_eq!(img.dimensions(), (w, h), "{file}");
         if file.starts_with("grey") || file.starts_with("la") {
             assert!(img.pixels().all(|p| p[0] == p[1] && p[1] == p[2]), "{file}");
@@ -260,7 +260,7 @@ fn pixel_formats_convert_like_pillow() {
     }
     // Pillow's "I;16" -> "RGB" clips at 255 instead of rescaling: the fixture's
     // values go up to 1020, so many pixels are exactly 255.
-    let g16 = load_rgb(&fixtures().join("grey16_70x50.png")).unwrap();
+    let g16 = load_rgb(fixtures().join("grey16_70x50.png")).unwrap();
     assert!(g16.pixels().filter(|p| p[0] == 255).count() > 100);
 }
 
@@ -316,14 +316,14 @@ fn tmp_file(name: &str, bytes: &[u8]) -> PathBuf {
 
 #[test]
 fn invalid_files_are_typed_errors() {
-    let err = load_rgb(&fixtures().join("not_an_image.png")).unwrap_err();
+    let err = load_rgb(fixtures().join("not_an_image.png")).unwrap_err();
     assert!(
         matches!(err, PreprocessError::UnknownFormat { .. }),
         "{err:?}"
     );
     assert!(err.to_string().contains("not_an_image.png"), "{err}");
 
-    let err = load_rgb(&fixtures().join("huge_dims.png")).unwrap_err();
+    let err = load_rgb(fixtures().join("huge_dims.png")).unwrap_err();
     assert!(
         matches!(
             err,
@@ -338,20 +338,20 @@ fn invalid_files_are_typed_errors() {
     );
     assert!(err.to_string().contains("huge_dims.png"), "{err}");
 
-    let err = load_rgb(&fixtures().join("no_such_file.png")).unwrap_err();
+    let err = load_rgb(fixtures().join("no_such_file.png")).unwrap_err();
     assert!(matches!(err, PreprocessError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("no_such_file.png"), "{err}");
-    let err = load_rgb(&fixtures()).unwrap_err();
+    let err = load_rgb(fixtures()).unwrap_err();
     assert!(matches!(err, PreprocessError::Io { .. }), "{err:?}");
 
-    let err = load_rgb(&tmp_file("empty.png", b"")).unwrap_err();
+    let err = load_rgb(tmp_file("empty.png", b"")).unwrap_err();
     assert!(
         matches!(err, PreprocessError::UnknownFormat { .. }),
         "{err:?}"
     );
 
     // A PNG signature followed by garbage.
-    let err = load_rgb(&tmp_file("garbage.png", b"\x89PNG\r\n\x1a\nnot really")).unwrap_err();
+    let err = load_rgb(tmp_file("garbage.png", b"\x89PNG\r\n\x1a\nnot really")).unwrap_err();
     assert!(matches!(err, PreprocessError::Corrupt { .. }), "{err:?}");
     assert!(std::error::Error::source(&err).is_some());
 }
@@ -399,7 +399,7 @@ fn corrupted_files_never_panic() {
                 let i = (next() as usize) % b.len().min(4096);
                 b[i] ^= 1 << (next() % 8);
             }
-            match load_rgb(&tmp_file(&format!("flip_{round}_{file}"), &b)) {
+            match load_rgb(tmp_file(&format!("flip_{round}_{file}"), &b)) {
                 Ok(img) => {
                     ok += 1;
                     let _ = Transform::imagenet().apply(&img);
@@ -414,7 +414,7 @@ fn corrupted_files_never_panic() {
 #[test]
 fn throughput() {
     // Informational (no assertion: the machine may be busy).
-    let img = load_rgb(&fixtures().join("rgb_300x257.png")).unwrap();
+    let img = load_rgb(fixtures().join("rgb_300x257.png")).unwrap();
     let t = Transform::imagenet();
     let mut out = vec![0.0; t.output_len()];
     let n = 50;

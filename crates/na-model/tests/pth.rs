@@ -96,7 +96,7 @@ fn torch_saved_files_match_what_torch_recorded() {
         ]
     );
     for (file, want) in &expected {
-        let tensors = read_pth(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let tensors = read_pth(fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         check_against_expected(file, &tensors, want);
         // The in-memory reader agrees.
         let bytes = std::fs::read(fixture(file)).unwrap();
@@ -106,7 +106,7 @@ fn torch_saved_files_match_what_torch_recorded() {
 
 #[test]
 fn state_dict_keeps_module_order_and_int64_buffers() {
-    let t = read_pth(&fixture("state_f32.pth")).unwrap();
+    let t = read_pth(fixture("state_f32.pth")).unwrap();
     let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         names,
@@ -127,12 +127,12 @@ fn state_dict_keeps_module_order_and_int64_buffers() {
     assert_eq!(nbt.data, 7i64.to_le_bytes());
     assert_eq!(t[0].shape, [4, 3, 3, 3]);
     // The nested {"model": state_dict, ...} checkpoint holds the same tensors.
-    assert_eq!(read_pth(&fixture("nested.pth")).unwrap(), t);
+    assert_eq!(read_pth(fixture("nested.pth")).unwrap(), t);
 }
 
 #[test]
 fn views_are_copied_out_contiguous() {
-    let t = read_pth(&fixture("views.pth")).unwrap();
+    let t = read_pth(fixture("views.pth")).unwrap();
     let get = |name: &str| {
         let t = t.iter().find(|t| t.name == name).unwrap();
         (t.shape.clone(), t.to_f32().unwrap())
@@ -157,7 +157,7 @@ fn views_are_copied_out_contiguous() {
 
 #[test]
 fn broken_and_hostile_files_give_typed_errors() {
-    let read = |name: &str| read_pth(&fixture(name)).unwrap_err();
+    let read = |name: &str| read_pth(fixture(name)).unwrap_err();
 
     assert!(matches!(read("legacy.pth"), PthError::Legacy));
     assert!(matches!(
@@ -209,7 +209,7 @@ fn broken_and_hostile_files_give_typed_errors() {
     );
     assert!(matches!(read("big_endian.pth"), PthError::BigEndian));
     // The unedited original of the hostile files is fine.
-    let single = read_pth(&fixture("single.pth")).unwrap();
+    let single = read_pth(fixture("single.pth")).unwrap();
     assert_eq!(single[0].shape, [2, 3]);
 }
 
@@ -227,10 +227,10 @@ fn error_messages_are_one_line() {
         "big_endian.pth",
         "does_not_exist.pth",
     ] {
-        let msg = read_pth(&fixture(name)).unwrap_err().to_string();
+        let msg = read_pth(fixture(name)).unwrap_err().to_string();
         assert!(!msg.contains('\n'), "{name}: {msg:?}");
     }
-    let msg = read_pth(&fixture("legacy.pth")).unwrap_err().to_string();
+    let msg = read_pth(fixture("legacy.pth")).unwrap_err().to_string();
     assert_eq!(
         msg,
         "legacy torch.save format (not a zip archive), re-save with torch >= 1.6"

@@ -174,7 +174,7 @@ fn it_learns_and_reports() {
     }
     // The published weights are the chosen ones (a moving average, not the
     // raw weights), and they load for inference.
-    let w = na_model::WeightMap::load(&paths.out.join("model.safetensors")).unwrap();
+    let w = na_model::WeightMap::load(paths.out.join("model.safetensors")).unwrap();
     assert_eq!(ParamSet::from_weights(&tiny(), &w).unwrap().data, r.chosen);
     assert_ne!(r.chosen, r.params.data);
 }

@@ -32,7 +32,7 @@ fn one_step_matches_pytorch() {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("step.json")).unwrap()).unwrap();
     let cfg: Config = serde_json::from_value(meta["config"].clone()).unwrap();
-    let mut before = WeightMap::load(&fixture("before.safetensors")).unwrap();
+    let mut before = WeightMap::load(fixture("before.safetensors")).unwrap();
     let x = before.take("input").unwrap();
     let labels: Vec<usize> = before
         .take("labels")
@@ -44,12 +44,12 @@ fn one_step_matches_pytorch() {
     let mut params = ParamSet::from_weights(&cfg, &before).unwrap();
     let grads_ref = ParamSet::from_weights(
         &cfg,
-        &WeightMap::load(&fixture("grads.safetensors")).unwrap(),
+        &WeightMap::load(fixture("grads.safetensors")).unwrap(),
     )
     .unwrap();
     let after_ref = ParamSet::from_weights(
         &cfg,
-        &WeightMap::load(&fixture("after.safetensors")).unwrap(),
+        &WeightMap::load(fixture("after.safetensors")).unwrap(),
     )
     .unwrap();
 

@@ -178,7 +178,9 @@ pub struct Dataset {
 
 impl Dataset {
     /// Reads and cross-checks an images file and a labels file.
-    pub fn load(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
+    pub fn load(images_path: impl AsRef<Path>, labels_path: impl AsRef<Path>) -> Result<Dataset> {
+        let images_path = images_path.as_ref();
+        let labels_path = labels_path.as_ref();
         let (images, dims) = read_idx(images_path, 3)?;
         let (count, rows, cols) = (dims[0], dims[1], dims[2]);
         if rows > MAX_SIDE || cols > MAX_SIDE {
@@ -251,7 +253,8 @@ impl Dataset {
 /// Reads an IDX file of unsigned bytes with `rank` dimensions, plain or
 /// gzip-compressed: the elements and the sizes. Every size must be at least
 /// 1, and the (decompressed) content must be exactly header plus elements.
-pub fn read_idx(path: &Path, rank: u8) -> Result<(Vec<u8>, Vec<usize>)> {
+pub fn read_idx(path: impl AsRef<Path>, rank: u8) -> Result<(Vec<u8>, Vec<usize>)> {
+    let path = path.as_ref();
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,

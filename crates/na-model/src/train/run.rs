@@ -621,7 +621,8 @@ pub fn save_checkpoint(
 /// The training state recorded in `dir`'s `checkpoint.json` (the history of
 /// every epoch, the chosen epoch, the test accuracy), without reading the
 /// weights; [`load_checkpoint`] reads and checks the whole set.
-pub fn read_state(dir: &Path) -> Result<TrainState> {
+pub fn read_state(dir: impl AsRef<Path>) -> Result<TrainState> {
+    let dir = dir.as_ref();
     Ok(read_manifest(dir)?.1.state)
 }
 
