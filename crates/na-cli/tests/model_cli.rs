@@ -85,7 +85,7 @@ fn run_writes_the_logits_pytorch_gives() {
         assert!(o.status.success(), "{case}: {}", stderr(&o));
         let got = read_npy(&out, DEFAULT_MAX_ELEMENTS).unwrap();
         let want = read_npy(
-            &fixtures().join(format!("{case}.logits.npy")),
+            fixtures().join(format!("{case}.logits.npy")),
             DEFAULT_MAX_ELEMENTS,
         )
         .unwrap();
@@ -113,9 +113,9 @@ fn run_features_writes_four_maps() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for i in 0..4 {
-        let got = read_npy(&d.join(format!("feat.{i}.npy")), DEFAULT_MAX_ELEMENTS).unwrap();
+        let got = read_npy(d.join(format!("feat.{i}.npy")), DEFAULT_MAX_ELEMENTS).unwrap();
         let want = read_npy(
-            &fixtures().join(format!("dinat_backbone.features{i}.npy")),
+            fixtures().join(format!("dinat_backbone.features{i}.npy")),
             DEFAULT_MAX_ELEMENTS,
         )
         .unwrap();
@@ -453,7 +453,7 @@ fn huge_dilation_is_refused_before_allocating_activations() {
     let cfg_path = edited_config(
         &d,
         "dilated.json",
-        &[("dilations", "[[1, 4096], [1, 1], [1, 1, 1, 1]]")],
+        &[("dilations", "[[1, 4096], [1, 1, 1, 1], [1, 1]]")],
     );
     let cfg = Config::from_json(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     let weights = d.join("w.safetensors");
