@@ -33,7 +33,7 @@ A transcription of the Rust model, not of the authors' code:
   index_select, linear in N);
 - parameter names and shapes: `param_shapes` below, a transcription of
   `na_model::param_shapes` (classifier mode); `state_dict()` has exactly these
-  keys, so the Rust-trained weights (examples/fashion/fashion_dinat.safetensors)
+  keys, so the Rust-trained weights (crates/na-model/assets/fashion_dinat.safetensors)
   load as they are;
 - initialisation: that of `ParamSet::init` (timm's): linear weights and rpb
   from N(0, 0.02) truncated to +-2 std, linear biases 0, convolutions
@@ -517,7 +517,7 @@ def check() -> int:
         ok &= err < 1e-12 and gerr < 1e-10
 
     # 2. Shipped weights on the example PNGs against `na classify`.
-    weights = os.path.join(REPO, "examples", "fashion", "fashion_dinat.safetensors")
+    weights = os.path.join(REPO, "crates", "na-model", "assets", "fashion_dinat.safetensors")
     folder = os.path.join(REPO, "examples", "fashion")
     pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
     paths = [os.path.join(folder, f) for f in pngs]

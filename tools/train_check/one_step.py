@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One full training step of a tiny DiNAT in PyTorch (float64): the golden
-fixture of `crates/na-model/tests/train_step.rs`.
+fixture of `crates/na-model/tests/suite/train_step.rs`.
 
 The model is the one `na_model::train::TrainNet` trains, written out in
 plain PyTorch (no NATTEN: neighborhood attention is gathered with index

@@ -1,25 +1,29 @@
-//! The library behind the `na` command-line tool.
-//!
-//! `na attn` runs the neighborhood-attention operator on `.npy` tensors; see
-//! [`attn::AttnArgs`] for the interface.
+//! The library behind the `na` command-line tool: one module per command
+//! (its arguments and its work), [`console`] for output, [`interrupt`] for
+//! signals. [`Cli`] is the parsed command line and [`run`] dispatches it.
 #![deny(missing_docs)]
 
-pub mod attn;
-pub mod bench;
+pub mod args;
+pub mod cmd;
 pub mod console;
-pub mod convert;
+pub mod harness;
 pub mod interrupt;
-pub mod model_bench;
-pub mod model_cmd;
 pub mod plot;
-pub mod shipped;
-pub mod train_cmd;
+
+use cmd::{attn, bench, bench_model, classify, completions, convert, eval, info, run, train};
 
 use clap::{Parser, Subcommand};
 
 /// `na`: neighborhood attention (NA / DiNA) with NATTEN's exact semantics.
 #[derive(Debug, Parser)]
-#[command(name = "na", version, about, long_about = None)]
+#[command(
+    name = "na",
+    version,
+    about = "Neighborhood attention (NA/DiNA) with NATTEN's semantics, and the NAT/DiNAT models: \
+             classify images (a Fashion-MNIST DiNAT is built in), train, evaluate, run the \
+             operator or a model on .npy tensors, convert checkpoints, benchmark",
+    long_about = None
+)]
 pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
@@ -36,28 +40,31 @@ pub enum Command {
     /// Convert a PyTorch checkpoint (.pth) to safetensors, keeping names, shapes and dtypes.
     Convert(convert::ConvertArgs),
     /// Run a NAT/DiNAT model on a .npy batch of images: logits or backbone features.
-    Run(model_cmd::RunArgs),
+    Run(run::RunArgs),
     /// Classify images: the built-in Fashion-MNIST DiNAT, or a NAT/DiNAT with its weights (top-k).
-    Classify(model_cmd::ClassifyArgs),
+    Classify(classify::ClassifyArgs),
     /// Parameters, multiply-adds and per-level shapes of a preset or configuration.
-    Info(model_cmd::InfoArgs),
+    Info(info::InfoArgs),
     /// Train a model on Fashion-MNIST (AdamW, warm-up + cosine, augmentation, checkpoints).
-    Train(train_cmd::TrainArgs),
+    Train(train::TrainArgs),
     /// Accuracy, per-class accuracy and confusion matrix on the Fashion-MNIST test set.
-    Eval(train_cmd::EvalArgs),
+    Eval(eval::EvalArgs),
+    /// Print a completion script for a shell (e.g. `na completions bash > /etc/bash_completion.d/na`).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Attn(args) => attn::run(&args),
-        Command::Bench(args) if args.is_model_run() => model_bench::run(&args),
+        Command::Bench(args) if args.is_model_run() => bench_model::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args),
-        Command::Run(args) => model_cmd::run(&args),
-        Command::Classify(args) => model_cmd::classify(&args),
-        Command::Info(args) => model_cmd::info(&args),
-        Command::Train(args) => train_cmd::run_train(&args),
-        Command::Eval(args) => train_cmd::run_eval(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Classify(args) => classify::run(&args),
+        Command::Info(args) => info::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Completions(args) => completions::run(&args),
     }
 }

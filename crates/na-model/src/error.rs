@@ -65,10 +65,20 @@ pub enum ModelError {
         /// `(name, expected shape, shape in the file)`.
         mis_shaped: Vec<(String, Vec<usize>, Vec<usize>)>,
     },
-    /// A weights file that cannot be read (I/O, bad format, unsupported dtype).
-    #[error("{path}: {reason}")]
+    /// Weights that cannot be read or written (I/O, bad format,
+    /// unsupported dtype).
+    #[error("{}: {source}", path.display())]
     WeightsFile {
         /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: crate::weights::WeightsError,
+    },
+    /// A training checkpoint set that cannot be written or read back.
+    #[error("{}: {reason}", path.display())]
+    Checkpoint {
+        /// The file or folder.
         path: PathBuf,
         /// What went wrong.
         reason: String,

@@ -10,13 +10,37 @@ use crate::config::{conv_out, Arch, Config, MAX_IMAGE_SIDE};
 use crate::error::{ModelError, Result};
 use crate::net::Net;
 use crate::params::ParamSet;
-use crate::weights::WeightMap;
+use crate::weights::{HostTensor, WeightMap};
 
 pub use crate::config::{param_shapes, LN_EPS};
 
-/// A loaded model on backend `B`: its structure ([`Net`]) and its
-/// parameters, one flat tensor on the device.
+/// What a loaded model returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Head {
+    /// The classifier: `norm` and `head` weights, [`Model::forward`] gives
+    /// logits.
+    #[default]
+    Classifier,
+    /// The backbone of the detection and segmentation checkpoints:
+    /// `norm0..norm3` weights instead of `norm` and `head`,
+    /// [`Model::features`] gives the four normalised feature maps.
+    Backbone,
+}
+
+/// A loaded model on backend `B`: the backend it runs on, its structure
+/// ([`Net`]) and its parameters, one flat tensor on the device.
+///
+/// ```no_run
+/// use na_model::{Backend, Config, Cpu, Head, Model, WeightMap};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cfg = Config::preset("nat_mini")?;
+/// let model = Model::load(Cpu::new(0), &cfg, WeightMap::load("nat_mini.pth")?, Head::Classifier)?;
+/// let logits = model.infer(&[1, 3, 224, 224], &vec![0.0; 3 * 224 * 224])?;
+/// assert_eq!(logits.shape, [1, 1000]);
+/// # Ok(()) }
+/// ```
 pub struct Model<B: Backend> {
+    be: B,
     net: Net,
     params: B::Params,
     /// Largest activation memory a forward pass may plan (bytes).
@@ -25,10 +49,12 @@ pub struct Model<B: Backend> {
 
 impl<B: Backend> Model<B> {
     /// Builds the model of `cfg` from `weights` (authors' names; see
-    /// [`WeightMap`]) on backend `be`. With `backbone`, the weights hold
-    /// `norm0..norm3` instead of `norm` and `head`, and [`Model::features`]
-    /// returns the four normalised feature maps.
-    pub fn load(be: &B, cfg: &Config, weights: WeightMap, backbone: bool) -> Result<Self> {
+    /// [`WeightMap`]) on backend `be`, which it keeps. With
+    /// [`Head::Backbone`], the weights hold `norm0..norm3` instead of `norm`
+    /// and `head`, and [`Model::features`] returns the four normalised
+    /// feature maps.
+    pub fn load(be: B, cfg: &Config, weights: WeightMap, head: Head) -> Result<Self> {
+        let backbone = head == Head::Backbone;
         cfg.validate()?;
         if backbone && cfg.arch == Arch::Isotropic {
             return Err(ModelError::Config(
@@ -42,17 +68,19 @@ impl<B: Backend> Model<B> {
         let parts = layout.take_parts(weights)?;
         let params = be.upload_params(layout.len(), parts)?;
         Ok(Model {
+            be,
             net,
             params,
             memory_limit: crate::limits::max_memory_bytes(),
         })
     }
 
-    /// The model of a [`ParamSet`] (e.g. one being trained).
-    pub fn from_params(be: &B, ps: &ParamSet) -> Result<Self> {
+    /// The model of a [`ParamSet`] (e.g. one being trained) on `be`.
+    pub fn from_params(be: B, ps: &ParamSet) -> Result<Self> {
         let net = Net::new(ps)?;
         let params = be.upload_params(ps.len(), vec![(0..ps.len(), ps.data.clone())])?;
         Ok(Model {
+            be,
             net,
             params,
             memory_limit: crate::limits::max_memory_bytes(),
@@ -71,6 +99,20 @@ impl<B: Backend> Model<B> {
     /// The activation memory limit in force (bytes).
     pub fn memory_limit(&self) -> u64 {
         self.memory_limit
+    }
+
+    /// The backend the model runs on.
+    pub fn backend(&self) -> &B {
+        &self.be
+    }
+
+    /// What the model returns: logits or backbone features.
+    pub fn head(&self) -> Head {
+        if self.is_backbone() {
+            Head::Backbone
+        } else {
+            Head::Classifier
+        }
     }
 
     /// The configuration.
@@ -118,10 +160,29 @@ impl<B: Backend> Model<B> {
 
     /// The classifier: input `[B, in_chans, H, W]`, output logits
     /// `[B, num_classes]` (pooled features `[B, C]` when `num_classes` is 0).
-    pub fn forward(&self, be: &B, x: &Tensor<B>) -> Result<Tensor<B>> {
+    pub fn forward(&self, x: &Tensor<B>) -> Result<Tensor<B>> {
+        self.forward_with(&self.be, x)
+    }
+
+    /// [`Model::forward`] for host data: uploads `data` of `shape`
+    /// (`[B, in_chans, H, W]`), runs [`Model::forward`] and downloads the
+    /// logits.
+    pub fn infer(&self, shape: &[usize], data: &[f32]) -> Result<HostTensor> {
+        let x = self.be.upload(shape, data)?;
+        let y = self.forward(&x)?;
+        Ok(HostTensor {
+            shape: y.shape.clone(),
+            data: self.be.download(&y)?,
+        })
+    }
+
+    /// [`Model::forward`] on another instance of the backend, one that can
+    /// read this model's parameters (e.g. a single-threaded [`crate::Cpu`]
+    /// per worker thread).
+    pub fn forward_with(&self, be: &B, x: &Tensor<B>) -> Result<Tensor<B>> {
         if self.is_backbone() {
             return Err(ModelError::Config(
-                "this model was loaded as a backbone; use features()".into(),
+                "this model was loaded as a backbone (Head::Backbone); use features()".into(),
             ));
         }
         self.check_input(x)?;
@@ -133,10 +194,16 @@ impl<B: Backend> Model<B> {
 
     /// Backbone mode: the four levels' outputs (before each downsample), each
     /// through its LayerNorm `norm{i}`, as `[B, C_i, H_i, W_i]`.
-    pub fn features(&self, be: &B, x: &Tensor<B>) -> Result<Vec<Tensor<B>>> {
+    pub fn features(&self, x: &Tensor<B>) -> Result<Vec<Tensor<B>>> {
+        self.features_with(&self.be, x)
+    }
+
+    /// [`Model::features`] on another instance of the backend (see
+    /// [`Model::forward_with`]).
+    pub fn features_with(&self, be: &B, x: &Tensor<B>) -> Result<Vec<Tensor<B>>> {
         if !self.is_backbone() {
             return Err(ModelError::Config(
-                "this model was loaded as a classifier; load it with backbone = true".into(),
+                "this model was loaded as a classifier; load it with Head::Backbone".into(),
             ));
         }
         self.check_input(x)?;

@@ -8,6 +8,46 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::error::{ModelError, Result};
 
+/// Why weights could not be parsed or written (inside
+/// [`ModelError::WeightsFile`], which names the file).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WeightsError {
+    /// The file could not be read.
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// Not a safetensors file, or a damaged one.
+    #[error("not a valid safetensors file: {0}")]
+    Safetensors(#[from] safetensors::SafeTensorError),
+    /// A PyTorch checkpoint that could not be read.
+    #[cfg(feature = "pth")]
+    #[error(transparent)]
+    Pth(#[from] crate::pth::PthError),
+    /// A PyTorch checkpoint, in a build without the `pth` feature.
+    #[error("a PyTorch checkpoint (zip archive): this build of na-model reads them only with its `pth` feature")]
+    PthDisabled,
+    /// A tensor of a type that is not a float.
+    #[error(
+        "tensor `{name}` has dtype {dtype}; only F32, F16, BF16 and F64 weights are supported"
+    )]
+    Dtype {
+        /// The tensor.
+        name: String,
+        /// Its type, as the file names it.
+        dtype: String,
+    },
+    /// A tensor whose data does not match its shape.
+    #[error("tensor `{name}`: shape {shape:?} does not match its {len} values")]
+    Shape {
+        /// The tensor.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The values it holds.
+        len: usize,
+    },
+}
+
 /// A tensor in host memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
@@ -42,29 +82,31 @@ impl WeightMap {
     /// HuggingFace names are detected and mapped to the authors' names.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file_err = |reason: String| ModelError::WeightsFile {
+        let file_err = |source: WeightsError| ModelError::WeightsFile {
             path: path.to_path_buf(),
-            reason,
+            source,
         };
         let bytes = crate::limits::read_file(path, MAX_FILE_BYTES)
-            .map_err(|e| file_err(format!("cannot read: {e}")))?;
+            .map_err(|e| file_err(WeightsError::Io(e)))?;
         if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-            Self::from_pth(&bytes).map_err(file_err)
-        } else {
-            Self::from_safetensors(&bytes).map_err(file_err)
+            #[cfg(feature = "pth")]
+            return Self::from_pth(&bytes).map_err(file_err);
+            #[cfg(not(feature = "pth"))]
+            return Err(file_err(WeightsError::PthDisabled));
         }
+        Self::parse_safetensors(&bytes).map_err(file_err)
     }
 
     /// Parses a PyTorch checkpoint (zip archive) in memory.
-    pub fn from_pth(bytes: &[u8]) -> core::result::Result<Self, String> {
-        let list = crate::pth::read_pth_bytes(bytes).map_err(|e| e.to_string())?;
+    #[cfg(feature = "pth")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "pth")))]
+    pub fn from_pth(bytes: &[u8]) -> core::result::Result<Self, WeightsError> {
+        let list = crate::pth::read_pth_bytes(bytes)?;
         let mut map = BTreeMap::new();
         // Integer and bool buffers (e.g. `num_batches_tracked`) are never
         // weights of these models: they are left out rather than refused.
         for t in list.into_iter().filter(|t| t.dtype.is_float()) {
-            let data = t
-                .to_f32()
-                .map_err(|e| format!("tensor `{}`: {e}", t.name))?;
+            let data = t.to_f32()?;
             map.insert(
                 t.name,
                 HostTensor {
@@ -77,10 +119,22 @@ impl WeightMap {
     }
 
     /// Parses safetensors bytes (float tensors of any width become `f32`).
-    pub fn from_safetensors(bytes: &[u8]) -> core::result::Result<Self, String> {
+    ///
+    /// # Errors
+    ///
+    /// [`ModelError::WeightsFile`] (the path reads `(safetensors bytes)`)
+    /// with the [`WeightsError`].
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
+        Self::parse_safetensors(bytes).map_err(|source| ModelError::WeightsFile {
+            path: PathBuf::from("(safetensors bytes)"),
+            source,
+        })
+    }
+
+    /// [`WeightMap::from_safetensors`] with the bare [`WeightsError`].
+    pub fn parse_safetensors(bytes: &[u8]) -> core::result::Result<Self, WeightsError> {
         use safetensors::Dtype;
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| format!("not a valid safetensors file: {e}"))?;
+        let st = safetensors::SafeTensors::deserialize(bytes)?;
         let mut map = BTreeMap::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
@@ -102,16 +156,19 @@ impl WeightMap {
                     .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
                     .collect(),
                 other => {
-                    return Err(format!(
-                        "tensor `{name}` has dtype {other:?}; only F32, F16, BF16 and F64 weights are supported"
-                    ))
+                    return Err(WeightsError::Dtype {
+                        name,
+                        dtype: format!("{other:?}"),
+                    })
                 }
             };
             let shape = view.shape().to_vec();
             if shape.iter().product::<usize>() != data.len() {
-                return Err(format!(
-                    "tensor `{name}`: shape {shape:?} does not match its data"
-                ));
+                return Err(WeightsError::Shape {
+                    name,
+                    shape,
+                    len: data.len(),
+                });
             }
             map.insert(name, HostTensor { shape, data });
         }
@@ -245,9 +302,9 @@ impl WeightMap {
                 )
             })
             .collect();
-        let bad = |reason: String| ModelError::WeightsFile {
+        let bad = |e: safetensors::SafeTensorError| ModelError::WeightsFile {
             path: PathBuf::from("(safetensors)"),
-            reason,
+            source: WeightsError::Safetensors(e),
         };
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
             .iter()
@@ -256,8 +313,8 @@ impl WeightMap {
                     .map(|v| (n.clone(), v))
             })
             .collect::<core::result::Result<_, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        safetensors::serialize(views, None).map_err(|e| bad(e.to_string()))
+            .map_err(bad)?;
+        safetensors::serialize(views, None).map_err(bad)
     }
 
     /// Writes these weights as safetensors to `path`, all or nothing (through

@@ -16,8 +16,8 @@ use super::idx::Dataset;
 use super::optim::{AdamW, Schedule};
 use crate::backend::{Backend, Backward};
 use crate::config::Config;
-use crate::cpu::Cpu;
 use crate::cpu::CpuParams;
+use crate::cpu::{logits_parallel, Cpu};
 use crate::error::{ModelError, Result};
 use crate::model::Model;
 use crate::net::{Net, Tape};
@@ -28,24 +28,9 @@ use crate::params::ParamSet;
 use crate::rng::Rng;
 use crate::weights::WeightMap;
 
-/// Fashion-MNIST's pixel mean (of `pixel / 255` over the training set).
-pub const FASHION_MEAN: f32 = 0.2860;
-/// Fashion-MNIST's pixel standard deviation.
-pub const FASHION_STD: f32 = 0.3530;
-
-/// The ten Fashion-MNIST classes, by label.
-pub const FASHION_CLASSES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub use crate::fashion::{
+    normalize, CLASSES as FASHION_CLASSES, MEAN as FASHION_MEAN, STD as FASHION_STD,
+};
 
 /// The chosen weights in a training output folder (rewritten after every
 /// epoch): those of the best validation accuracy so far. Inside a checkpoint
@@ -65,11 +50,6 @@ pub const CHOSEN_FILE: &str = "chosen.safetensors";
 pub const STATE_FILE: &str = "checkpoint.json";
 /// The prefix of a checkpoint set's directory (`checkpoint-s<step>`).
 pub const SET_PREFIX: &str = "checkpoint-s";
-
-/// The model's input from grey pixels: `(p / 255 - mean) / std`.
-pub fn normalize(px: u8) -> f32 {
-    (f32::from(px) / 255.0 - FASHION_MEAN) / FASHION_STD
-}
 
 /// Hyper-parameters of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +103,14 @@ pub struct TrainOptions {
     /// final weights are chosen).
     #[serde(default)]
     pub val_images: usize,
+    /// Start from these weights (a safetensors file holding every parameter
+    /// of the configuration, e.g. an earlier run's `model.safetensors`)
+    /// instead of a random initialisation: a warm restart, whose schedule
+    /// (warm-up, cosine) starts again from step 0 with fresh optimiser
+    /// moments. `None`: random initialisation from `seed`. Absent from older
+    /// checkpoints, where it reads as `None`.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
 }
 
 impl Default for TrainOptions {
@@ -144,6 +132,7 @@ impl Default for TrainOptions {
             ema_decay: 0.999,
             clip_grad_norm: 1.0,
             val_images: 5000,
+            init: None,
         }
     }
 }
@@ -379,76 +368,9 @@ pub struct EvalReport {
     pub seconds: f64,
 }
 
-/// The logits of many images `x [n, c, h, w]` (`dims = [c, h, w]`):
-/// batches of `batch` images, spread over `cpu.threads()` workers that each
-/// run whole batches on one core (no synchronisation inside the layers, the
-/// fastest way to run a small model on many images). Returns `[n, classes]`.
-pub fn logits_parallel(
-    cpu: &Cpu,
-    model: &Model<Cpu>,
-    x: &[f32],
-    dims: [usize; 3],
-    batch: usize,
-) -> Result<Vec<f32>> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    let per: usize = dims.iter().product();
-    let k = model
-        .config()
-        .num_classes
-        .max(model.config().num_features());
-    if per == 0 || batch == 0 || !x.len().is_multiple_of(per) {
-        return Err(shape_err(format!(
-            "logits_parallel: {} values are not images of {dims:?} (batch {batch})",
-            x.len()
-        )));
-    }
-    let n = x.len() / per;
-    let chunks = n.div_ceil(batch);
-    let outs: Vec<Mutex<Option<Result<Vec<f32>>>>> =
-        (0..chunks).map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let workers = cpu.threads().clamp(1, chunks.max(1));
-    let pools = (0..workers)
-        .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
-        .collect::<core::result::Result<Vec<_>, _>>()
-        .map_err(|e| shape_err(format!("cannot start worker threads: {e}")))?;
-    std::thread::scope(|s| {
-        for pool in &pools {
-            s.spawn(|| {
-                let one = Cpu::current();
-                pool.install(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= chunks {
-                        break;
-                    }
-                    let (lo, hi) = (i * batch, ((i + 1) * batch).min(n));
-                    let r = one
-                        .upload(
-                            &[hi - lo, dims[0], dims[1], dims[2]],
-                            &x[lo * per..hi * per],
-                        )
-                        .and_then(|t| model.forward(&one, &t))
-                        .and_then(|y| one.download(&y));
-                    *outs[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                })
-            });
-        }
-    });
-    let mut all = Vec::with_capacity(n * k);
-    for o in outs {
-        all.extend(
-            o.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .ok_or_else(|| shape_err("logits_parallel: a batch was not run".into()))??,
-        );
-    }
-    Ok(all)
-}
-
 /// Evaluates `model` on every image of `set`, in batches of `batch` spread
-/// over `cpu.threads()` workers ([`logits_parallel`]).
-pub fn evaluate(cpu: &Cpu, model: &Model<Cpu>, set: &Dataset, batch: usize) -> Result<EvalReport> {
+/// over the model's threads ([`logits_parallel`]).
+pub fn evaluate(model: &Model<Cpu>, set: &Dataset, batch: usize) -> Result<EvalReport> {
     let k = model.config().num_classes;
     if set.is_empty() || batch == 0 || k == 0 || model.config().in_chans != 1 {
         return Err(ModelError::Config(format!(
@@ -462,7 +384,7 @@ pub fn evaluate(cpu: &Cpu, model: &Model<Cpu>, set: &Dataset, batch: usize) -> R
     let t0 = Instant::now();
     let all: Vec<usize> = (0..set.len()).collect();
     let x = batch_of(set, &all);
-    let logits = logits_parallel(cpu, model, &x, [1, set.rows, set.cols], batch)?;
+    let logits = logits_parallel(model, &x, [1, set.rows, set.cols], batch)?;
     for (&i, z) in all.iter().zip(logits.chunks(k)) {
         let pred = argmax(z);
         let truth = usize::from(set.labels[i]);
@@ -506,7 +428,7 @@ pub fn argmax(z: &[f32]) -> usize {
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
-    ModelError::WeightsFile {
+    ModelError::Checkpoint {
         path: path.to_path_buf(),
         reason: e.to_string(),
     }
@@ -677,12 +599,12 @@ pub fn load_checkpoint(
     let weights = read(WEIGHTS_FILE)?;
     let moments = read(OPTIMIZER_FILE)?;
     let wp = set_dir.join(WEIGHTS_FILE);
-    let weights = WeightMap::from_safetensors(&weights).map_err(|r| io_err(&wp, r))?;
+    let weights = WeightMap::parse_safetensors(&weights).map_err(|r| io_err(&wp, r))?;
     let params = ParamSet::from_weights(&state.config, &weights)?;
     // Another buffer laid out like the parameters, from a file of the set.
     let like_params = |name: &str| -> Result<Vec<f32>> {
         let p = set_dir.join(name);
-        let map = WeightMap::from_safetensors(&read(name)?).map_err(|r| io_err(&p, r))?;
+        let map = WeightMap::parse_safetensors(&read(name)?).map_err(|r| io_err(&p, r))?;
         Ok(ParamSet::from_weights(&state.config, &map)?.data)
     };
     let averages = Averages {
@@ -694,7 +616,7 @@ pub fn load_checkpoint(
         },
     };
     let op = set_dir.join(OPTIMIZER_FILE);
-    let moments = WeightMap::from_safetensors(&moments).map_err(|r| io_err(&op, r))?;
+    let moments = WeightMap::parse_safetensors(&moments).map_err(|r| io_err(&op, r))?;
     let mut opt = AdamW::new(params.len(), weight_decay);
     opt.step = state.step;
     for (prefix, buf) in [("m", &mut opt.m), ("v", &mut opt.v)] {
@@ -980,7 +902,12 @@ pub fn train(
         (p, o, a, s, rng)
     } else {
         let mut rng = Rng::new(opts.seed);
-        let p = ParamSet::init(cfg, rng.next_u64())?;
+        // The initialisation's draw is taken in either case, so a warm start
+        // shuffles and augments exactly like a cold start of the same seed.
+        let mut p = ParamSet::init(cfg, rng.next_u64())?;
+        if let Some(path) = &opts.init {
+            p.fill_from(WeightMap::load(path)?)?;
+        }
         let o = AdamW::new(p.len(), opts.weight_decay);
         let a = Averages {
             chosen: p.data.clone(),
@@ -1031,7 +958,7 @@ pub fn train(
     let mut scratch = params.clone();
     let mut model_of = |data: &[f32]| -> Result<Model<Cpu>> {
         scratch.data.copy_from_slice(data);
-        Model::from_params(&cpu, &scratch)
+        Model::from_params(cpu.clone(), &scratch)
     };
     for epoch in state.epochs_done + 1..=opts.epochs {
         if state.step >= stop {
@@ -1116,7 +1043,7 @@ pub fn train(
                 None
             } else {
                 on(&Event::Validating);
-                Some(evaluate(&cpu, &model_of(w)?, &val, 64)?.accuracy)
+                Some(evaluate(&model_of(w)?, &val, 64)?.accuracy)
             };
             val_accuracy = acc;
             // Better validation accuracy (or, without a split, newer weights).
@@ -1149,7 +1076,7 @@ pub fn train(
         }
         if last {
             on(&Event::Testing);
-            let acc = evaluate(&cpu, &model_of(&avg.chosen)?, test, 64)?.accuracy;
+            let acc = evaluate(&model_of(&avg.chosen)?, test, 64)?.accuracy;
             state.test = Some(Measured {
                 epoch: state.chosen.map_or(epoch, |c| c.epoch),
                 accuracy: acc,
