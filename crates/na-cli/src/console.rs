@@ -1,8 +1,8 @@
 //! Standard output and error messages that never panic.
 //!
 //! `println!` panics when standard output is closed or full (`na … | head -1`,
-//! `na … >/dev/full`). Every line the commands print goes through [`outln!`]
-//! and [`out!`] instead, which return the failure as a [`StdoutError`]; `main`
+//! `na … >/dev/full`). Every line the commands print goes through [`outln!`](crate::outln)
+//! and [`out!`](crate::out) instead, which return the failure as a [`StdoutError`]; `main`
 //! ends quietly with status 0 on a closed pipe, like other Unix tools, and
 //! with one error line and status 1 on any other failure (a full disk).
 

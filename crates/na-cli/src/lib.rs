@@ -1,6 +1,6 @@
 //! The library behind the `na` command-line tool: one module per command
 //! (its arguments and its work), [`console`] for output, [`interrupt`] for
-//! signals. [`Cli`] is the parsed command line and [`run`] dispatches it.
+//! signals. [`Cli`] is the parsed command line and [`run()`] dispatches it.
 #![deny(missing_docs)]
 
 pub mod args;

@@ -17,7 +17,7 @@ const D: usize = 16;
 const LEN: usize = H * W * HEADS * D;
 
 fn main() -> Result<(), na_core::Error> {
-    let p = Problem::new(1, &[H, W], HEADS, D, D, Params::new(&[5])?)?;
+    let p = Problem::new(1, &[H, W], HEADS, D, D, Params::new(&[5, 5])?)?;
     assert_eq!(p.qk_len(), LEN);
     // The caller owns everything: inputs, output and scratch.
     let mut q = [0.0f32; LEN];

@@ -41,7 +41,7 @@ mod sealed {
     impl Sealed for half::bf16 {}
 }
 
-/// A storage element type. Implemented for `f32`, [`f16`] and [`bf16`] only.
+/// A storage element type. Implemented for `f32`, [`f16`](struct@f16) and [`bf16`] only.
 pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {
     /// The run-time tag of this type.
     const DTYPE: DType;

@@ -7,7 +7,7 @@
 //! optional relative positional bias (RPB).
 //!
 //! Two kernel families share one API: [`fused`] (tiled, SIMD with run-time
-//! ISA dispatch, multithreaded; the one to use) and [`reference`] (a direct
+//! ISA dispatch, multithreaded; the one to use) and [`reference`](mod@reference) (a direct
 //! reading of the contract, kept as the oracle the fused kernels are tested
 //! against).
 //!

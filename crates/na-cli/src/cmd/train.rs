@@ -47,7 +47,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "CFG.json")]
     pub config: Option<PathBuf>,
     /// Output folder: model.safetensors (the chosen weights), checkpoint.json and the
-    /// checkpoint-s<step>/ set (after every epoch).
+    /// `checkpoint-s<step>/` set (after every epoch).
     #[arg(long)]
     pub out: PathBuf,
     /// Continue the run whose checkpoint is in --out (same configuration and options).

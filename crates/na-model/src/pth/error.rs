@@ -167,7 +167,7 @@ pub enum PthError {
     },
 
     /// `data.pkl` exceeds one of the unpickler's resource caps (see
-    /// [`PICKLE_BYTES_PER_ENTRY`]).
+    /// [`PICKLE_BYTES_PER_ENTRY`](super::PICKLE_BYTES_PER_ENTRY)).
     #[error(
         "data.pkl needs more than {limit} {what} (at byte {offset}), the unpickler's limit \
          for a {pickle_bytes}-byte pickle"
@@ -218,7 +218,7 @@ pub enum PthError {
         reason: String,
     },
 
-    /// A tensor has more elements than [`MAX_TENSOR_ELEMENTS`].
+    /// A tensor has more elements than [`MAX_TENSOR_ELEMENTS`](super::MAX_TENSOR_ELEMENTS).
     #[error("tensor {name:?} has {} elements, more than the limit of {limit}", at_least(*elements))]
     TooManyElements {
         /// The tensor's key.
@@ -267,7 +267,7 @@ pub enum PthError {
     },
 
     /// The tensors would take far more memory than the storages they view
-    /// (see [`MAX_EXPANSION`]).
+    /// (see [`MAX_EXPANSION`](super::MAX_EXPANSION)).
     #[error("the tensors would take {output_bytes} bytes from {storage_bytes} bytes of storage, more than the {limit} allowed")]
     ExpansionLimit {
         /// Total bytes of all tensors, copied out contiguous.
@@ -278,7 +278,7 @@ pub enum PthError {
         limit: u64,
     },
 
-    /// [`PthTensor::to_f32`] was called on an integer or boolean tensor.
+    /// [`PthTensor::to_f32`](super::PthTensor::to_f32) was called on an integer or boolean tensor.
     #[error("tensor {name:?} holds {dtype} values, not floating point")]
     NotFloat {
         /// The tensor's key.
