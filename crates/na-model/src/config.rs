@@ -563,6 +563,14 @@ impl Config {
     /// `dinat_large`, `dinat_s_tiny` … `dinat_s_large`, `nat_isotropic_small`,
     /// `nat_isotropic_base`, `dinat_isotropic_small`, `dinat_isotropic_base`.
     /// All at 1000 classes with the 224-pixel dilations.
+    ///
+    /// ```
+    /// use na_model::{Arch, Config};
+    /// let cfg = Config::preset("dinat_tiny")?;
+    /// assert_eq!((cfg.arch, cfg.depths.clone()), (Arch::Dinat, vec![3, 4, 18, 5]));
+    /// assert!(Config::preset("dinat_huge").is_err()); // the error lists the known names
+    /// # Ok::<(), na_model::ModelError>(())
+    /// ```
     pub fn preset(name: &str) -> Result<Self> {
         PRESETS
             .iter()

@@ -265,6 +265,14 @@ impl ModelInfo {
 /// [`Config::validate`]'s errors; [`ModelError::InputShape`] for a side of 0
 /// or above [`crate::config::MAX_IMAGE_SIDE`]; [`ModelError::Overflow`] when
 /// the FLOPs do not fit in a `u64`.
+///
+/// ```
+/// let cfg = na_model::Config::preset("nat_mini")?;
+/// let info = na_model::analyze(&cfg, 224, 224)?;
+/// assert_eq!(info.params, 19_984_174);
+/// assert_eq!(info.levels[0].height, 56); // the stem downsamples by 4
+/// # Ok::<(), na_model::ModelError>(())
+/// ```
 pub fn analyze(cfg: &Config, height: usize, width: usize) -> Result<ModelInfo> {
     cfg.validate()?;
     Config::check_image_size(height, width)?;

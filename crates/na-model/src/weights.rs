@@ -290,6 +290,16 @@ impl WeightMap {
     }
 
     /// These weights (f32, authors' names) as a safetensors file's bytes.
+    ///
+    /// ```
+    /// use na_model::{Config, WeightMap};
+    /// let cfg = Config::preset("fashion_dinat")?;
+    /// let w = WeightMap::random(&cfg, false, 7);
+    /// let back = WeightMap::from_safetensors(&w.to_safetensors()?)?;
+    /// assert_eq!(back.numel(), w.numel());
+    /// assert!(back.check(&na_model::param_shapes(&cfg, false)).is_ok());
+    /// # Ok::<(), na_model::ModelError>(())
+    /// ```
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .tensors
