@@ -82,11 +82,11 @@ pub use backend::{Backend, Backward, Tensor};
 pub use config::param_shapes;
 pub use config::{Arch, Config};
 pub use cpu::{logits_parallel, Cpu, CpuParams};
-pub use error::{ModelError, Result};
+pub use error::{ModelError, Result, WeightsError};
 pub use model::{analyze, Head, Model, ModelInfo};
 pub use net::{Net, Tape};
 pub use params::{ParamEntry, ParamSet};
-pub use weights::{HostTensor, Naming, WeightMap, WeightsError};
+pub use weights::{HostTensor, Naming, WeightMap};
 
 /// What a program that runs models needs, in one import:
 /// `use na_model::prelude::*;`.

@@ -6,47 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+pub use crate::error::WeightsError;
 use crate::error::{ModelError, Result};
-
-/// Why weights could not be parsed or written (inside
-/// [`ModelError::WeightsFile`], which names the file).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum WeightsError {
-    /// The file could not be read.
-    #[error("cannot read: {0}")]
-    Io(#[from] std::io::Error),
-    /// Not a safetensors file, or a damaged one.
-    #[error("not a valid safetensors file: {0}")]
-    Safetensors(#[from] safetensors::SafeTensorError),
-    /// A PyTorch checkpoint that could not be read.
-    #[cfg(feature = "pth")]
-    #[error(transparent)]
-    Pth(#[from] crate::pth::PthError),
-    /// A PyTorch checkpoint, in a build without the `pth` feature.
-    #[error("a PyTorch checkpoint (zip archive): this build of na-model reads them only with its `pth` feature")]
-    PthDisabled,
-    /// A tensor of a type that is not a float.
-    #[error(
-        "tensor `{name}` has dtype {dtype}; only F32, F16, BF16 and F64 weights are supported"
-    )]
-    Dtype {
-        /// The tensor.
-        name: String,
-        /// Its type, as the file names it.
-        dtype: String,
-    },
-    /// A tensor whose data does not match its shape.
-    #[error("tensor `{name}`: shape {shape:?} does not match its {len} values")]
-    Shape {
-        /// The tensor.
-        name: String,
-        /// Its shape.
-        shape: Vec<usize>,
-        /// The values it holds.
-        len: usize,
-    },
-}
 
 /// A tensor in host memory.
 #[derive(Clone, Debug, PartialEq)]
