@@ -54,6 +54,11 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "std"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod dtype;
 mod error;
 pub mod fused;

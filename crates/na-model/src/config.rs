@@ -118,10 +118,29 @@ pub struct LevelSpec {
 }
 
 impl Config {
-    /// Parses a JSON configuration and validates it.
+    /// Parses a JSON configuration (the fields of [`Config`], as
+    /// `serde_json` writes them) and validates it.
+    ///
+    /// ```
+    /// use na_model::{Config, ModelError};
+    /// let cfg = Config::preset("nat_mini")?;
+    /// let json = serde_json::to_string(&cfg).unwrap();
+    /// assert_eq!(Config::from_json(&json)?, cfg);
+    ///
+    /// // A configuration that contradicts itself names the field at fault.
+    /// let bad = json.replace("\"num_heads\":[2,4,8,16]", "\"num_heads\":[2,4]");
+    /// match Config::from_json(&bad) {
+    ///     Err(ModelError::Config { field, reason }) => {
+    ///         assert_eq!(field, "num_heads");
+    ///         assert!(reason.contains("2 entries for 4 levels"), "{reason}");
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert!(matches!(Config::from_json("{"), Err(ModelError::ConfigJson(_))));
+    /// # Ok::<(), ModelError>(())
+    /// ```
     pub fn from_json(text: &str) -> Result<Self> {
-        let c: Config =
-            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("JSON: {e}")))?;
+        let c: Config = serde_json::from_str(text).map_err(ModelError::ConfigJson)?;
         c.validate()?;
         Ok(c)
     }
@@ -173,7 +192,7 @@ impl Config {
     /// that the parameter count stays under [`MAX_PARAMS`]; the error names
     /// the field and value.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(ModelError::Config(m));
+        let bad = |field: &'static str, reason: String| Err(ModelError::Config { field, reason });
         let range = |field: &str, value: String, range: String| {
             Err(ModelError::OutOfRange {
                 field: field.to_string(),
@@ -191,29 +210,41 @@ impl Config {
             } else {
                 "1 to 4"
             };
-            return bad(format!(
-                "depths has {} levels, {:?} models have {want}",
-                self.depths.len(),
-                self.arch
-            ));
+            return bad(
+                "depths",
+                format!(
+                    "depths has {} levels, {:?} models have {want}",
+                    self.depths.len(),
+                    self.arch
+                ),
+            );
         }
         if let Some(s) = self.stem_strides {
             if !self.arch.is_nat() {
-                return bad(format!(
-                    "stem_strides {s:?} is given, but only NAT/DiNAT models have a \
+                return bad(
+                    "stem_strides",
+                    format!(
+                        "stem_strides {s:?} is given, but only NAT/DiNAT models have a \
                      convolutional stem"
-                ));
+                    ),
+                );
             }
             if let Some(&x) = s.iter().find(|&&x| !(1..=4).contains(&x)) {
-                return bad(format!("stem_strides {s:?}: stride {x} is not in 1..=4"));
+                return bad(
+                    "stem_strides",
+                    format!("stem_strides {s:?}: stride {x} is not in 1..=4"),
+                );
             }
         }
         if self.num_heads.len() != self.depths.len() {
-            return bad(format!(
-                "num_heads has {} entries for {} levels",
-                self.num_heads.len(),
-                self.depths.len()
-            ));
+            return bad(
+                "num_heads",
+                format!(
+                    "num_heads has {} entries for {} levels",
+                    self.num_heads.len(),
+                    self.depths.len()
+                ),
+            );
         }
         // NAT's stem has embed_dim / 2 channels after its first convolution.
         let min_embed = if self.arch.is_nat() { 2 } else { 1 };
@@ -264,10 +295,13 @@ impl Config {
             );
         }
         if self.mlp_hidden(self.embed_dim) == 0 {
-            return bad(format!(
-                "mlp_ratio {} gives no hidden units for {} channels",
-                self.mlp_ratio, self.embed_dim
-            ));
+            return bad(
+                "mlp_ratio",
+                format!(
+                    "mlp_ratio {} gives no hidden units for {} channels",
+                    self.mlp_ratio, self.embed_dim
+                ),
+            );
         }
         if !(2..=MAX_KERNEL_SIZE).contains(&self.kernel_size) {
             return range(
@@ -279,9 +313,12 @@ impl Config {
         for i in 0..self.levels() {
             let (dim, h) = (self.dim(i), self.num_heads[i]);
             if h == 0 || dim % h != 0 {
-                return bad(format!(
+                return bad(
+                    "num_heads",
+                    format!(
                     "level {i}: {dim} channels do not split into {h} heads (num_heads[{i}] = {h})"
-                ));
+                ),
+                );
             }
             if self.depths[i] > MAX_DEPTH {
                 return range(
@@ -293,18 +330,21 @@ impl Config {
         }
         if let Some(d) = &self.dilations {
             if d.len() != self.levels() {
-                return bad(format!(
-                    "dilations has {} levels, depths has {}",
-                    d.len(),
-                    self.levels()
-                ));
+                return bad(
+                    "dilations",
+                    format!(
+                        "dilations has {} levels, depths has {}",
+                        d.len(),
+                        self.levels()
+                    ),
+                );
             }
             for (i, (di, &n)) in d.iter().zip(&self.depths).enumerate() {
                 if di.len() != n {
-                    return bad(format!(
-                        "dilations[{i}] has {} entries for {n} blocks",
-                        di.len()
-                    ));
+                    return bad(
+                        "dilations",
+                        format!("dilations[{i}] has {} entries for {n} blocks", di.len()),
+                    );
                 }
                 if let Some(j) = di.iter().position(|&x| !(1..=MAX_DILATION).contains(&x)) {
                     return range(
@@ -328,9 +368,12 @@ impl Config {
         }
         let params = self.count_params()?;
         if params > u128::from(MAX_PARAMS) {
-            return bad(format!(
+            return bad(
+                "params",
+                format!(
                 "the model has {params} parameters, over the limit of {MAX_PARAMS} (MAX_PARAMS)"
-            ));
+            ),
+            );
         }
         Ok(())
     }

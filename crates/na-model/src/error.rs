@@ -9,9 +9,50 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelError {
-    /// The configuration is inconsistent (the message names the field and value).
-    #[error("invalid model configuration: {0}")]
-    Config(String),
+    /// The configuration is inconsistent: `field` is the offending field
+    /// (e.g. `num_heads`, `dilations`), `reason` names it and its value.
+    #[error("invalid model configuration: {reason}")]
+    Config {
+        /// The field at fault, as spelled in [`crate::Config`].
+        field: &'static str,
+        /// What is wrong, with the values.
+        reason: String,
+    },
+    /// A JSON configuration that does not parse as a [`crate::Config`].
+    #[error("invalid model configuration: JSON: {0}")]
+    ConfigJson(#[source] serde_json::Error),
+    /// [`crate::Model::forward`] on a model loaded with
+    /// [`crate::Head::Backbone`].
+    #[error("this model was loaded as a backbone (Head::Backbone); use features()")]
+    NotAClassifier,
+    /// [`crate::Model::features`] on a model loaded with
+    /// [`crate::Head::Classifier`].
+    #[error("this model was loaded as a classifier; load it with Head::Backbone")]
+    NotABackbone,
+    /// A parameter name the model does not have.
+    #[error("no parameter named {name}")]
+    UnknownParameter {
+        /// The name asked for.
+        name: String,
+    },
+    /// Training or evaluation settings that cannot be used with this model
+    /// or data: `field` is the setting at fault (e.g. `epochs`,
+    /// `val_images`), `reason` names it and its value.
+    #[error("invalid training settings: {reason}")]
+    Training {
+        /// The setting at fault.
+        field: &'static str,
+        /// What is wrong, with the values.
+        reason: String,
+    },
+    /// A training run asked to resume from a checkpoint it cannot continue.
+    #[error("{} {refusal}", path.display())]
+    Resume {
+        /// The checkpoint's manifest.
+        path: PathBuf,
+        /// Why it cannot be resumed.
+        refusal: ResumeRefusal,
+    },
     /// A configuration field outside its documented range (the `MAX_*`
     /// constants of [`crate::config`]).
     #[error("invalid model configuration: {field} = {value} is out of range ({range})")]
@@ -76,12 +117,13 @@ pub enum ModelError {
         source: WeightsError,
     },
     /// A training checkpoint set that cannot be written or read back.
-    #[error("{}: {reason}", path.display())]
+    #[error("{}: {source}", path.display())]
     Checkpoint {
         /// The file or folder.
         path: PathBuf,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: CheckpointError,
     },
     /// An input tensor of the wrong shape.
     #[error("input has shape {got:?}, expected {expected}")]
@@ -107,6 +149,68 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// Why a training run cannot resume from a checkpoint (inside
+/// [`ModelError::Resume`], which names the manifest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeRefusal {
+    /// The configuration, options or data differ from the checkpoint's run.
+    #[error(
+        "was written by another run (configuration, options or data differ); resume with the \
+         same ones or choose another --out"
+    )]
+    OtherRun,
+    /// The checkpoint was written inside an epoch (a `max_steps` stop).
+    #[error(
+        "was written in the middle of an epoch (a --max-steps run) and cannot be resumed \
+         exactly; start a new run"
+    )]
+    MidEpoch,
+}
+
+/// Why a training checkpoint set could not be written or read back (inside
+/// [`ModelError::Checkpoint`], which names the file).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// A file or folder could not be read, written or published.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The manifest (`checkpoint.json`) does not parse.
+    #[error("not a checkpoint manifest of this version of na ({0})")]
+    Manifest(#[source] serde_json::Error),
+    /// The manifest could not be encoded.
+    #[error("cannot encode the manifest: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The manifest names a set folder outside the checkpoint folder.
+    #[error("names the set {0:?}")]
+    SetName(String),
+    /// The manifest does not list a file of the set.
+    #[error("lists no {0}")]
+    Unlisted(String),
+    /// A file whose length or checksum differs from the manifest's.
+    #[error(
+        "damaged checkpoint: {got_bytes} bytes with CRC-32 {got_crc32:08x}, the manifest says \
+         {want_bytes} bytes with CRC-32 {want_crc32:08x}"
+    )]
+    Damaged {
+        /// Length found.
+        got_bytes: u64,
+        /// CRC-32 found.
+        got_crc32: u32,
+        /// Length the manifest records.
+        want_bytes: u64,
+        /// CRC-32 the manifest records.
+        want_crc32: u32,
+    },
+    /// A file of the set that is not valid safetensors.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// An optimiser moment the set lacks, or of another shape.
+    #[error("{0} is missing or mis-shaped")]
+    Moment(String),
 }
 
 /// Why weights could not be parsed or written (inside

@@ -82,7 +82,7 @@ pub use backend::{Backend, Backward, Tensor};
 pub use config::param_shapes;
 pub use config::{Arch, Config};
 pub use cpu::{logits_parallel, Cpu, CpuParams};
-pub use error::{ModelError, Result, WeightsError};
+pub use error::{CheckpointError, ModelError, Result, ResumeRefusal, WeightsError};
 pub use model::{analyze, Head, Model, ModelInfo};
 pub use net::{Net, Tape};
 pub use params::{ParamEntry, ParamSet};

@@ -57,9 +57,10 @@ impl<B: Backend> Model<B> {
         let backbone = head == Head::Backbone;
         cfg.validate()?;
         if backbone && cfg.arch == Arch::Isotropic {
-            return Err(ModelError::Config(
-                "isotropic models have no multi-level backbone mode".into(),
-            ));
+            return Err(ModelError::Config {
+                field: "arch",
+                reason: "isotropic models have no multi-level backbone mode".into(),
+            });
         }
         // The layout only: the tensors move from the map to the backend
         // without a flat copy (weights are never resident twice).
@@ -181,9 +182,7 @@ impl<B: Backend> Model<B> {
     /// per worker thread).
     pub fn forward_with(&self, be: &B, x: &Tensor<B>) -> Result<Tensor<B>> {
         if self.is_backbone() {
-            return Err(ModelError::Config(
-                "this model was loaded as a backbone (Head::Backbone); use features()".into(),
-            ));
+            return Err(ModelError::NotAClassifier);
         }
         self.check_input(x)?;
         be.install(|| {
@@ -202,9 +201,7 @@ impl<B: Backend> Model<B> {
     /// [`Model::forward_with`]).
     pub fn features_with(&self, be: &B, x: &Tensor<B>) -> Result<Vec<Tensor<B>>> {
         if !self.is_backbone() {
-            return Err(ModelError::Config(
-                "this model was loaded as a classifier; load it with Head::Backbone".into(),
-            ));
+            return Err(ModelError::NotABackbone);
         }
         self.check_input(x)?;
         be.install(|| {

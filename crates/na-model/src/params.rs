@@ -47,9 +47,10 @@ impl ParamSet {
     /// head: `num_classes > 0`).
     pub fn zeros(cfg: &Config) -> Result<Self> {
         if cfg.num_classes == 0 {
-            return Err(ModelError::Config(
-                "training needs a classification head (num_classes > 0)".into(),
-            ));
+            return Err(ModelError::Config {
+                field: "num_classes",
+                reason: "training needs a classification head (num_classes > 0)".into(),
+            });
         }
         Self::zeros_for(cfg, false)
     }
@@ -206,7 +207,9 @@ impl ParamSet {
         self.index
             .get(name)
             .map(|&i| self.entries[i].range.clone())
-            .ok_or_else(|| ModelError::Config(format!("no parameter named {name}")))
+            .ok_or_else(|| ModelError::UnknownParameter {
+                name: name.to_string(),
+            })
     }
 
     /// The values of a tensor by name.

@@ -74,18 +74,23 @@ impl Chunk {
     }
 }
 
-/// Query rows of one axis-1 dilation group that a forward chunk holds (when
-/// whole rows fit a chunk): the most any ISA puts in one multi-row tile.
+/// The most query rows any ISA puts in one multi-row tile (3 on AVX-512, 2
+/// elsewhere: [`crate::fused::Isa::tile_rows`]).
 pub(crate) const FWD_ROWS: usize = 3;
 
 impl Geo {
-    pub(crate) fn new(p: &Problem) -> Self {
+    /// The geometry of `p` for an ISA whose multi-row tiles hold
+    /// `tile_rows` query rows ([`crate::fused::Isa::tile_rows`]): a forward
+    /// chunk then holds exactly one multi-row tile per axis-1 dilation group
+    /// (with chunks of 3 rows, AVX2's 2-row tiles left a third of the rows
+    /// to one-row tiles).
+    pub(crate) fn new(p: &Problem, tile_rows: usize) -> Self {
         let axes = *p.axes3();
         let ext = axes.map(|a| a.len());
         let seg = (SEG * axes[2].dilation()).min(ext[2]);
         let segs = ext[2].div_ceil(seg);
         let frows = if segs == 1 {
-            (FWD_ROWS * axes[1].dilation()).min(ext[1])
+            (tile_rows.clamp(1, FWD_ROWS) * axes[1].dilation()).min(ext[1])
         } else {
             1
         };
@@ -130,7 +135,7 @@ impl Geo {
 
     /// Chunks of the forward pass: like [`Geo::chunk`], but when a chunk
     /// holds whole rows of the last axis it holds [`Geo::frows`] rows
-    /// (`FWD_ROWS` per axis-1 dilation group), so that tiles of several
+    /// (one multi-row tile per axis-1 dilation group), so that tiles of several
     /// query rows can share their key and value loads.
     pub(crate) fn fchunk(&self, ci: usize) -> Chunk {
         let (blk, s) = (ci / self.segs, ci % self.segs);
@@ -302,16 +307,21 @@ pub(crate) fn group_range(a: usize, e: usize, g: usize, d: usize) -> (usize, usi
 pub(crate) const SC_SLOTS: usize = 512;
 
 /// The queries attending key `t` on axis `ax`, as one window (they form an
-/// interval of the key's dilation group).
+/// interval of the key's dilation group, so the candidates are scanned from
+/// both ends: about half the window computations of a full scan).
 #[inline(always)]
 pub(crate) fn inverse_window(ax: &Axis, t: usize) -> Window {
-    let mut inv = ax.inverse(t);
-    match inv.next() {
-        Some(first) => {
-            let last = inv.last().unwrap_or(first);
+    let c = ax.inverse_candidates(t);
+    let at = |j: usize| c.start + j * c.step;
+    match (0..c.count).find(|&j| ax.attends(at(j), t)) {
+        Some(a) => {
+            let b = (a..c.count)
+                .rev()
+                .find(|&j| ax.attends(at(j), t))
+                .unwrap_or(a);
             Window {
-                start: first,
-                count: (last - first) / ax.dilation() + 1,
+                start: at(a),
+                count: b - a + 1,
                 step: ax.dilation(),
             }
         }
@@ -336,6 +346,29 @@ pub(crate) fn line_of(w0: &Window, w1: &Window, li: usize) -> (usize, usize) {
 mod tests {
     use super::*;
     use crate::Params;
+
+    #[test]
+    fn inverse_window_is_the_inverse_neighbourhood() {
+        for len in [1, 2, 5, 7, 13, 20] {
+            for k in (1..=len).step_by(2) {
+                for d in 1..=3 {
+                    for s in 1..=3 {
+                        for causal in [false, true] {
+                            let Ok(ax) = Axis::new(0, len, k, s, d, causal) else {
+                                continue;
+                            };
+                            for t in 0..len {
+                                let all: alloc::vec::Vec<usize> = ax.inverse(t).collect();
+                                let w = inverse_window(&ax, t);
+                                let got: alloc::vec::Vec<usize> = w.iter().collect();
+                                assert_eq!(got, all, "len {len} k {k} d {d} s {s} {causal} t {t}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Per-thread tile workspace, bytes, at `l` lanes: forward and backward.
     fn work_bytes(p: &Problem, l: usize) -> (usize, usize) {

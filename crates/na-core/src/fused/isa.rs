@@ -52,6 +52,17 @@ impl Isa {
         }
     }
 
+    /// Query rows of one multi-row tile on the sliding-window path (see the
+    /// module docs): 3 where the register file has 32 vectors (AVX-512), 2
+    /// elsewhere.
+    pub fn tile_rows(self) -> usize {
+        match self {
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx512 => 3,
+            _ => 2,
+        }
+    }
+
     /// Whether this CPU can run `self`.
     pub fn is_available(self) -> bool {
         match self {

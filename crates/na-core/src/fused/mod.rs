@@ -3,6 +3,43 @@
 //! SIMD and threads. Same arguments and results as [`crate::reference`],
 //! which stays the oracle they are tested against.
 //!
+//! ```
+//! use na_core::{fused, reference, Grads, Inputs, Par, Params, Problem, Saved};
+//!
+//! // A 12x10 map, 2 heads of 8 channels, a 3x5 window, dilation 2 on rows.
+//! let p = Problem::new(1, &[12, 10], 2, 8, 8, Params::new(&[3, 5])?.with_dilation(&[2, 1])?)?;
+//! let val = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 50.0;
+//! let q: Vec<f32> = (0..p.qk_len()).map(val).collect();
+//! let k: Vec<f32> = (0..p.qk_len()).map(|i| val(i + 7)).collect();
+//! let v: Vec<f32> = (0..p.v_len()).map(|i| val(i + 13)).collect();
+//! let x = Inputs { query: &q, key: &k, value: &v, rpb: None };
+//!
+//! // Forward with threads, and again with caller-owned scratch, no allocation.
+//! let (mut out, mut lse) = (vec![0.0f32; p.v_len()], vec![0.0f32; p.lse_len()]);
+//! fused::forward(&p, x, &mut out, Some(&mut lse), Par::rayon(0))?;
+//! let mut scratch = vec![0.0f32; fused::forward_scratch_len(&p)];
+//! let mut out2 = vec![0.0f32; p.v_len()];
+//! fused::forward_with_scratch(&p, x, &mut out2, None, &mut scratch)?;
+//! assert_eq!(out, out2); // bit-identical whatever the threads
+//!
+//! // The reference kernels agree to rounding.
+//! let mut want = vec![0.0f32; p.v_len()];
+//! reference::forward(&p, x, &mut want, None, Par::Seq)?;
+//! assert!(out.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
+//!
+//! // Backward from the saved output and log-sum-exp.
+//! let d_out = vec![1.0f32; p.v_len()];
+//! let (mut dq, mut dk, mut dv) = (vec![0.0; p.qk_len()], vec![0.0; p.qk_len()], vec![0.0; p.v_len()]);
+//! let s = Saved { out: &out, lse: &lse, d_out: &d_out };
+//! let g = Grads { d_query: &mut dq, d_key: &mut dk, d_value: &mut dv, d_rpb: None };
+//! fused::backward(&p, x, s, g, Par::rayon(0))?;
+//! // With d_out all ones, each value's gradient is the attention it receives:
+//! // every query hands out a total weight of 1 per head.
+//! let total: f32 = dv.iter().sum();
+//! assert!((total - (p.lse_len() * 8) as f32).abs() < 1e-2);
+//! # Ok::<(), na_core::Error>(())
+//! ```
+//!
 //! # How they work
 //!
 //! Queries are processed in **tiles** of up to `L` lanes (the SIMD width: 8
@@ -45,7 +82,8 @@
 //! Work is cut into fixed chunks (a run of at most `64 * dilation` positions
 //! of one line of the last axis); `d_rpb` is summed per chunk and the chunk
 //! sums are added in chunk order, so results are bit-identical for every
-//! [`Par`]. They may differ in the last bits between ISAs (FMA or not).
+//! [`Par`]. They may differ in the last bits between ISAs (FMA or not, and
+//! the chunks, which follow the ISA's tile rows, order the `d_rpb` sums).
 //!
 //! # ISA dispatch
 //!
@@ -178,7 +216,7 @@ pub fn forward_scratch_len(p: &Problem) -> usize {
 /// with stride 1 on the last axis, transposed keys and values of one batch
 /// element.
 pub fn forward_scratch_len_on(isa: Isa, p: &Problem) -> usize {
-    let g = Geo::new(p);
+    let g = Geo::new(p, isa.tile_rows());
     geo::fwd_work_len(p, isa.lanes()) + transposed_len(&g)
 }
 
@@ -204,7 +242,7 @@ pub fn backward_scratch_len(p: &Problem) -> usize {
 /// batch element.
 pub fn backward_scratch_len_on(isa: Isa, p: &Problem) -> usize {
     let work = geo::bwd_work_len(p, isa.lanes());
-    p.lse_len() + 2 * p.rpb_len() + work + bwd_transposed_len(&Geo::new(p))
+    p.lse_len() + 2 * p.rpb_len() + work + bwd_transposed_len(&Geo::new(p, isa.tile_rows()))
 }
 
 /// Forward pass without allocation, on the calling thread: writes `out`
@@ -234,7 +272,7 @@ pub fn forward_with_scratch_on<T: Element>(
     check_forward(p, &x, out, lse.as_deref())?;
     let needed = forward_scratch_len_on(isa, p);
     check_scratch(scratch, needed)?;
-    let g = Geo::new(p);
+    let g = Geo::new(p, isa.tile_rows());
     let (kt, vt, work) = split_transposed(&g, scratch);
     let (wv, h) = (p.heads() * p.head_dim_v(), p.heads());
     let (mut out, mut lse_rest) = (out, lse);
@@ -562,7 +600,7 @@ fn forward_rayon<T: Element>(
     use rayon::prelude::*;
     check_isa(isa)?;
     check_forward(p, &x, out, lse.as_deref())?;
-    let g = Geo::new(p);
+    let g = Geo::new(p, isa.tile_rows());
     let len = geo::fwd_work_len(p, isa.lanes());
     let mut kv = Recycled::take(transposed_len(&g));
     let (kt, vt, _) = split_transposed(&g, &mut kv);
@@ -625,7 +663,7 @@ pub fn backward_with_scratch_on<T: Element>(
     check_backward(p, &x, &s, &gr)?;
     let needed = backward_scratch_len_on(isa, p);
     check_scratch(scratch, needed)?;
-    let g = Geo::new(p);
+    let g = Geo::new(p, isa.tile_rows());
     let (delta, rest) = scratch.split_at_mut(p.lse_len());
     let (total, rest) = rest.split_at_mut(p.rpb_len());
     let (part, rest) = rest.split_at_mut(p.rpb_len());
@@ -719,7 +757,7 @@ fn backward_rayon<T: Element>(
     use rayon::prelude::*;
     check_isa(isa)?;
     check_backward(p, &x, &s, &gr)?;
-    let g = Geo::new(p);
+    let g = Geo::new(p, isa.tile_rows());
     let (wk, wv, h) = (
         p.heads() * p.head_dim(),
         p.heads() * p.head_dim_v(),

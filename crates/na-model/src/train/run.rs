@@ -18,7 +18,7 @@ use crate::backend::{Backend, Backward};
 use crate::config::Config;
 use crate::cpu::CpuParams;
 use crate::cpu::{logits_parallel, Cpu};
-use crate::error::{ModelError, Result};
+use crate::error::{CheckpointError, ModelError, Result, ResumeRefusal};
 use crate::model::Model;
 use crate::net::{Net, Tape};
 use crate::ops::Weights;
@@ -139,48 +139,73 @@ impl Default for TrainOptions {
 
 impl TrainOptions {
     fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(ModelError::Config(m));
+        let bad = |field: &'static str, reason: String| Err(ModelError::Training { field, reason });
         if self.epochs == 0 || self.batch_size == 0 || self.eval_every == 0 {
-            return bad(format!(
-                "epochs ({}), batch_size ({}) and eval_every ({}) must be positive",
-                self.epochs, self.batch_size, self.eval_every
-            ));
+            let positive = if self.epochs == 0 {
+                "epochs"
+            } else if self.batch_size == 0 {
+                "batch_size"
+            } else {
+                "eval_every"
+            };
+            return bad(
+                positive,
+                format!(
+                    "epochs ({}), batch_size ({}) and eval_every ({}) must be positive",
+                    self.epochs, self.batch_size, self.eval_every
+                ),
+            );
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return bad(format!(
-                "learning rates {} (peak) and {} (final) are not 0 <= final <= peak",
-                self.lr, self.min_lr
-            ));
+            return bad(
+                "lr",
+                format!(
+                    "learning rates {} (peak) and {} (final) are not 0 <= final <= peak",
+                    self.lr, self.min_lr
+                ),
+            );
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay < 1.0) {
-            return bad(format!(
-                "weight_decay {} is not in [0, 1)",
-                self.weight_decay
-            ));
+            return bad(
+                "weight_decay",
+                format!("weight_decay {} is not in [0, 1)", self.weight_decay),
+            );
         }
         if !(self.warmup_epochs >= 0.0 && self.warmup_epochs.is_finite()) {
-            return bad(format!("warmup_epochs {} is negative", self.warmup_epochs));
+            return bad(
+                "warmup_epochs",
+                format!("warmup_epochs {} is negative", self.warmup_epochs),
+            );
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return bad(format!(
-                "label_smoothing {} is not in [0, 1)",
-                self.label_smoothing
-            ));
+            return bad(
+                "label_smoothing",
+                format!("label_smoothing {} is not in [0, 1)", self.label_smoothing),
+            );
         }
         if self.shift > 8 {
-            return bad(format!("shift {} is above 8 pixels", self.shift));
+            return bad("shift", format!("shift {} is above 8 pixels", self.shift));
         }
         if !(0.0..=1.0).contains(&self.erase_prob) {
-            return bad(format!("erase_prob {} is not in [0, 1]", self.erase_prob));
+            return bad(
+                "erase_prob",
+                format!("erase_prob {} is not in [0, 1]", self.erase_prob),
+            );
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
-            return bad(format!("ema_decay {} is not in [0, 1)", self.ema_decay));
+            return bad(
+                "ema_decay",
+                format!("ema_decay {} is not in [0, 1)", self.ema_decay),
+            );
         }
         if !(self.clip_grad_norm >= 0.0 && self.clip_grad_norm.is_finite()) {
-            return bad(format!(
-                "clip_grad_norm {} is not a finite value >= 0",
-                self.clip_grad_norm
-            ));
+            return bad(
+                "clip_grad_norm",
+                format!(
+                    "clip_grad_norm {} is not a finite value >= 0",
+                    self.clip_grad_norm
+                ),
+            );
         }
         Ok(())
     }
@@ -373,12 +398,24 @@ pub struct EvalReport {
 pub fn evaluate(model: &Model<Cpu>, set: &Dataset, batch: usize) -> Result<EvalReport> {
     let k = model.config().num_classes;
     if set.is_empty() || batch == 0 || k == 0 || model.config().in_chans != 1 {
-        return Err(ModelError::Config(format!(
-            "cannot evaluate: {} images, batch {batch}, {k} classes, {} input channels \
-             (grey images need 1)",
-            set.len(),
-            model.config().in_chans
-        )));
+        let field = if set.is_empty() {
+            "images"
+        } else if batch == 0 {
+            "batch"
+        } else if k == 0 {
+            "num_classes"
+        } else {
+            "in_chans"
+        };
+        return Err(ModelError::Training {
+            field,
+            reason: format!(
+                "cannot evaluate: {} images, batch {batch}, {k} classes, {} input channels \
+                 (grey images need 1)",
+                set.len(),
+                model.config().in_chans
+            ),
+        });
     }
     let mut confusion = vec![vec![0usize; k]; k];
     let t0 = Instant::now();
@@ -427,10 +464,10 @@ pub fn argmax(z: &[f32]) -> usize {
     best
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+fn ck_err(path: &Path, e: impl Into<CheckpointError>) -> ModelError {
     ModelError::Checkpoint {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source: e.into(),
     }
 }
 
@@ -482,7 +519,7 @@ pub fn save_checkpoint(
     weights: &Averages,
     state: &TrainState,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| ck_err(dir, e))?;
     let raw = params.to_weight_map().to_safetensors()?;
     let chosen = params.map_of(&weights.chosen).to_safetensors()?;
     let ema = match &weights.ema {
@@ -499,7 +536,7 @@ pub fn save_checkpoint(
     }
     let moments = moments.to_safetensors()?;
     let set = format!("{SET_PREFIX}{:07}", state.step);
-    let staged = StagedDir::create(dir.join(&set)).map_err(|e| io_err(dir, e))?;
+    let staged = StagedDir::create(dir.join(&set)).map_err(|e| ck_err(dir, e))?;
     let mut files: Vec<(&str, &[u8])> = vec![
         (WEIGHTS_FILE, &raw),
         (OPTIMIZER_FILE, &moments),
@@ -511,20 +548,21 @@ pub fn save_checkpoint(
     for (name, bytes) in &files {
         staged
             .write(name, bytes)
-            .map_err(|e| io_err(&staged.path().join(name), e))?;
+            .map_err(|e| ck_err(&staged.path().join(name), e))?;
     }
     let manifest = Manifest {
         state: state.clone(),
         set: set.clone(),
         files: files.iter().map(|(n, b)| set_file(n, b)).collect(),
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| io_err(dir, e))?;
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| ck_err(dir, CheckpointError::Encode(e)))?;
     let mut outs = Outputs::new();
     let w = outs.output("weights file", dir.join(WEIGHTS_FILE))?;
     let m = outs.output("checkpoint manifest", dir.join(STATE_FILE))?;
     outs.stage(w, &chosen)?;
     outs.stage(m, &json)?;
-    staged.commit().map_err(|e| io_err(&dir.join(&set), e))?;
+    staged.commit().map_err(|e| ck_err(&dir.join(&set), e))?;
     outs.commit()?;
     // Sets the manifest no longer names (the previous one, or one left by a
     // run that was killed between its two renames).
@@ -552,13 +590,9 @@ pub fn read_state(dir: impl AsRef<Path>) -> Result<TrainState> {
 fn read_manifest(dir: &Path) -> Result<(std::path::PathBuf, Manifest)> {
     let sp = dir.join(STATE_FILE);
     let text =
-        crate::limits::read_file(&sp, crate::limits::MAX_JSON_BYTES).map_err(|e| io_err(&sp, e))?;
-    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
-        io_err(
-            &sp,
-            format!("not a checkpoint manifest of this version of na ({e})"),
-        )
-    })?;
+        crate::limits::read_file(&sp, crate::limits::MAX_JSON_BYTES).map_err(|e| ck_err(&sp, e))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| ck_err(&sp, CheckpointError::Manifest(e)))?;
     Ok((sp, manifest))
 }
 
@@ -572,7 +606,7 @@ pub fn load_checkpoint(
     let state = manifest.state;
     state.config.validate()?;
     if !manifest.set.starts_with(SET_PREFIX) || manifest.set.contains(['/', '\\']) {
-        return Err(io_err(&sp, format!("names the set {:?}", manifest.set)));
+        return Err(ck_err(&sp, CheckpointError::SetName(manifest.set)));
     }
     let set_dir = dir.join(&manifest.set);
     let read = |name: &str| -> Result<Vec<u8>> {
@@ -580,18 +614,19 @@ pub fn load_checkpoint(
             .files
             .iter()
             .find(|f| f.name == name)
-            .ok_or_else(|| io_err(&sp, format!("lists no {name}")))?;
+            .ok_or_else(|| ck_err(&sp, CheckpointError::Unlisted(name.to_string())))?;
         let p = set_dir.join(name);
-        let bytes = crate::limits::read_file(&p, want.bytes).map_err(|e| io_err(&p, e))?;
+        let bytes = crate::limits::read_file(&p, want.bytes).map_err(|e| ck_err(&p, e))?;
         let got = set_file(name, &bytes);
         if got != *want {
-            return Err(io_err(
+            return Err(ck_err(
                 &p,
-                format!(
-                    "damaged checkpoint: {} bytes with CRC-32 {:08x}, the manifest says {} bytes \
-                     with CRC-32 {:08x}",
-                    got.bytes, got.crc32, want.bytes, want.crc32
-                ),
+                CheckpointError::Damaged {
+                    got_bytes: got.bytes,
+                    got_crc32: got.crc32,
+                    want_bytes: want.bytes,
+                    want_crc32: want.crc32,
+                },
             ));
         }
         Ok(bytes)
@@ -599,12 +634,12 @@ pub fn load_checkpoint(
     let weights = read(WEIGHTS_FILE)?;
     let moments = read(OPTIMIZER_FILE)?;
     let wp = set_dir.join(WEIGHTS_FILE);
-    let weights = WeightMap::parse_safetensors(&weights).map_err(|r| io_err(&wp, r))?;
+    let weights = WeightMap::parse_safetensors(&weights).map_err(|r| ck_err(&wp, r))?;
     let params = ParamSet::from_weights(&state.config, &weights)?;
     // Another buffer laid out like the parameters, from a file of the set.
     let like_params = |name: &str| -> Result<Vec<f32>> {
         let p = set_dir.join(name);
-        let map = WeightMap::parse_safetensors(&read(name)?).map_err(|r| io_err(&p, r))?;
+        let map = WeightMap::parse_safetensors(&read(name)?).map_err(|r| ck_err(&p, r))?;
         Ok(ParamSet::from_weights(&state.config, &map)?.data)
     };
     let averages = Averages {
@@ -616,7 +651,7 @@ pub fn load_checkpoint(
         },
     };
     let op = set_dir.join(OPTIMIZER_FILE);
-    let moments = WeightMap::parse_safetensors(&moments).map_err(|r| io_err(&op, r))?;
+    let moments = WeightMap::parse_safetensors(&moments).map_err(|r| ck_err(&op, r))?;
     let mut opt = AdamW::new(params.len(), weight_decay);
     opt.step = state.step;
     for (prefix, buf) in [("m", &mut opt.m), ("v", &mut opt.v)] {
@@ -625,7 +660,7 @@ pub fn load_checkpoint(
             let t = moments
                 .get(&name)
                 .filter(|t| t.shape == e.shape)
-                .ok_or_else(|| io_err(&op, format!("{name} is missing or mis-shaped")))?;
+                .ok_or_else(|| ck_err(&op, CheckpointError::Moment(name.clone())))?;
             buf[e.range.clone()].copy_from_slice(&t.data);
         }
     }
@@ -837,24 +872,33 @@ pub fn train(
 ) -> Result<TrainResult> {
     opts.validate()?;
     if train.rows != test.rows || train.cols != test.cols {
-        return Err(ModelError::Config(format!(
-            "training images of {}x{}, test images of {}x{}",
-            train.rows, train.cols, test.rows, test.cols
-        )));
+        return Err(ModelError::Training {
+            field: "images",
+            reason: format!(
+                "training images of {}x{}, test images of {}x{}",
+                train.rows, train.cols, test.rows, test.cols
+            ),
+        });
     }
     if opts.val_images >= train.len() {
-        return Err(ModelError::Config(format!(
-            "a validation split of {} images (val_images, na train --val-images) leaves none \
-             of the {} training images to train on",
-            opts.val_images,
-            train.len()
-        )));
+        return Err(ModelError::Training {
+            field: "val_images",
+            reason: format!(
+                "a validation split of {} images (val_images, na train --val-images) leaves \
+                 none of the {} training images to train on",
+                opts.val_images,
+                train.len()
+            ),
+        });
     }
     if cfg.in_chans != 1 {
-        return Err(ModelError::Config(format!(
-            "grey images need in_chans 1, the configuration has {}",
-            cfg.in_chans
-        )));
+        return Err(ModelError::Config {
+            field: "in_chans",
+            reason: format!(
+                "grey images need in_chans 1, the configuration has {}",
+                cfg.in_chans
+            ),
+        });
     }
     // The tapes of a whole batch are alive at once (one micro-batch per
     // core): refuse a configuration whose training step cannot fit.
@@ -881,18 +925,16 @@ pub fn train(
             || s.train_images != train.len()
             || s.image_size != [train.rows, train.cols]
         {
-            return Err(ModelError::Config(format!(
-                "{} was written by another run (configuration, options or data differ); \
-                 resume with the same ones or choose another --out",
-                paths.out.join(STATE_FILE).display()
-            )));
+            return Err(ModelError::Resume {
+                path: paths.out.join(STATE_FILE),
+                refusal: ResumeRefusal::OtherRun,
+            });
         }
         if s.step != s.epochs_done as u64 * steps_per_epoch {
-            return Err(ModelError::Config(format!(
-                "{} was written in the middle of an epoch (a --max-steps run) and cannot be \
-                 resumed exactly; start a new run",
-                paths.out.join(STATE_FILE).display()
-            )));
+            return Err(ModelError::Resume {
+                path: paths.out.join(STATE_FILE),
+                refusal: ResumeRefusal::MidEpoch,
+            });
         }
         let rng = Rng::new(s.rng_state);
         let s = TrainState {

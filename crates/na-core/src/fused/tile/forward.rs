@@ -274,6 +274,8 @@ pub(crate) fn forward<S: Simd, const L: usize, T: Element>(
     let (d2, k2, d1) = (ax.dilation(), ax.kernel(), g.axes[1].dilation());
     let umax = L + k2 + ax.stride();
     let rmax = rows_per_tile::<S>().min(FWD_ROWS);
+    // The chunk was cut for this ISA's tile rows (`Isa::tile_rows`).
+    debug_assert!(g.segs > 1 || g.frows == (rmax * d1).min(g.ext[1]));
     let mut s = scratch;
     let mut qts: [&mut [[f32; L]]; FWD_ROWS] = Default::default();
     let mut ots: [&mut [[f32; L]]; FWD_ROWS] = Default::default();
