@@ -20,8 +20,16 @@ pub(crate) const LMAX: usize = 16;
 /// kernels read up to `DIAG_PAD + LMAX` slots past a group's last position.
 pub(crate) const T_PAD: usize = DIAG_PAD + LMAX;
 
-/// Positions per chunk along the last axis, per unit of dilation.
+/// Positions per chunk along the last axis, per unit of dilation, when
+/// lines must be cut for threads (fewer than [`WHOLE_ROW_LINES`] lines).
 pub(crate) const SEG: usize = 64;
+
+/// From this many lines (`ext[0] * ext[1]`) per batch element on, chunks
+/// hold whole rows of the last axis: there are rows enough to share out
+/// among threads, and whole rows let tiles of several rows share their
+/// loads (a 128-wide map cut into 64-position segments ran one-row tiles
+/// only).
+pub(crate) const WHOLE_ROW_LINES: usize = 16;
 
 /// Problem geometry resolved once per call.
 pub(crate) struct Geo {
@@ -45,6 +53,10 @@ pub(crate) struct Geo {
     /// along axis 1 (see [`Geo::fchunk`]).
     pub(crate) frows: usize,
     pub(crate) fblocks: usize,
+    /// Rows per chunk of backward pass 2 (key chunks), and those chunks
+    /// along axis 1 (see [`Geo::chunk`]).
+    pub(crate) krows: usize,
+    pub(crate) kblocks: usize,
     /// Logit slots per lane a forward tile gathers before one online-softmax
     /// step (see [`logit_slots`]).
     pub(crate) slots: usize,
@@ -74,6 +86,11 @@ impl Chunk {
     }
 }
 
+/// Key rows of one multi-row tile of backward pass 2, on every ISA (its
+/// tiles hold four lane buffers per row: 3 rows would not fit the 32 KiB
+/// workspace at 16 lanes).
+pub(crate) const KEY_ROWS: usize = 2;
+
 /// The most query rows any ISA puts in one multi-row tile (3 on AVX-512, 2
 /// elsewhere: [`crate::fused::Isa::tile_rows`]).
 pub(crate) const FWD_ROWS: usize = 3;
@@ -87,13 +104,20 @@ impl Geo {
     pub(crate) fn new(p: &Problem, tile_rows: usize) -> Self {
         let axes = *p.axes3();
         let ext = axes.map(|a| a.len());
-        let seg = (SEG * axes[2].dilation()).min(ext[2]);
-        let segs = ext[2].div_ceil(seg);
-        let frows = if segs == 1 {
-            (tile_rows.clamp(1, FWD_ROWS) * axes[1].dilation()).min(ext[1])
+        let seg = if ext[0] * ext[1] >= WHOLE_ROW_LINES {
+            ext[2]
         } else {
-            1
+            (SEG * axes[2].dilation()).min(ext[2])
         };
+        let segs = ext[2].div_ceil(seg);
+        let rows = |r: usize| {
+            if segs == 1 {
+                (r * axes[1].dilation()).min(ext[1])
+            } else {
+                1
+            }
+        };
+        let (frows, krows) = (rows(tile_rows.clamp(1, FWD_ROWS)), rows(KEY_ROWS));
         Geo {
             axes,
             ext,
@@ -109,43 +133,44 @@ impl Geo {
             lines: p.batch() * ext[0] * ext[1],
             frows,
             fblocks: ext[1].div_ceil(frows),
+            krows,
+            kblocks: ext[1].div_ceil(krows),
             slots: logit_slots(p),
         }
     }
 
+    /// Key chunks (backward pass 2) of the whole problem.
     #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     pub(crate) fn chunks(&self) -> usize {
-        self.lines * self.segs
+        self.lines / self.lines_per_batch() * self.chunks_per_batch()
     }
 
+    /// Chunks of backward pass 2: positions `[a, a + cols)` of the last axis
+    /// of one line, or, when a chunk holds whole rows of the last axis,
+    /// [`Geo::krows`] rows ([`KEY_ROWS`] per axis-1 dilation group), so that
+    /// key tiles of two rows can share their query loads.
     pub(crate) fn chunk(&self, ci: usize) -> Chunk {
-        let (line, s) = (ci / self.segs, ci % self.segs);
-        let a = s * self.seg;
-        let cols = self.seg.min(self.ext[2] - a);
-        Chunk {
-            b: line / (self.ext[0] * self.ext[1]),
-            x0: (line / self.ext[1]) % self.ext[0],
-            x1: line % self.ext[1],
-            rows: 1,
-            a,
-            cols,
-            len: cols,
-        }
+        self.block_chunk(ci, self.krows, self.kblocks)
     }
 
-    /// Chunks of the forward pass: like [`Geo::chunk`], but when a chunk
-    /// holds whole rows of the last axis it holds [`Geo::frows`] rows
-    /// (one multi-row tile per axis-1 dilation group), so that tiles of several
-    /// query rows can share their key and value loads.
+    /// Chunks of the forward pass and backward pass 1: like [`Geo::chunk`],
+    /// with [`Geo::frows`] rows (one multi-row tile per axis-1 dilation
+    /// group), so that tiles of several query rows share their key and value
+    /// loads.
     pub(crate) fn fchunk(&self, ci: usize) -> Chunk {
+        self.block_chunk(ci, self.frows, self.fblocks)
+    }
+
+    /// Chunk `ci` of blocks of `rows` rows (`blocks` per `(b, x0)`).
+    fn block_chunk(&self, ci: usize, rows: usize, blocks: usize) -> Chunk {
         let (blk, s) = (ci / self.segs, ci % self.segs);
         let a = s * self.seg;
         let cols = self.seg.min(self.ext[2] - a);
-        let x1 = (blk % self.fblocks) * self.frows;
-        let rows = self.frows.min(self.ext[1] - x1);
+        let x1 = (blk % blocks) * rows;
+        let rows = rows.min(self.ext[1] - x1);
         Chunk {
-            b: blk / (self.ext[0] * self.fblocks),
-            x0: (blk / self.fblocks) % self.ext[0],
+            b: blk / (self.ext[0] * blocks),
+            x0: (blk / blocks) % self.ext[0],
             x1,
             rows,
             a,
@@ -177,9 +202,9 @@ impl Geo {
         self.ext[0] * self.ext[1]
     }
 
-    /// Chunks of one batch element.
+    /// Key chunks (backward pass 2) of one batch element.
     pub(crate) fn chunks_per_batch(&self) -> usize {
-        self.lines_per_batch() * self.segs
+        self.ext[0] * self.kblocks * self.segs
     }
 
     /// Floats of the transposed keys of one batch element (values: `dv`
@@ -259,6 +284,15 @@ pub(crate) fn union_inv(p: &Problem, l: usize) -> usize {
     l + 2 * p.axes3()[2].kernel()
 }
 
+/// Probability (and `d_logit`) slots per lane of backward pass 2: one union
+/// of a key tile's inverse neighbourhoods ([`union_inv`]) or, on the
+/// sliding-window path, one query line's slots for each of [`KEY_ROWS`]
+/// rows (a lane's inverse neighbourhood on the last axis has at most
+/// `2k + 1` queries at stride 1).
+pub(crate) fn key_slots(p: &Problem, l: usize) -> usize {
+    union_inv(p, l).max(KEY_ROWS * (2 * p.axes3()[2].kernel() + 1))
+}
+
 /// Logit slots per lane of a forward tile on the sliding-window path: the
 /// whole windows of a multi-row tile (at most [`FWD_ROWS`] rows of at most
 /// `k0 * k1` key lines of at most `k2` slots) when they fit [`SC_SLOTS`],
@@ -289,7 +323,12 @@ pub(crate) fn bwd_work_len(p: &Problem, l: usize) -> usize {
     let slots = u1.max(FWD_ROWS * p.axes3()[2].kernel());
     let pass1 = FWD_ROWS * (2 * dk + dv) * l + 2 * slots * l + u1 * l + u1 * (dk + dv);
     let u2 = union_inv(p, l);
-    let pass2 = 2 * (dk + dv) * l + 3 * u2 * l + u2 * (dk + dv) + 2 * u2;
+    // Per key row of a multi-row tile: keys, values and both accumulators;
+    // probabilities and d_logit of one union (one row) or of one query line
+    // of every row; one mask, one line of packed queries and d_out, and
+    // their lse and delta.
+    let slots2 = key_slots(p, l);
+    let pass2 = KEY_ROWS * 2 * (dk + dv) * l + 2 * slots2 * l + u2 * l + u2 * (dk + dv) + 2 * u2;
     pass1.max(pass2)
 }
 

@@ -68,7 +68,9 @@
 //! columns: each key and value line in the union of the rows' windows is
 //! loaded once and multiplied into every row that sees it, so one unaligned
 //! load feeds up to 3 FMAs (forward and backward pass 1; see
-//! `tile/rows.rs`). Per row, results are bit-identical to one-row tiles.
+//! `tile/rows.rs`). Backward pass 2 does the same with key tiles of 2 rows
+//! on every ISA, each query and `d_out` line loaded once for both rows. Per
+//! row, results are bit-identical to one-row tiles.
 //! Each ISA compiles one row count, and these kernels do not depend on the
 //! storage type: they run through `Simd::vectorize` (a `WithSimd`
 //! operation inside the ISA's target-feature function), once per ISA.
@@ -79,8 +81,9 @@
 //! neighbourhood** (the queries whose windows contain the key), with lanes =
 //! keys. Nothing is scattered, so threads never write to shared memory.
 //!
-//! Work is cut into fixed chunks (a run of at most `64 * dilation` positions
-//! of one line of the last axis); `d_rpb` is summed per chunk and the chunk
+//! Work is cut into fixed chunks (whole rows of the last axis, a few rows
+//! at a time, on maps of 16 lines or more; else runs of at most
+//! `64 * dilation` positions of one line); `d_rpb` is summed per chunk and the chunk
 //! sums are added in chunk order, so results are bit-identical for every
 //! [`Par`]. They may differ in the last bits between ISAs (FMA or not, and
 //! the chunks, which follow the ISA's tile rows, order the `d_rpb` sums).

@@ -525,11 +525,40 @@ fn benchmark_shapes_match_reference() {
         )
         .unwrap(),
         Problem::new(1, &[8, 16, 16], 1, 32, 32, Params::new(&[3, 7, 7]).unwrap()).unwrap(),
+        // Rows longer than a 64-position segment on maps of 16 lines or
+        // more: chunks of whole rows, multi-row tiles (causal, no bias).
+        Problem::new(
+            2,
+            &[18, 70],
+            1,
+            8,
+            8,
+            Params::new(&[3, 9])
+                .unwrap()
+                .with_causal(&[false, true])
+                .unwrap(),
+        )
+        .unwrap(),
+        // The same with dilation on both axes and a bias.
+        Problem::new(
+            1,
+            &[16, 100],
+            2,
+            16,
+            16,
+            Params::new(&[5, 13])
+                .unwrap()
+                .with_dilation(&[2, 3])
+                .unwrap(),
+        )
+        .unwrap(),
     ];
     for (i, p) in cases.iter().enumerate() {
         let d = data(p, i % 2 == 0, 90 + i as u64);
         let want = run::<f32>(p, &d, Impl::Reference, Par::rayon(0));
-        let got = run::<f32>(p, &d, Impl::Fused(Isa::best()), Par::rayon(0));
-        assert_close(&got, &want, (2e-5, 2e-4), &format!("case {i}"));
+        for isa in Isa::available() {
+            let got = run::<f32>(p, &d, Impl::Fused(isa), Par::rayon(0));
+            assert_close(&got, &want, (2e-5, 2e-4), &format!("case {i} on {isa}"));
+        }
     }
 }

@@ -9,9 +9,10 @@
 use super::io::{load_tile, rows_of, store_tile, QueriesT};
 use super::rows::{axpy_rows, dot_rows, rows_of_line};
 use super::shape::{
-    add_query_bias, lanes_of, slide_run, take, take_lanes, BiasRows, BiasTable, Lanes, Slide,
+    add_key_bias, add_query_bias, lanes_of, slide_run, take, take_lanes, BiasRows, BiasTable,
+    Lanes, Slide,
 };
-use crate::fused::geo::{group_range, inverse_window, line_of, Chunk, Geo, FWD_ROWS};
+use crate::fused::geo::{group_range, inverse_window, line_of, Chunk, Geo, FWD_ROWS, KEY_ROWS};
 use crate::fused::mask::{lanes_finite, mask_weights};
 use crate::fused::micro::{
     diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
@@ -595,6 +596,8 @@ fn query_one_row<S: Simd, const L: usize, T: Element>(
 /// What one tile of backward pass 2 works on.
 pub(crate) struct BwdKTile<'a, const L: usize> {
     pub(crate) ch: Chunk,
+    /// The key row (position on axis 1).
+    pub(crate) x1: usize,
     pub(crate) h: usize,
     pub(crate) grp: usize,
     pub(crate) jj0: usize,
@@ -629,35 +632,18 @@ pub(crate) fn backward_key_slide<S: Simd, const L: usize, T: Element, const BC: 
         sl.mask(t.n, mask);
     }
     let (sc, dp, mask) = (&mut sc[..km], &mut dp[..km], &mask[..km]);
-    let (i0, i1) = (inverse_window(&a0, t.ch.x0), inverse_window(&a1, t.ch.x1));
+    let (i0, i1) = (inverse_window(&a0, t.ch.x0), inverse_window(&a1, t.x1));
     for q0 in i0.iter() {
         let r0 = a0.rpb_index_unchecked(q0, t.ch.x0);
         for q1 in i1.iter() {
-            let r1 = a1.rpb_index_unchecked(q1, t.ch.x1);
+            let r1 = a1.rpb_index_unchecked(q1, t.x1);
             let qo = g.t_offset(dk, q0, q1, t.h, t.grp) + sl.st0;
             let oo = g.t_offset(dv, q0, q1, t.h, t.grp) + sl.st0;
             let so = g.t_offset(1, q0, q1, t.h, t.grp) + sl.st0;
             diag_dot::<S, L, BC>(vx, &tq.q[qo..], lg, dk, t.kt, sc);
             if let Some(rpb) = x.rpb {
-                // Lane l, slot o: key jj0 + l, query st0 + idx[l] + o.
                 let brow = g.bias_row(rpb, t.h, r0, r1);
-                let b0 = |l: usize| t.jj0 + l + k2 - 1 - sl.st0 - sl.idx[l] as usize;
-                if BC {
-                    for l in 0..t.n {
-                        let b0 = b0(l);
-                        for (o, sj) in sc[..sl.cnt[l]].iter_mut().enumerate() {
-                            sj[l] += brow[b0 - o].to_f32();
-                        }
-                    }
-                } else {
-                    let b0 = b0(0);
-                    for (o, sj) in sc.iter_mut().enumerate() {
-                        let b = brow[b0 - o].to_f32();
-                        for v in sj.iter_mut() {
-                            *v += b;
-                        }
-                    }
-                }
+                add_key_bias::<T, L, BC>(sc, brow, sl, k2, t.jj0, t.n);
             }
             for (o, sj) in sc.iter_mut().enumerate() {
                 let lv = lanes_of::<L, BC>(&tq.lse[so + o..]);
@@ -726,8 +712,8 @@ pub(crate) fn backward_key_union<S: Simd, const L: usize, T: Element>(
     let (sc, dp, mask) = (&mut sc[..u], &mut dp[..u], &mask[..u]);
     for q0 in a0.inverse(t.ch.x0) {
         let r0 = a0.rpb_index_unchecked(q0, t.ch.x0);
-        for q1 in a1.inverse(t.ch.x1) {
-            let r1 = a1.rpb_index_unchecked(q1, t.ch.x1);
+        for q1 in a1.inverse(t.x1) {
+            let r1 = a1.rpb_index_unchecked(q1, t.x1);
             let r = g.row(t.ch.b, q0, q1, t.grp + d2 * ln.lo, t.h);
             for i in 0..u {
                 lse_u[i] = sv.lse[r + i * d2 * hn];
@@ -770,8 +756,144 @@ pub(crate) fn backward_key_union<S: Simd, const L: usize, T: Element>(
     }
 }
 
-/// Backward pass 2 for one chunk of keys: `dk` (`(len, heads, dk)`) and `dv`
-/// (`(len, heads, dv)`), gathered over each key's inverse neighbourhood.
+/// Backward pass 2 of a two-row key tile on the transposed path: the key
+/// rows `t[r]` (consecutive rows of one axis-1 dilation group, same
+/// columns, so one [`Slide`]). Every query (and `d_out`) line of the union
+/// of their inverse neighbourhoods is read once for both rows that it
+/// attends ([`dot_rows`], [`axpy_rows`]); per row the arithmetic is that of
+/// [`backward_key_slide`] with `safe = false`, in the same order. The
+/// caller redoes a row whose ragged tile came out non-finite.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_key_slide_rows<S: Simd, const L: usize, const BC: bool, const R: usize>(
+    vx: S,
+    g: &Geo,
+    bias: Option<&dyn BiasRows<L>>,
+    tq: &QueriesT<'_>,
+    t: [&BwdKTile<'_, L>; R],
+    sl: &Slide<L>,
+    (sc, dp, mask): Three<'_, L>,
+    dkt: &mut [&mut [[f32; L]]; R],
+    dvt: &mut [&mut [[f32; L]]; R],
+) {
+    let (dk, dv, k2) = (g.dk, g.dv, g.axes[2].kernel());
+    let (a0, a1) = (g.axes[0], g.axes[1]);
+    let (t00, d1) = (t[0], a1.dilation());
+    let (h, grp, x0, n, jj0) = (t00.h, t00.grp, t00.ch.x0, t00.n, t00.jj0);
+    let (lg, km) = (g.glen(grp), sl.kmax);
+    if sl.ragged {
+        sl.mask(n, mask);
+    }
+    let mask = &mask[..km];
+    let (kts, vts) = (t.map(|tr| tr.kt), t.map(|tr| tr.vt));
+    let i0 = inverse_window(&a0, x0);
+    let i1 = t.map(|tr| inverse_window(&a1, tr.x1));
+    // Row r's probabilities and d_logit of the current line: km slots at r * km.
+    let mut off = [0usize; R];
+    for r in 0..R {
+        off[r] = r * km;
+    }
+    // The union of the rows' inverse neighbourhoods on axis 1 (in steps of
+    // the dilation; a row may have none).
+    let (mut u_lo, mut u_hi) = (usize::MAX, 0);
+    for w in i1.iter().filter(|w| w.count > 0) {
+        u_lo = u_lo.min(w.start);
+        u_hi = u_hi.max(w.start + w.count * d1);
+    }
+    for q0 in i0.iter() {
+        let r0 = a0.rpb_index_unchecked(q0, x0);
+        let mut q1 = u_lo;
+        while q1 < u_hi {
+            let (ra, rb, _) = rows_of_line(&i1, d1, q1, 0, &off, km);
+            if ra < rb {
+                let qo = g.t_offset(dk, q0, q1, h, grp) + sl.st0;
+                let oo = g.t_offset(dv, q0, q1, h, grp) + sl.st0;
+                let so = g.t_offset(1, q0, q1, h, grp) + sl.st0;
+                dot_rows::<S, L, BC, R>(vx, &tq.q[qo..], lg, dk, km, &kts, ra, rb, sc, &off);
+                for r in ra..rb {
+                    let s = &mut sc[off[r]..][..km];
+                    if let Some(b) = bias {
+                        let r1 = a1.rpb_index_unchecked(q1, t[r].x1);
+                        b.add_key_row(g, (h, r0, r1), s, sl, k2, jj0, n, BC);
+                    }
+                    for (o, sj) in s.iter_mut().enumerate() {
+                        let lv = lanes_of::<L, BC>(&tq.lse[so + o..]);
+                        for l in 0..L {
+                            sj[l] = exp::<S::A>(sj[l] - lv[l]);
+                        }
+                    }
+                }
+                dot_rows::<S, L, BC, R>(vx, &tq.d_out[oo..], lg, dv, km, &vts, ra, rb, dp, &off);
+                for r in ra..rb {
+                    let (p, s) = (&mut dp[off[r]..][..km], &mut sc[off[r]..][..km]);
+                    for (o, (pj, sj)) in p.iter_mut().zip(s.iter()).enumerate() {
+                        let dl = lanes_of::<L, BC>(&tq.delta[so + o..]);
+                        for l in 0..L {
+                            pj[l] = sj[l] * (pj[l] - dl[l]);
+                        }
+                    }
+                    if sl.ragged {
+                        mask_weights(s, mask);
+                        mask_weights(p, mask);
+                    }
+                }
+                axpy_rows::<S, L, BC, R>(vx, sc, &off, km, &tq.d_out[oo..], lg, dvt, ra, rb);
+                axpy_rows::<S, L, BC, R>(vx, dp, &off, km, &tq.q[qo..], lg, dkt, ra, rb);
+            }
+            q1 += d1;
+        }
+    }
+}
+
+/// The arguments of a two-row [`backward_key_slide_rows`], run through
+/// [`Simd::vectorize`] (compiled once per ISA, not per storage type).
+struct KeyRows<'a, 'b, const L: usize> {
+    g: &'a Geo,
+    bias: Option<&'a dyn BiasRows<L>>,
+    tq: &'a QueriesT<'a>,
+    ts: [&'a BwdKTile<'a, L>; KEY_ROWS],
+    sl: &'a Slide<L>,
+    bufs: Three<'a, L>,
+    dkts: &'a mut [&'b mut [[f32; L]]; KEY_ROWS],
+    dvts: &'a mut [&'b mut [[f32; L]]; KEY_ROWS],
+}
+
+impl<const L: usize> WithSimd for KeyRows<'_, '_, L> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, vx: S) {
+        let KeyRows {
+            g,
+            bias,
+            tq,
+            ts,
+            sl,
+            bufs,
+            dkts,
+            dvts,
+        } = self;
+        let [a, b] = dkts;
+        let [c, d] = dvts;
+        let (mut dk, mut dv) = ([&mut **a, &mut **b], [&mut **c, &mut **d]);
+        if sl.bcast {
+            backward_key_slide_rows::<S, L, true, KEY_ROWS>(
+                vx, g, bias, tq, ts, sl, bufs, &mut dk, &mut dv,
+            );
+        } else {
+            backward_key_slide_rows::<S, L, false, KEY_ROWS>(
+                vx, g, bias, tq, ts, sl, bufs, &mut dk, &mut dv,
+            );
+        }
+    }
+}
+
+/// Backward pass 2 for one chunk of keys ([`Geo::chunk`]): `dk` (`(rows *
+/// cols, heads, dk)`) and `dv` (`(rows * cols, heads, dv)`), gathered over
+/// each key's inverse neighbourhood.
+///
+/// On the transposed path, [`KEY_ROWS`] rows of one axis-1 dilation group
+/// go through [`backward_key_slide_rows`] together; other rows, and the
+/// general path, one row at a time.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_key<S: Simd, const L: usize, T: Element>(
@@ -789,15 +911,22 @@ pub(crate) fn backward_key<S: Simd, const L: usize, T: Element>(
     let ch = g.chunk(ci);
     let (dk, dv, hn) = (g.dk, g.dv, g.heads);
     let ax = g.axes[2];
-    let (d2, k2) = (ax.dilation(), ax.kernel());
+    let (d2, k2, d1) = (ax.dilation(), ax.kernel(), g.axes[1].dilation());
     let umax = L + 2 * k2;
+    let slots = umax.max(KEY_ROWS * (2 * k2 + 1));
     let mut s = scratch;
-    let kt = take_lanes::<L>(&mut s, dk); // (dk, L): scaled keys
-    let vt = take_lanes::<L>(&mut s, dv); // (dv, L): values
-    let dkt = take_lanes::<L>(&mut s, dk); // (dk, L): d_key accumulator
-    let dvt = take_lanes::<L>(&mut s, dv); // (dv, L): d_value accumulator
-    let sc = take_lanes::<L>(&mut s, umax); // (U, L): probabilities
-    let dp = take_lanes::<L>(&mut s, umax); // (U, L): dP, then d_logit
+    let mut kts: [&mut [[f32; L]]; KEY_ROWS] = Default::default();
+    let mut vts: [&mut [[f32; L]]; KEY_ROWS] = Default::default();
+    let mut dkts: [&mut [[f32; L]]; KEY_ROWS] = Default::default();
+    let mut dvts: [&mut [[f32; L]]; KEY_ROWS] = Default::default();
+    for r in 0..KEY_ROWS {
+        kts[r] = take_lanes::<L>(&mut s, dk); // (dk, L): scaled keys
+        vts[r] = take_lanes::<L>(&mut s, dv); // (dv, L): values
+        dkts[r] = take_lanes::<L>(&mut s, dk); // (dk, L): d_key accumulator
+        dvts[r] = take_lanes::<L>(&mut s, dv); // (dv, L): d_value accumulator
+    }
+    let sc = take_lanes::<L>(&mut s, slots); // (U, L) or (R, km, L): probabilities
+    let dp = take_lanes::<L>(&mut s, slots); // (U, L) or (R, km, L): dP, then d_logit
     let mask = take_lanes::<L>(&mut s, umax); // (U, L): inverse mask, 1 = attending
     let qp = take(&mut s, umax * dk); // (U, dk): packed queries of one line
     let dop = take(&mut s, umax * dv); // (U, dv): packed d_out of one line
@@ -809,84 +938,202 @@ pub(crate) fn backward_key<S: Simd, const L: usize, T: Element>(
             let mut jj0 = ja;
             while jj0 < je {
                 let n = (je - jj0).min(L);
-                let (mut x2, mut st, mut en, mut rows) = ([0; L], [0; L], [0; L], [0; L]);
+                let (mut x2, mut st, mut en) = ([0; L], [0; L], [0; L]);
                 for l in 0..n {
                     x2[l] = grp + d2 * (jj0 + l);
                     // The queries attending a key form one interval of its group.
                     let inv = inverse_window(&ax, x2[l]);
                     st[l] = inv.start / d2;
                     en[l] = st[l] + inv.count;
-                    rows[l] = g.row(ch.b, ch.x0, ch.x1, x2[l], h);
                 }
                 let n = if qdt.is_some() { slide_run(&st, n) } else { n };
-                load_tile::<S, T, L>(vx, kt, x.key, &rows[..n], dk, g.scale, qp);
-                load_tile::<S, T, L>(vx, vt, x.value, &rows[..n], dv, 1.0, dop);
-                for v in dkt.iter_mut().chain(dvt.iter_mut()) {
-                    *v = [0.0; L];
-                }
-                let t = BwdKTile {
-                    ch,
-                    h,
-                    grp,
-                    jj0,
-                    n,
-                    kt,
-                    vt,
-                };
                 let slide = qdt.and_then(|_| Slide::<L>::new(n, &st, &en));
-                if let (Some(tq), Some(sl)) = (qdt, slide) {
-                    for safe in [false, true] {
-                        let bufs = (&mut *sc, &mut *dp, &mut *mask);
-                        let acc = (&mut *dkt, &mut *dvt);
-                        if !sl.bcast {
-                            backward_key_slide::<S, L, T, false>(
-                                vx, g, x, &tq, &t, &sl, safe, bufs, acc,
+                for g1 in 0..d1.min(ch.rows) {
+                    // The chunk's rows of axis-1 dilation group `g1`, in runs
+                    // of up to KEY_ROWS rows.
+                    let mut x1 = ch.x1 + g1;
+                    while x1 < ch.x1 + ch.rows {
+                        let mut run = 0;
+                        while run < KEY_ROWS && x1 + run * d1 < ch.x1 + ch.rows {
+                            run += 1;
+                        }
+                        for r in 0..run {
+                            let mut rows = [0; L];
+                            for l in 0..n {
+                                rows[l] = g.row(ch.b, ch.x0, x1 + r * d1, x2[l], h);
+                            }
+                            load_tile::<S, T, L>(vx, kts[r], x.key, &rows[..n], dk, g.scale, qp);
+                            load_tile::<S, T, L>(vx, vts[r], x.value, &rows[..n], dv, 1.0, dop);
+                            for v in dkts[r].iter_mut().chain(dvts[r].iter_mut()) {
+                                *v = [0.0; L];
+                            }
+                        }
+                        let multi = run == KEY_ROWS && slide.is_some();
+                        let mut redo = [!multi; KEY_ROWS];
+                        if let (true, Some(tq), Some(sl)) = (multi, qdt.as_ref(), slide.as_ref()) {
+                            let table = x.rpb.map(BiasTable);
+                            let tile = |r: usize| BwdKTile {
+                                ch,
+                                x1: x1 + r * d1,
+                                h,
+                                grp,
+                                jj0,
+                                n,
+                                kt: &*kts[r],
+                                vt: &*vts[r],
+                            };
+                            let (t0, t1) = (tile(0), tile(1));
+                            vx.vectorize(KeyRows {
+                                g,
+                                bias: table.as_ref().map(|b| b as &dyn BiasRows<L>),
+                                tq,
+                                ts: [&t0, &t1],
+                                sl,
+                                bufs: (&mut *sc, &mut *dp, &mut *mask),
+                                dkts: &mut dkts,
+                                dvts: &mut dvts,
+                            });
+                            for r in 0..run {
+                                if sl.ragged
+                                    && !(lanes_finite(dkts[r], n) && lanes_finite(dvts[r], n))
+                                {
+                                    redo[r] = true;
+                                    for v in dkts[r].iter_mut().chain(dvts[r].iter_mut()) {
+                                        *v = [0.0; L];
+                                    }
+                                }
+                            }
+                        }
+                        for r in (0..run).filter(|&r| redo[r]) {
+                            let t = BwdKTile {
+                                ch,
+                                x1: x1 + r * d1,
+                                h,
+                                grp,
+                                jj0,
+                                n,
+                                kt: &*kts[r],
+                                vt: &*vts[r],
+                            };
+                            let bufs = (
+                                &mut sc[..umax],
+                                &mut dp[..umax],
+                                &mut *mask,
+                                &mut *qp,
+                                &mut *dop,
+                                &mut *lse_u,
+                                &mut *dlt_u,
                             );
-                        } else {
-                            backward_key_slide::<S, L, T, true>(
-                                vx, g, x, &tq, &t, &sl, safe, bufs, acc,
+                            // A row redone after a two-row pass is ragged and
+                            // non-finite: safe at once.
+                            key_one_row::<S, L, T>(
+                                vx,
+                                g,
+                                (x, sv, delta),
+                                qdt.as_ref(),
+                                &t,
+                                (&st, &en),
+                                slide.as_ref(),
+                                multi,
+                                bufs,
+                                (&mut *dkts[r], &mut *dvts[r]),
                             );
                         }
-                        if safe || !sl.ragged || (lanes_finite(dkt, n) && lanes_finite(dvt, n)) {
-                            break;
+                        for r in 0..run {
+                            let x1r = x1 + r * d1;
+                            let mut orow = [0usize; L];
+                            for l in 0..n {
+                                orow[l] = ch.pos(x1r, x2[l]) * hn + h;
+                            }
+                            let scale = [g.scale; L];
+                            store_tile::<S, T, L>(
+                                vx,
+                                dk_out,
+                                &orow[..n],
+                                dk,
+                                dkts[r],
+                                Some(&scale),
+                                qp,
+                            );
+                            store_tile::<S, T, L>(vx, dv_out, &orow[..n], dv, dvts[r], None, dop);
                         }
-                        for v in dkt.iter_mut().chain(dvt.iter_mut()) {
-                            *v = [0.0; L];
-                        }
-                    }
-                } else {
-                    let ln = Lanes::new(n, st, en);
-                    ln.mask(mask);
-                    for safe in [false, true] {
-                        let bufs = (
-                            &mut *sc,
-                            &mut *dp,
-                            &*mask,
-                            &mut *qp,
-                            &mut *dop,
-                            &mut *lse_u,
-                            &mut *dlt_u,
-                        );
-                        let acc = (&mut *dkt, &mut *dvt);
-                        backward_key_union::<S, L, T>(
-                            vx, g, x, sv, delta, &t, &ln, safe, bufs, acc,
-                        );
-                        if safe || (lanes_finite(dkt, n) && lanes_finite(dvt, n)) {
-                            break;
-                        }
-                        for v in dkt.iter_mut().chain(dvt.iter_mut()) {
-                            *v = [0.0; L];
-                        }
+                        x1 += run * d1;
                     }
                 }
-                let mut orow = [0usize; L];
-                for l in 0..n {
-                    orow[l] = (x2[l] - ch.a) * hn + h;
-                }
-                let scale = [g.scale; L];
-                store_tile::<S, T, L>(vx, dk_out, &orow[..n], dk, dkt, Some(&scale), qp);
-                store_tile::<S, T, L>(vx, dv_out, &orow[..n], dv, dvt, None, dop);
                 jj0 += n;
+            }
+        }
+    }
+}
+
+/// The buffers of [`key_one_row`]: probabilities, `dP`, mask, packed
+/// queries and `d_out`, their `lse` and `delta`.
+type KeyRowBufs<'a, const L: usize> = (
+    &'a mut [[f32; L]],
+    &'a mut [[f32; L]],
+    &'a mut [[f32; L]],
+    &'a mut [f32],
+    &'a mut [f32],
+    &'a mut [f32],
+    &'a mut [f32],
+);
+
+/// Backward pass 2 of one key row's tile on its own: the sliding-window
+/// path when `slide` is given, else the general path; a fast pass that
+/// comes out non-finite where masked slots could be the cause is redone
+/// safely (see "Masking" in `mask.rs`). `safe_first` skips the fast pass.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn key_one_row<S: Simd, const L: usize, T: Element>(
+    vx: S,
+    g: &Geo,
+    (x, sv, delta): (&Inputs<'_, T>, &Saved<'_, T>, &[f32]),
+    qdt: Option<&QueriesT<'_>>,
+    t: &BwdKTile<'_, L>,
+    (st, en): (&[usize; L], &[usize; L]),
+    slide: Option<&Slide<L>>,
+    safe_first: bool,
+    (sc, dp, mask, qp, dop, lse_u, dlt_u): KeyRowBufs<'_, L>,
+    (dkt, dvt): (&mut [[f32; L]], &mut [[f32; L]]),
+) {
+    let n = t.n;
+    let passes: &[bool] = if safe_first { &[true] } else { &[false, true] };
+    if let (Some(tq), Some(sl)) = (qdt, slide) {
+        for &safe in passes {
+            let bufs = (&mut *sc, &mut *dp, &mut *mask);
+            let acc = (&mut *dkt, &mut *dvt);
+            if !sl.bcast {
+                backward_key_slide::<S, L, T, false>(vx, g, x, tq, t, sl, safe, bufs, acc);
+            } else {
+                backward_key_slide::<S, L, T, true>(vx, g, x, tq, t, sl, safe, bufs, acc);
+            }
+            if safe || !sl.ragged || (lanes_finite(dkt, n) && lanes_finite(dvt, n)) {
+                break;
+            }
+            for v in dkt.iter_mut().chain(dvt.iter_mut()) {
+                *v = [0.0; L];
+            }
+        }
+    } else {
+        let ln = Lanes::new(n, *st, *en);
+        ln.mask(mask);
+        for &safe in passes {
+            let bufs = (
+                &mut *sc,
+                &mut *dp,
+                &*mask,
+                &mut *qp,
+                &mut *dop,
+                &mut *lse_u,
+                &mut *dlt_u,
+            );
+            let acc = (&mut *dkt, &mut *dvt);
+            backward_key_union::<S, L, T>(vx, g, x, sv, delta, t, &ln, safe, bufs, acc);
+            if safe || (lanes_finite(dkt, n) && lanes_finite(dvt, n)) {
+                break;
+            }
+            for v in dkt.iter_mut().chain(dvt.iter_mut()) {
+                *v = [0.0; L];
             }
         }
     }

@@ -187,6 +187,39 @@ pub(crate) fn add_query_bias<T: Element, const L: usize, const BC: bool>(
     }
 }
 
+/// Adds one query line's bias row `brow` to the logits `s` of a key tile of
+/// backward pass 2 (`n` active lanes, lane 0 at key group index `jj0`; lane
+/// `l`'s slot `o` is query `st0 + idx[l] + o`, whose bias index for key
+/// `jj0 + l` is `jj0 + l + k - 1 - st0 - idx[l] - o`): per lane on
+/// broadcast runs, one broadcast value per slot on sliding runs.
+#[inline(always)]
+pub(crate) fn add_key_bias<T: Element, const L: usize, const BC: bool>(
+    s: &mut [[f32; L]],
+    brow: &[T],
+    sl: &Slide<L>,
+    k: usize,
+    jj0: usize,
+    n: usize,
+) {
+    let b0 = |l: usize| jj0 + l + k - 1 - sl.st0 - sl.idx[l] as usize;
+    if BC {
+        for l in 0..n {
+            let b0 = b0(l);
+            for (o, sj) in s[..sl.cnt[l]].iter_mut().enumerate() {
+                sj[l] += brow[b0 - o].to_f32();
+            }
+        }
+    } else {
+        let b0 = b0(0);
+        for (o, sj) in s.iter_mut().enumerate() {
+            let b = brow[b0 - o].to_f32();
+            for v in sj.iter_mut() {
+                *v += b;
+            }
+        }
+    }
+}
+
 /// A bias table seen without its storage type, so that the multi-row tile
 /// kernels (the largest inlined bodies) are compiled once per ISA and lane
 /// count instead of once per storage type too: one dynamic call per key
@@ -202,6 +235,20 @@ pub(crate) trait BiasRows<const L: usize> {
         sl: &Slide<L>,
         k: usize,
         ii0: usize,
+        n: usize,
+        bc: bool,
+    );
+
+    /// [`add_key_bias`] with the bias row `(h, r0, r1)` of this table.
+    #[allow(clippy::too_many_arguments)]
+    fn add_key_row(
+        &self,
+        g: &crate::fused::geo::Geo,
+        row: (usize, usize, usize),
+        s: &mut [[f32; L]],
+        sl: &Slide<L>,
+        k: usize,
+        jj0: usize,
         n: usize,
         bc: bool,
     );
@@ -227,6 +274,25 @@ impl<T: Element, const L: usize> BiasRows<L> for BiasTable<'_, T> {
             add_query_bias::<T, L, true>(s, brow, sl, k, ii0, n);
         } else {
             add_query_bias::<T, L, false>(s, brow, sl, k, ii0, n);
+        }
+    }
+
+    fn add_key_row(
+        &self,
+        g: &crate::fused::geo::Geo,
+        (h, r0, r1): (usize, usize, usize),
+        s: &mut [[f32; L]],
+        sl: &Slide<L>,
+        k: usize,
+        jj0: usize,
+        n: usize,
+        bc: bool,
+    ) {
+        let brow = g.bias_row(self.0, h, r0, r1);
+        if bc {
+            add_key_bias::<T, L, true>(s, brow, sl, k, jj0, n);
+        } else {
+            add_key_bias::<T, L, false>(s, brow, sl, k, jj0, n);
         }
     }
 }
