@@ -607,6 +607,21 @@ impl Backward for Cpu {
 /// synchronisation inside the layers: the fastest way to run a small model
 /// on many images). Returns `[n, classes]` (`[n, features]` for a model
 /// without classes).
+///
+/// ```
+/// # #[cfg(feature = "fashion")] {
+/// use na_model::{fashion, logits_parallel, Cpu};
+/// let model = fashion::builtin_model(Cpu::new(2)).unwrap();
+/// // Three blank 28x28 images, normalised like the training data, in
+/// // batches of 2 (one per worker).
+/// let x = vec![fashion::normalize(0); 3 * 28 * 28];
+/// let z = logits_parallel(&model, &x, [1, 28, 28], 2).unwrap();
+/// assert_eq!(z.len(), 3 * fashion::CLASSES.len());
+/// for (a, b) in z[..10].iter().zip(&z[20..30]) {
+///     assert!((a - b).abs() < 1e-4); // the same image in another batch
+/// }
+/// # }
+/// ```
 pub fn logits_parallel(
     model: &Model<Cpu>,
     x: &[f32],

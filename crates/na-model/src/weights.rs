@@ -41,6 +41,28 @@ impl WeightMap {
     /// Reads a weights file: a PyTorch checkpoint (a zip archive, as written
     /// by `torch.save`) or safetensors, told apart by their first bytes.
     /// HuggingFace names are detected and mapped to the authors' names.
+    ///
+    /// ```
+    /// use na_model::{Config, ModelError, WeightMap, WeightsError};
+    /// let dir = std::env::temp_dir().join(format!("na-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let cfg = Config::preset("nat_mini")?;
+    /// let path = dir.join("nat_mini.safetensors");
+    /// WeightMap::random(&cfg, false, 7).save_safetensors(&path)?;
+    /// let w = WeightMap::load(&path)?;
+    /// assert!(w.check(&na_model::param_shapes(&cfg, false)).is_ok());
+    ///
+    /// // A file that is neither format: a typed error naming the file.
+    /// std::fs::write(&path, b"not weights").unwrap();
+    /// match WeightMap::load(&path) {
+    ///     Err(ModelError::WeightsFile { path: p, source: WeightsError::Safetensors(_) }) => {
+    ///         assert_eq!(p, path)
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), ModelError>(())
+    /// ```
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file_err = |source: WeightsError| ModelError::WeightsFile {
