@@ -968,20 +968,20 @@ pub(crate) fn backward_key<S: Simd, const L: usize, T: Element>(
                                 *v = [0.0; L];
                             }
                         }
+                        let tile = |r: usize| BwdKTile {
+                            ch,
+                            x1: x1 + r * d1,
+                            h,
+                            grp,
+                            jj0,
+                            n,
+                            kt: &*kts[r],
+                            vt: &*vts[r],
+                        };
                         let multi = run == KEY_ROWS && slide.is_some();
                         let mut redo = [!multi; KEY_ROWS];
                         if let (true, Some(tq), Some(sl)) = (multi, qdt.as_ref(), slide.as_ref()) {
                             let table = x.rpb.map(BiasTable);
-                            let tile = |r: usize| BwdKTile {
-                                ch,
-                                x1: x1 + r * d1,
-                                h,
-                                grp,
-                                jj0,
-                                n,
-                                kt: &*kts[r],
-                                vt: &*vts[r],
-                            };
                             let (t0, t1) = (tile(0), tile(1));
                             vx.vectorize(KeyRows {
                                 g,
@@ -1005,16 +1005,7 @@ pub(crate) fn backward_key<S: Simd, const L: usize, T: Element>(
                             }
                         }
                         for r in (0..run).filter(|&r| redo[r]) {
-                            let t = BwdKTile {
-                                ch,
-                                x1: x1 + r * d1,
-                                h,
-                                grp,
-                                jj0,
-                                n,
-                                kt: &*kts[r],
-                                vt: &*vts[r],
-                            };
+                            let t = tile(r);
                             let bufs = (
                                 &mut sc[..umax],
                                 &mut dp[..umax],

@@ -1,26 +1,14 @@
 #!/usr/bin/env bash
 # Side-by-side timing of two builds of na-core's `kernel_loop` example (one
 # fused forward, or forward + backward, on the calling thread in a loop):
-#   bash bench/results/fused-chunks/run.sh OLD_BIN NEW_BIN [ROUNDS] > results.json
+#   bash bench/kernel_side_by_side.sh OLD_BIN NEW_BIN ROUNDS SHAPES > results.json
+# SHAPES: one case per line, `name|kernel_loop arguments` (see
+# bench/results/fused-key-rows/shapes.txt).
 # Each round runs every shape on OLD then NEW, back to back; the figure kept
 # per shape and build is the smallest per-call minimum over the rounds.
 set -euo pipefail
-old=$1 new=$2 rounds=${3:-3}
-shapes=(
-  "nat-l0|56 56 2 32 7 1 200"
-  "dinat-l0|56 56 2 32 7 8 200"
-  "nat-l0-avx2|56 56 2 32 7 1 200 fwd avx2"
-  "dinat-l0-avx2|56 56 2 32 7 8 200 fwd avx2"
-  "fashion-l0-d2-avx2|14 14 1 32 5 2 3000 fwd avx2"
-  "nat-l0-bwd-avx2|56 56 2 32 7 1 40 bwd avx2"
-  "nat-l2|14 14 8 32 7 1 800"
-  "fashion-l0-d1|14 14 1 32 5 1 3000"
-  "fashion-l0-d2|14 14 1 32 5 2 3000"
-  "fashion-l1|7 7 2 32 5 1 4000"
-  "hires|128 128 4 32 13 1 8"
-  "nat-l0-bwd|56 56 2 32 7 1 40 bwd"
-  "fashion-l0-d2-bwd|14 14 1 32 5 2 600 bwd"
-)
+old=$1 new=$2 rounds=$3
+mapfile -t shapes < "$4"
 tmp=$(mktemp)
 for r in $(seq "$rounds"); do
   for s in "${shapes[@]}"; do
