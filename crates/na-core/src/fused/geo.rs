@@ -284,13 +284,14 @@ pub(crate) fn union_inv(p: &Problem, l: usize) -> usize {
     l + 2 * p.axes3()[2].kernel()
 }
 
-/// Probability (and `d_logit`) slots per lane of backward pass 2: one union
-/// of a key tile's inverse neighbourhoods ([`union_inv`]) or, on the
+/// Probability (and `d_logit`) slots per lane of backward pass 2 at `l`
+/// lanes and kernel `k` on the last axis: one union of a key tile's inverse
+/// neighbourhoods ([`union_inv`], `l + 2k`) or, on the
 /// sliding-window path, one query line's slots for each of [`KEY_ROWS`]
 /// rows (a lane's inverse neighbourhood on the last axis has at most
 /// `2k + 1` queries at stride 1).
-pub(crate) fn key_slots(p: &Problem, l: usize) -> usize {
-    union_inv(p, l).max(KEY_ROWS * (2 * p.axes3()[2].kernel() + 1))
+pub(crate) fn key_slots(l: usize, k: usize) -> usize {
+    (l + 2 * k).max(KEY_ROWS * (2 * k + 1))
 }
 
 /// Logit slots per lane of a forward tile on the sliding-window path: the
@@ -327,7 +328,7 @@ pub(crate) fn bwd_work_len(p: &Problem, l: usize) -> usize {
     // probabilities and d_logit of one union (one row) or of one query line
     // of every row; one mask, one line of packed queries and d_out, and
     // their lse and delta.
-    let slots2 = key_slots(p, l);
+    let slots2 = key_slots(l, p.axes3()[2].kernel());
     let pass2 = KEY_ROWS * 2 * (dk + dv) * l + 2 * slots2 * l + u2 * l + u2 * (dk + dv) + 2 * u2;
     pass1.max(pass2)
 }

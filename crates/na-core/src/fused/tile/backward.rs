@@ -12,7 +12,9 @@ use super::shape::{
     add_key_bias, add_query_bias, lanes_of, slide_run, take, take_lanes, BiasRows, BiasTable,
     Lanes, Slide,
 };
-use crate::fused::geo::{group_range, inverse_window, line_of, Chunk, Geo, FWD_ROWS, KEY_ROWS};
+use crate::fused::geo::{
+    group_range, inverse_window, key_slots, line_of, Chunk, Geo, FWD_ROWS, KEY_ROWS,
+};
 use crate::fused::mask::{lanes_finite, mask_weights};
 use crate::fused::micro::{
     diag_axpy, diag_axpy_masked, diag_dot, lanes_times_rows, lanes_times_rows_masked,
@@ -913,7 +915,7 @@ pub(crate) fn backward_key<S: Simd, const L: usize, T: Element>(
     let ax = g.axes[2];
     let (d2, k2, d1) = (ax.dilation(), ax.kernel(), g.axes[1].dilation());
     let umax = L + 2 * k2;
-    let slots = umax.max(KEY_ROWS * (2 * k2 + 1));
+    let slots = key_slots(L, k2);
     let mut s = scratch;
     let mut kts: [&mut [[f32; L]]; KEY_ROWS] = Default::default();
     let mut vts: [&mut [[f32; L]]; KEY_ROWS] = Default::default();
