@@ -12,8 +12,10 @@ pub enum Isa {
     /// Portable code, 8 lanes, no FMA: whatever the compiler makes of it for
     /// the build target (SSE2 on x86-64, NEON on aarch64).
     Generic,
-    /// aarch64 NEON with fused multiply-add, 8 lanes (two registers).
-    #[cfg(all(feature = "std", target_arch = "aarch64"))]
+    /// aarch64 NEON with fused multiply-add, 8 lanes (two registers). Chosen
+    /// at compile time (NEON is in the aarch64 baseline), so `no_std` builds
+    /// have it too.
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
     Neon,
     /// x86-64 AVX2 with FMA, 8 lanes.
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -28,7 +30,7 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Isa::Generic => "generic",
-            #[cfg(all(feature = "std", target_arch = "aarch64"))]
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             Isa::Neon => "neon",
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             Isa::Avx2 => "avx2",
@@ -43,7 +45,7 @@ impl Isa {
     pub fn lanes(self) -> usize {
         match self {
             Isa::Generic => 8,
-            #[cfg(all(feature = "std", target_arch = "aarch64"))]
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             Isa::Neon => 8,
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             Isa::Avx2 => 8,
@@ -67,8 +69,9 @@ impl Isa {
     pub fn is_available(self) -> bool {
         match self {
             Isa::Generic => true,
-            #[cfg(all(feature = "std", target_arch = "aarch64"))]
-            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            // A compile-time feature of the target (part of the aarch64 baseline).
+            Isa::Neon => true,
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -84,7 +87,7 @@ impl Isa {
     pub fn available() -> impl Iterator<Item = Isa> {
         let all = [
             Isa::Generic,
-            #[cfg(all(feature = "std", target_arch = "aarch64"))]
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             Isa::Neon,
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             Isa::Avx2,
@@ -94,7 +97,9 @@ impl Isa {
         all.into_iter().filter(|i| i.is_available())
     }
 
-    /// The best ISA of this CPU, detected once and cached (under `std`).
+    /// The best ISA of this CPU: detected once at run time and cached under
+    /// `std`; without `std`, the best one the build target enables at compile
+    /// time (NEON on aarch64, else [`Isa::Generic`]).
     pub fn best() -> Isa {
         #[cfg(feature = "std")]
         {
@@ -102,7 +107,9 @@ impl Isa {
             *BEST.get_or_init(|| Isa::available().last().unwrap_or(Isa::Generic))
         }
         #[cfg(not(feature = "std"))]
-        Isa::Generic
+        {
+            Isa::available().last().unwrap_or(Isa::Generic)
+        }
     }
 }
 
@@ -183,17 +190,10 @@ macro_rules! dispatch {
                     // (run-time detection of AVX-512F, AVX2 and FMA) first.
                     unsafe { run::<T>($($arg),*) }
                 }
-                #[cfg(all(feature = "std", target_arch = "aarch64"))]
+                #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+                // NEON is enabled at compile time: no trampoline needed.
                 $crate::fused::isa::Isa::Neon => {
-                    #[target_feature(enable = "neon")]
-                    #[allow(clippy::too_many_arguments)]
-                    fn run<T: $crate::Element>($($arg: $ty),*) {
-                        let vx = $crate::fused::simd::Neon::new();
-                        $generic::<$crate::fused::simd::Neon, 8, T>(vx, $($arg),*)
-                    }
-                    // SAFETY: every public entry point checks `isa.is_available()`
-                    // (run-time detection of NEON) first.
-                    unsafe { run::<T>($($arg),*) }
+                    $generic::<$crate::fused::simd::Neon, 8, T>($crate::fused::simd::Neon::new(), $($arg),*)
                 }
             }
         }

@@ -90,10 +90,11 @@
 //!
 //! # ISA dispatch
 //!
-//! Under `std`, the best [`Isa`] is detected once at run time (AVX-512F,
-//! else AVX2+FMA on x86-64; NEON with FMA on aarch64) and the kernels run
-//! inside `#[target_feature]` trampolines. Without `std` the choice is made
-//! at compile time from the target's enabled features.
+//! On x86-64 under `std`, the best [`Isa`] is detected once at run time
+//! (AVX-512F, else AVX2+FMA) and the kernels run inside `#[target_feature]`
+//! trampolines. NEON (with FMA) is part of the aarch64 baseline, so it is
+//! chosen at compile time, with or without `std`. Elsewhere, and on x86-64
+//! without `std`, the kernels run the portable [`Isa::Generic`] code.
 //!
 //! # Layout of this module
 //!

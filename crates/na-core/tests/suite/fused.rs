@@ -258,6 +258,24 @@ fn fused_matches_dense_oracle_within_spec_tolerances() {
     }
 }
 
+/// The ISAs the sweeps above cover: on aarch64, NEON (a compile-time
+/// feature) must be among them and be the best, so a build that lost it would
+/// fail here instead of quietly testing only the portable path.
+#[test]
+fn every_isa_of_the_target_is_tested() {
+    let names: Vec<&str> = Isa::available().map(Isa::name).collect();
+    assert_eq!(names[0], "generic");
+    if cfg!(target_arch = "aarch64") {
+        assert_eq!(names, ["generic", "neon"]);
+        assert_eq!(Isa::best().name(), "neon");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        assert!(names.contains(&"avx2"), "{names:?}");
+    }
+    assert_eq!(Isa::best(), *Isa::available().collect::<Vec<_>>().last().unwrap());
+}
+
 #[test]
 fn half_precision_fused_within_spec_tolerances_of_f32_reference() {
     let p = Problem::new(

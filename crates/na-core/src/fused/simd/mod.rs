@@ -1,7 +1,8 @@
 //! One vector type per ISA behind the [`Simd`] trait: explicit `std::arch`
 //! intrinsics on x86-64 (AVX2+FMA: 8 lanes in `avx2.rs`, AVX-512F: 16 in
-//! `avx512.rs`), and arrays of `f32` elsewhere (`portable.rs`, also the
-//! readable specification; NEON builds them with FMA, `neon.rs`).
+//! `avx512.rs`) and aarch64 (NEON: 8 lanes in two registers, `neon.rs`),
+//! and arrays of `f32` elsewhere (`portable.rs`, also the readable
+//! specification).
 //!
 //! Explicit vectors matter for the sliding-window kernels: left to itself,
 //! the auto-vectoriser rebuilds overlapping unaligned loads from shuffles and
@@ -16,7 +17,7 @@
 mod avx2;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 mod avx512;
-#[cfg(all(feature = "std", target_arch = "aarch64"))]
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod neon;
 mod portable;
 
@@ -24,7 +25,7 @@ mod portable;
 pub(crate) use avx2::Avx2;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub(crate) use avx512::Avx512;
-#[cfg(all(feature = "std", target_arch = "aarch64"))]
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub(crate) use neon::Neon;
 pub(crate) use portable::Generic;
 
@@ -47,12 +48,13 @@ impl Arith for Plain {
     }
 }
 
-/// Fused multiply-add (`f32::mul_add`); only used where the target has FMA.
-#[cfg(feature = "std")]
+/// Fused multiply-add (`f32::mul_add`) for the x86-64 ISAs, which are
+/// only chosen where the CPU has FMA (NEON has its own, `no_std` one).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
 #[derive(Clone, Copy)]
 pub(crate) struct Fused;
 
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
 impl Arith for Fused {
     #[inline(always)]
     fn fma(a: f32, b: f32, c: f32) -> f32 {
