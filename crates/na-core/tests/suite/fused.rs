@@ -273,7 +273,10 @@ fn every_isa_of_the_target_is_tested() {
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         assert!(names.contains(&"avx2"), "{names:?}");
     }
-    assert_eq!(Isa::best(), *Isa::available().collect::<Vec<_>>().last().unwrap());
+    assert_eq!(
+        Isa::best(),
+        *Isa::available().collect::<Vec<_>>().last().unwrap()
+    );
 }
 
 #[test]

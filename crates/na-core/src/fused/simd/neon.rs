@@ -109,7 +109,10 @@ impl Simd for Neon {
         );
         for c in 0..4 {
             self.store(float32x4x2_t(c_lo[0][c], c_lo[1][c]), &mut dst[c * ds..]);
-            self.store(float32x4x2_t(c_hi[0][c], c_hi[1][c]), &mut dst[(c + 4) * ds..]);
+            self.store(
+                float32x4x2_t(c_hi[0][c], c_hi[1][c]),
+                &mut dst[(c + 4) * ds..],
+            );
         }
     }
 }
