@@ -10,7 +10,9 @@ pub mod harness;
 pub mod interrupt;
 pub mod plot;
 
-use cmd::{attn, bench, bench_model, classify, completions, convert, eval, info, run, train};
+use cmd::{
+    attn, bench, bench_model, classify, completions, convert, eval, export_edge, info, run, train,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Convert a PyTorch checkpoint (.pth) to safetensors, keeping names, shapes and dtypes.
     Convert(convert::ConvertArgs),
+    /// Write a NAT/DiNAT classifier as a weight blob for na-edge's no_std path (and images as its inputs).
+    ExportEdge(export_edge::ExportEdgeArgs),
     /// Run a NAT/DiNAT model on a .npy batch of images: logits or backbone features.
     Run(run::RunArgs),
     /// Classify images: the built-in Fashion-MNIST DiNAT, or a NAT/DiNAT with its weights (top-k).
@@ -60,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) if args.is_model_run() => bench_model::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::ExportEdge(args) => export_edge::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Classify(args) => classify::run(&args),
         Command::Info(args) => info::run(&args),

@@ -9,6 +9,7 @@ pub mod classify;
 pub mod completions;
 pub mod convert;
 pub mod eval;
+pub mod export_edge;
 pub mod info;
 pub mod run;
 pub mod train;

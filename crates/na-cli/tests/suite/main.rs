@@ -8,6 +8,7 @@ mod util;
 mod attn;
 mod convert;
 mod device;
+mod edge;
 mod golden;
 mod model;
 mod reliability;
