@@ -32,7 +32,14 @@ fn export_edge_blob_and_inputs_classify_as_the_std_model() {
     assert!(imgs.len() >= 5, "{imgs:?}");
     for dtype in ["f16", "f32"] {
         let (blob, inputs) = (dir.join(format!("m-{dtype}.naedge")), dir.join("in.f32"));
-        let mut args = vec!["export-edge", s(&blob), "--dtype", dtype, "--inputs", s(&inputs)];
+        let mut args = vec![
+            "export-edge",
+            s(&blob),
+            "--dtype",
+            dtype,
+            "--inputs",
+            s(&inputs),
+        ];
         args.push("--images");
         args.extend(imgs.iter().map(String::as_str));
         let out = na(&args);
@@ -69,7 +76,10 @@ fn export_edge_blob_and_inputs_classify_as_the_std_model() {
             assert_eq!(argmax(&logits), argmax(w), "{dtype} image {i}");
             let tol = if dtype == "f32" { 1e-4 } else { 1e-2 };
             for (a, b) in logits.iter().zip(w) {
-                assert!((a - b).abs() <= tol * b.abs().max(1.0), "{dtype} {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= tol * b.abs().max(1.0),
+                    "{dtype} {a} vs {b}"
+                );
             }
         }
     }
@@ -84,14 +94,28 @@ fn export_edge_refusals_leave_no_file() {
     assert!(!out.status.success());
     let w = dir.join("w.safetensors");
     std::fs::write(&w, b"not safetensors").unwrap();
-    let out = na(&["export-edge", s(&blob), "--model", "nat_mini", "--weights", s(&w)]);
+    let out = na(&[
+        "export-edge",
+        s(&blob),
+        "--model",
+        "nat_mini",
+        "--weights",
+        s(&w),
+    ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("w.safetensors"), "{}", stderr(&out));
     // An unreadable image names itself; neither output is written.
     let bad = dir.join("bad.png");
     std::fs::write(&bad, b"\x89PNG broken").unwrap();
     let inputs = dir.join("in.f32");
-    let out = na(&["export-edge", s(&blob), "--inputs", s(&inputs), "--images", s(&bad)]);
+    let out = na(&[
+        "export-edge",
+        s(&blob),
+        "--inputs",
+        s(&inputs),
+        "--images",
+        s(&bad),
+    ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bad.png"), "{}", stderr(&out));
     let mut left: Vec<_> = std::fs::read_dir(&dir)

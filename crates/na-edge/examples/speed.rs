@@ -1,0 +1,90 @@
+//! Host-side speed of the no_std path beside the std model, one image at a
+//! time on one thread (the edge path has no threads):
+//!
+//! ```sh
+//! cargo run --release -p na-edge --example speed -- [ROUNDS]
+//! ```
+//!
+//! Both run the built-in Fashion-MNIST DiNAT on the same 28×28 input,
+//! interleaved round by round; the minimum and median per image of each are
+//! printed (milliseconds), with the edge path's blob in f32 and f16.
+
+use std::time::Instant;
+
+use na_edge::{write_blob, AlignedBlob, DType, EdgeModel};
+use na_model::{fashion, Cpu};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rounds: usize = std::env::args().nth(1).map_or(Ok(20), |a| a.parse())?;
+    let (cfg, weights) = fashion::builtin()?;
+    let std_model = fashion::builtin_model(Cpu::new(1))?;
+    let ecfg = edge_config(&cfg)?;
+    let named: Vec<(&str, &[usize], &[f32])> = weights
+        .names()
+        .map(|n| {
+            let t = weights.get(n).expect("listed");
+            (n, t.shape.as_slice(), t.data.as_slice())
+        })
+        .collect();
+    let blobs = [DType::F32, DType::F16].map(|d| write_blob(&ecfg, &named, d));
+    let [b32, b16] = blobs;
+    let (a32, a16) = (AlignedBlob::new(&b32?), AlignedBlob::new(&b16?));
+    let edges = [EdgeModel::new(&a32)?, EdgeModel::new(&a16)?];
+    let plan = edges[0].plan(fashion::SIDE, fashion::SIDE)?;
+    let x: Vec<f32> = (0..plan.input_len())
+        .map(|i| fashion::normalize((i * 37 % 256) as u8))
+        .collect();
+    let mut arena = vec![0.0f32; plan.arena_len()];
+    let mut logits = [0.0f32; 10];
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        let t = Instant::now();
+        std_model.infer(&[1, 1, fashion::SIDE, fashion::SIDE], &x)?;
+        times[0].push(t.elapsed().as_secs_f64() * 1e3);
+        for (k, e) in edges.iter().enumerate() {
+            let t = Instant::now();
+            e.logits(&plan, &x, &mut arena, &mut logits)?;
+            times[k + 1].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    println!(
+        "Fashion DiNAT, 28x28, batch 1, 1 thread, {rounds} rounds; arena {} bytes, {} MACs",
+        plan.arena_bytes(),
+        plan.macs()
+    );
+    for (name, t) in ["na-model (std)", "na-edge f32 blob", "na-edge f16 blob"]
+        .iter()
+        .zip(&mut times)
+    {
+        t.sort_by(f64::total_cmp);
+        println!(
+            "{name:>18}: min {:.3} ms, median {:.3} ms",
+            t[0],
+            t[t.len() / 2]
+        );
+    }
+    Ok(())
+}
+
+/// The edge configuration of the built-in model's std configuration.
+fn edge_config(cfg: &na_model::Config) -> Result<na_edge::EdgeConfig, na_edge::EdgeError> {
+    let hidden: Vec<usize> = (0..cfg.levels())
+        .map(|i| cfg.mlp_hidden(cfg.dim(i)))
+        .collect();
+    let mut e = na_edge::EdgeConfig::new(
+        na_edge::Arch::Dinat,
+        cfg.in_chans,
+        cfg.embed_dim,
+        &cfg.depths,
+        &cfg.num_heads,
+        &hidden,
+        cfg.kernel_size,
+        cfg.num_classes,
+    )?
+    .with_stem_strides(cfg.stem_strides())?;
+    for i in 0..cfg.levels() {
+        let d: Vec<usize> = (0..cfg.depths[i]).map(|j| cfg.dilation(i, j)).collect();
+        e = e.with_dilations(i, &d)?;
+    }
+    Ok(e)
+}
