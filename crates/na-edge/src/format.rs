@@ -34,11 +34,18 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 64 | key name, UTF-8, padded with NUL bytes (no NUL inside the name) |
-//! | 64 | 4 | `u32` dtype: 0 = f32, 1 = f16 (IEEE binary16) |
+//! | 64 | 4 | `u32` dtype: 0 = f32, 1 = f16 (IEEE binary16), 2 = int8 per output channel (below) |
 //! | 68 | 4 | `u32` rank, 1..=4 |
 //! | 72 | 16 | `u32` × 4 dims (0 past the rank) |
 //! | 88 | 8 | `u64` byte offset of the data (multiple of 64) |
-//! | 96 | 8 | `u64` byte length of the data (`numel × 4` or `numel × 2`) |
+//! | 96 | 8 | `u64` byte length of the data (`numel × 4`, `numel × 2`, or `dims[0] × 4 + numel` for int8) |
+//!
+//! An int8 tensor's data is `dims[0]` f32 scales, one per output channel
+//! (row), then its `numel` values as `i8`: value `i` is `q[i] × scale[i /
+//! (numel / dims[0])]` (symmetric, no zero point). [`write_blob`] with
+//! [`DType::I8`] stores the linear layers' weights (the rank-2 `*.weight`
+//! tensors: `qkv`, `proj`, `fc1`, `fc2`, `head`) so, scale = max |w| / 127
+//! per row, and every other tensor as f16.
 //!
 //! Entries appear in the **canonical order** of the configuration's walk
 //! ([`EdgeConfig::for_each_tensor`], the std model's `param_shapes` order),
@@ -89,6 +96,8 @@ pub enum DType {
     F32,
     /// IEEE binary16.
     F16,
+    /// int8 with one f32 scale per output channel (see the module docs).
+    I8,
 }
 
 impl DType {
@@ -97,14 +106,26 @@ impl DType {
         match self {
             DType::F32 => 0,
             DType::F16 => 1,
+            DType::I8 => 2,
         }
     }
 
-    /// Bytes per element.
+    /// Bytes per element (int8: the values only, without the scales).
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
             DType::F16 => 2,
+            DType::I8 => 1,
+        }
+    }
+
+    /// Bytes of a tensor of `numel` values and `rows` output channels
+    /// (`dims[0]`), or `None` on overflow.
+    pub fn byte_len(self, numel: u64, rows: u64) -> Option<u64> {
+        let values = numel.checked_mul(self.size() as u64)?;
+        match self {
+            DType::I8 => rows.checked_mul(4)?.checked_add(values),
+            _ => Some(values),
         }
     }
 }
@@ -116,6 +137,14 @@ pub enum TensorData<'w> {
     F32(&'w [f32]),
     /// f16 values (converted to f32 as they are used).
     F16(&'w [f16]),
+    /// int8 values with one f32 scale per row of `q.len() / scales.len()`
+    /// values (dequantised to f32 as they are used).
+    I8 {
+        /// One scale per output channel.
+        scales: &'w [f32],
+        /// The quantised values.
+        q: &'w [i8],
+    },
 }
 
 impl TensorData<'_> {
@@ -124,6 +153,7 @@ impl TensorData<'_> {
         match self {
             TensorData::F32(v) => v.len(),
             TensorData::F16(v) => v.len(),
+            TensorData::I8 { q, .. } => q.len(),
         }
     }
 
@@ -138,6 +168,14 @@ impl TensorData<'_> {
         match self {
             TensorData::F32(v) => v.get(i).copied().unwrap_or(0.0),
             TensorData::F16(v) => v.get(i).map_or(0.0, |x| x.to_f32()),
+            TensorData::I8 { scales, q } => {
+                // Parsing guarantees 1 <= scales.len() and that it divides q.len().
+                let row = q.len() / scales.len().max(1);
+                match (q.get(i), scales.get(i / row.max(1))) {
+                    (Some(&v), Some(&sc)) => f32::from(v) * sc,
+                    _ => 0.0,
+                }
+            }
         }
     }
 
@@ -373,6 +411,7 @@ impl<'w> Blob<'w> {
         let dtype = match code {
             0 => DType::F32,
             1 => DType::F16,
+            2 => DType::I8,
             _ => return Err(EdgeError::UnknownDtype { key, code }),
         };
         let rank = read_u32(e, 68, "rank")?;
@@ -393,7 +432,15 @@ impl<'w> Blob<'w> {
         let numel = dims[..usize_of(rank)]
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
-        if numel.and_then(|n| n.checked_mul(dtype.size() as u64)) != Some(len) {
+        let rows = dims[0] as u64;
+        if dtype == DType::I8 && rows == 0 {
+            return Err(EdgeError::BadField {
+                field: "dims",
+                value: 0,
+                reason: "an int8 tensor needs at least one output channel for its scales",
+            });
+        }
+        if numel.and_then(|n| dtype.byte_len(n, rows)) != Some(len) {
             return Err(EdgeError::TensorLength {
                 key,
                 shape,
@@ -446,6 +493,20 @@ impl<'w> Blob<'w> {
                     return Err(misaligned(2));
                 }
                 TensorData::F16(mid)
+            }
+            DType::I8 => {
+                let (sb, qb) = data.split_at(dims[0] * 4);
+                // SAFETY: as for f32 above; a misaligned prefix or a suffix
+                // is refused just below.
+                let (pre, scales, post) = unsafe { sb.align_to::<f32>() };
+                if !pre.is_empty() || !post.is_empty() {
+                    return Err(misaligned(4));
+                }
+                // SAFETY: i8 has the size and alignment of u8 and every bit
+                // pattern is valid, so the whole slice converts (no prefix or
+                // suffix is possible).
+                let (_, q, _) = unsafe { qb.align_to::<i8>() };
+                TensorData::I8 { scales, q }
             }
         };
         Ok(Tensor {
@@ -506,7 +567,10 @@ mod writer {
     }
 
     /// Writes a blob for `cfg` from named f32 tensors, each stored as
-    /// `dtype` (f16 rounds to nearest even).
+    /// `dtype` (f16 rounds to nearest even). With [`DType::I8`], the linear
+    /// layers' weights (rank-2 `*.weight`) are quantised per output channel
+    /// (scale = max |w| / 127 per row, round to nearest) and every other
+    /// tensor is stored as f16.
     ///
     /// `tensors` are `(key, shape, values)` under the authors' key names, in
     /// any order; every tensor the configuration names must be present with
@@ -575,6 +639,11 @@ mod writer {
             }
             let offset = out.len().next_multiple_of(DATA_ALIGN);
             out.resize(offset, 0);
+            let linear = shape.dims().len() == 2 && key.ends_with(".weight");
+            let dtype = match dtype {
+                DType::I8 if !linear => DType::F16,
+                d => d,
+            };
             match dtype {
                 DType::F32 => values
                     .iter()
@@ -582,6 +651,7 @@ mod writer {
                 DType::F16 => values
                     .iter()
                     .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+                DType::I8 => quantize_rows(values, shape.dims()[0] as usize, &mut out),
             }
             let at = HEADER_LEN + index * ENTRY_LEN;
             let e = &mut out[at..at + ENTRY_LEN];
@@ -592,10 +662,40 @@ mod writer {
                 e[72 + 4 * k..76 + 4 * k].copy_from_slice(&d.to_le_bytes());
             }
             e[88..96].copy_from_slice(&(offset as u64).to_le_bytes());
-            e[96..104].copy_from_slice(&((shape.numel() * dtype.size()) as u64).to_le_bytes());
+            let len = dtype
+                .byte_len(shape.numel() as u64, u64::from(shape.dims()[0]))
+                .expect("validated shapes are small");
+            e[96..104].copy_from_slice(&len.to_le_bytes());
             index += 1;
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// Appends `rows` f32 scales then the int8 values of `values` (`rows`
+    /// rows of equal length), symmetric per row: scale = max |w| / 127
+    /// (1 for an all-zero row), q = round(w / scale).
+    fn quantize_rows(values: &[f32], rows: usize, out: &mut Vec<u8>) {
+        let n = values.len() / rows.max(1);
+        let scales: Vec<f32> = values
+            .chunks(n.max(1))
+            .map(|r| {
+                let m = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                if m > 0.0 && m.is_finite() {
+                    m / 127.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        scales
+            .iter()
+            .for_each(|sc| out.extend_from_slice(&sc.to_le_bytes()));
+        for (r, row) in values.chunks(n.max(1)).enumerate() {
+            for v in row {
+                let q = libm::roundf(v / scales[r]).clamp(-127.0, 127.0);
+                out.push(q as i8 as u8);
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! borrowed weights.
 //!
 //! - A [weight blob](mod@format) holds the configuration and every tensor
-//!   (f32 or f16, the authors' checkpoint key names), validated once by
+//!   (f32, f16, or int8 with one scale per output channel for the linear
+//!   layers; the authors' checkpoint key names), validated once by
 //!   [`Blob::parse`] and then viewed in place, never copied.
 //! - A [`Plan`] computes, for a configuration and an input size, the exact
 //!   length of the one arena inference needs (activations, the attention

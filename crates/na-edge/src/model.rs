@@ -287,7 +287,7 @@ impl<'w> EdgeModel<'w> {
         );
         let rpb: &[f32] = match rpb_t {
             TensorData::F32(s) => s,
-            TensorData::F16(_) => {
+            TensorData::F16(_) | TensorData::I8 { .. } => {
                 let len = rpb_t.len();
                 rpb_t.copy_into(0, &mut r.rpb[..len]);
                 &r.rpb[..len]

@@ -44,7 +44,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn weight_row<'a>(w: &'a TensorData<'_>, o: usize, din: usize, wrow: &'a mut [f32]) -> &'a [f32] {
     match w {
         TensorData::F32(v) => &v[o * din..][..din],
-        TensorData::F16(_) => {
+        TensorData::F16(_) | TensorData::I8 { .. } => {
             w.copy_into(o * din, &mut wrow[..din]);
             &wrow[..din]
         }

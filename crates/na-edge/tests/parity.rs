@@ -92,6 +92,59 @@ fn fashion_f32_and_f16_match_the_std_model() {
     );
 }
 
+/// int8 linear layers (per output channel) on the built-in model: the
+/// weights read back within half a quantisation step of the originals, and
+/// the logits stay near the std model's (the full test set's accuracy is in
+/// `bench/results/edge/`, from the `accuracy` example).
+#[test]
+fn fashion_int8_linear_layers_stay_close_to_the_std_model() {
+    let std_model = fashion::builtin_model(Cpu::new(1)).unwrap();
+    let (cfg, wm) = fashion::builtin().unwrap();
+    let ecfg = edge_config(&cfg).unwrap();
+    let b8 = AlignedBlob::new(&blob(&ecfg, &wm, DType::I8));
+    let b16 = blob(&ecfg, &wm, DType::F16);
+    // The stem and downsampler convolutions stay f16.
+    assert!(
+        b8.len() * 100 < b16.len() * 65,
+        "{} vs {}",
+        b8.len(),
+        b16.len()
+    );
+    let m8 = EdgeModel::new(&b8).unwrap();
+    let mut linear = 0;
+    for i in 0..m8.blob().len() {
+        let t = m8.blob().tensor(i).unwrap();
+        let w = wm.get(t.name).unwrap();
+        match t.data {
+            na_edge::TensorData::I8 { scales, q } => {
+                linear += 1;
+                assert_eq!(t.shape.dims().len(), 2, "{}", t.name);
+                let row = q.len() / scales.len();
+                for (k, &v) in w.data.iter().enumerate() {
+                    let step = scales[k / row];
+                    assert!((t.data.get(k) - v).abs() <= 0.5 * step + 1e-7, "{}", t.name);
+                }
+            }
+            _ => assert!(!(t.shape.dims().len() == 2 && t.name.ends_with(".weight"))),
+        }
+    }
+    assert_eq!(linear, 4 * cfg.depths.iter().sum::<usize>() + 1);
+    let (images, source) = fashion_images(16);
+    let (mut d8, mut same) = (0f32, 0);
+    for x in &images {
+        let want = std_model.infer(&[1, 1, 28, 28], x).unwrap().data;
+        let got = run_edge(&m8, 28, 28, x);
+        d8 = d8.max(max_abs_diff(&got, &want));
+        same += usize::from(argmax(&got) == argmax(&want));
+    }
+    eprintln!(
+        "{} {source} images, int8: max |diff| {d8:e}, same class on {same}",
+        images.len()
+    );
+    assert!(d8 < 0.05, "{d8}");
+    assert_eq!(same, images.len());
+}
+
 fn small(arch: na_model::Arch, dilations: Vec<Vec<usize>>, ls: bool, classes: usize) -> Config {
     Config {
         arch,

@@ -124,7 +124,7 @@ fn call_arguments_are_checked() {
 
 #[test]
 fn truncated_blobs_are_typed_errors() {
-    for dtype in [DType::F32, DType::F16] {
+    for dtype in [DType::F32, DType::F16, DType::I8] {
         let full = small_blob(dtype);
         assert!(parse(&full).is_ok());
         let mut cuts: Vec<usize> = (0..HEADER_LEN + 40 * ENTRY_LEN).step_by(3).collect();

@@ -30,7 +30,7 @@ fn export_edge_blob_and_inputs_classify_as_the_std_model() {
     let dir = tmp("edge", "builtin");
     let imgs = images();
     assert!(imgs.len() >= 5, "{imgs:?}");
-    for dtype in ["f16", "f32"] {
+    for dtype in ["f16", "f32", "i8"] {
         let (blob, inputs) = (dir.join(format!("m-{dtype}.naedge")), dir.join("in.f32"));
         let mut args = vec![
             "export-edge",
@@ -45,7 +45,8 @@ fn export_edge_blob_and_inputs_classify_as_the_std_model() {
         let out = na(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let stdout = String::from_utf8(out.stdout).unwrap();
-        assert!(stdout.contains(&format!("{dtype} weights")), "{stdout}");
+        let shown = if dtype == "i8" { "int8" } else { dtype };
+        assert!(stdout.contains(&format!("{shown} weights")), "{stdout}");
         assert!(stdout.contains("35166720 multiply-adds"), "{stdout}");
 
         let bytes = std::fs::read(&blob).unwrap();
@@ -74,7 +75,11 @@ fn export_edge_blob_and_inputs_classify_as_the_std_model() {
                 .unwrap();
             let w = &want[i * 10..(i + 1) * 10];
             assert_eq!(argmax(&logits), argmax(w), "{dtype} image {i}");
-            let tol = if dtype == "f32" { 1e-4 } else { 1e-2 };
+            let tol = match dtype {
+                "f32" => 1e-4,
+                "f16" => 1e-2,
+                _ => 5e-2,
+            };
             for (a, b) in logits.iter().zip(w) {
                 assert!(
                     (a - b).abs() <= tol * b.abs().max(1.0),
