@@ -4,6 +4,10 @@
 
 use core::fmt::Write;
 
+/// Bytes of a key name field in the weight blob's tensor table: every key
+/// the configuration walk produces fits it.
+pub const NAME_LEN: usize = 64;
+
 use crate::error::{EdgeError, Shape};
 
 /// Most levels of a model (the published models have 4).
@@ -358,14 +362,14 @@ impl EdgeConfig {
 
 /// A key name formatted on the stack.
 pub(crate) struct KeyBuf {
-    buf: [u8; crate::format::NAME_LEN],
+    buf: [u8; NAME_LEN],
     len: usize,
 }
 
 impl KeyBuf {
     fn new() -> Self {
         KeyBuf {
-            buf: [0; crate::format::NAME_LEN],
+            buf: [0; NAME_LEN],
             len: 0,
         }
     }

@@ -84,8 +84,8 @@ pub const VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 624;
 /// Bytes of one tensor table entry.
 pub const ENTRY_LEN: usize = 104;
-/// Bytes of a key name field.
-pub const NAME_LEN: usize = 64;
+/// Bytes of a key name field (defined with the configuration's key walk).
+pub use crate::config::NAME_LEN;
 /// Alignment of every tensor's data offset.
 pub const DATA_ALIGN: usize = 64;
 
