@@ -9,6 +9,10 @@
 //! with its own arena; prints one line per storage and the images on which
 //! its class differs from the std model's.
 
+/// The std-to-edge configuration shared with the tests.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::edge_config;
 use na_edge::{write_blob, AlignedBlob, DType, EdgeModel};
 use na_model::{fashion, train::find_fashion_mnist, Cpu};
 
@@ -89,27 +93,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn argmax(v: &[f32]) -> usize {
     (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
-}
-
-/// The edge configuration of the built-in model's std configuration.
-fn edge_config(cfg: &na_model::Config) -> Result<na_edge::EdgeConfig, na_edge::EdgeError> {
-    let hidden: Vec<usize> = (0..cfg.levels())
-        .map(|i| cfg.mlp_hidden(cfg.dim(i)))
-        .collect();
-    let mut e = na_edge::EdgeConfig::new(
-        na_edge::Arch::Dinat,
-        cfg.in_chans,
-        cfg.embed_dim,
-        &cfg.depths,
-        &cfg.num_heads,
-        &hidden,
-        cfg.kernel_size,
-        cfg.num_classes,
-    )?
-    .with_stem_strides(cfg.stem_strides())?;
-    for i in 0..cfg.levels() {
-        let d: Vec<usize> = (0..cfg.depths[i]).map(|j| cfg.dilation(i, j)).collect();
-        e = e.with_dilations(i, &d)?;
-    }
-    Ok(e)
 }
