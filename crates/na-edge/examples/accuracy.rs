@@ -12,8 +12,8 @@
 /// The std-to-edge configuration shared with the tests.
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::edge_config;
-use na_edge::{write_blob, AlignedBlob, DType, EdgeModel};
+use common::{blob, edge_config};
+use na_edge::{AlignedBlob, DType, EdgeModel};
 use na_model::{fashion, train::find_fashion_mnist, Cpu};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,20 +41,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         100.0 * right as f64 / n as f64
     };
     println!("na-model (std, f32): {:.2}% of {n}", acc(&want));
-    let named: Vec<(&str, &[usize], &[f32])> = weights
-        .names()
-        .map(|k| {
-            let t = weights.get(k).expect("listed");
-            (k, t.shape.as_slice(), t.data.as_slice())
-        })
-        .collect();
     let ecfg = edge_config(&cfg)?;
     for (name, dtype) in [
         ("f32", DType::F32),
         ("f16", DType::F16),
         ("int8", DType::I8),
     ] {
-        let bytes = write_blob(&ecfg, &named, dtype)?;
+        let bytes = blob(&ecfg, &weights, dtype);
         let blob = AlignedBlob::new(&bytes);
         let edge = EdgeModel::new(&blob)?;
         let plan = edge.plan(test.rows, test.cols)?;

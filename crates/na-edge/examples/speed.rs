@@ -14,8 +14,8 @@ use std::time::Instant;
 /// The std-to-edge configuration shared with the tests.
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::edge_config;
-use na_edge::{write_blob, AlignedBlob, DType, EdgeModel};
+use common::{blob, edge_config};
+use na_edge::{AlignedBlob, DType, EdgeModel};
 use na_model::{fashion, Cpu};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,16 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (cfg, weights) = fashion::builtin()?;
     let std_model = fashion::builtin_model(Cpu::new(1))?;
     let ecfg = edge_config(&cfg)?;
-    let named: Vec<(&str, &[usize], &[f32])> = weights
-        .names()
-        .map(|n| {
-            let t = weights.get(n).expect("listed");
-            (n, t.shape.as_slice(), t.data.as_slice())
-        })
-        .collect();
-    let blobs = [DType::F32, DType::F16].map(|d| write_blob(&ecfg, &named, d));
+    let blobs = [DType::F32, DType::F16].map(|d| blob(&ecfg, &weights, d));
     let [b32, b16] = blobs;
-    let (a32, a16) = (AlignedBlob::new(&b32?), AlignedBlob::new(&b16?));
+    let (a32, a16) = (AlignedBlob::new(&b32), AlignedBlob::new(&b16));
     let edges = [EdgeModel::new(&a32)?, EdgeModel::new(&a16)?];
     let plan = edges[0].plan(fashion::SIDE, fashion::SIDE)?;
     let x: Vec<f32> = (0..plan.input_len())

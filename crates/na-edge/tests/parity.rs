@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{argmax, blob, edge_config, max_abs_diff, max_rel_diff, random_weights, Rng};
+use common::{argmax, blob, edge_config, max_abs_diff, max_rel_diff, random_weights, signed, Rng};
 use na_edge::{AlignedBlob, DType, EdgeModel};
 use na_model::{fashion, Config, Cpu, Head, Model};
 
@@ -27,7 +27,7 @@ fn fashion_images(n: usize) -> (Vec<Vec<f32>>, &'static str) {
             .collect();
         return (v, "Fashion-MNIST t10k");
     }
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let v = (0..n)
         .map(|_| {
             (0..fashion::SIDE * fashion::SIDE)
@@ -192,9 +192,9 @@ fn small_random_configs_match_the_std_model() {
         let ecfg = edge_config(&cfg).unwrap();
         let bytes = AlignedBlob::new(&blob(&ecfg, &wm, DType::F32));
         let model = EdgeModel::new(&bytes).unwrap();
-        let mut rng = Rng(100 + seed as u64);
+        let mut rng = Rng::new(100 + seed as u64);
         for (h, w) in sizes {
-            let x: Vec<f32> = (0..3 * h * w).map(|_| rng.uniform()).collect();
+            let x: Vec<f32> = (0..3 * h * w).map(|_| signed(&mut rng)).collect();
             let want = std_model.infer(&[1, 3, h, w], &x).unwrap().data;
             let got = run_edge(&model, h, w, &x);
             let d = max_rel_diff(&got, &want);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{blob, edge_config, random_weights, Rng};
+use common::{blob, edge_config, random_weights, signed, Rng};
 use na_edge::format::{ENTRY_LEN, HEADER_LEN};
 use na_edge::{write_blob, AlignedBlob, Arch, DType, EdgeConfig, EdgeError, EdgeModel, Plan};
 use na_model::Config;
@@ -47,8 +47,8 @@ fn arena_too_small_exact_and_nan_filled() {
     let bytes = AlignedBlob::new(&small_blob(DType::F32));
     let model = EdgeModel::new(&bytes).unwrap();
     let plan = model.plan(16, 16).unwrap();
-    let mut rng = Rng(9);
-    let x: Vec<f32> = (0..plan.input_len()).map(|_| rng.uniform()).collect();
+    let mut rng = Rng::new(9);
+    let x: Vec<f32> = (0..plan.input_len()).map(|_| signed(&mut rng)).collect();
     let needed = plan.arena_len();
     assert_eq!(
         needed,
@@ -285,7 +285,7 @@ fn misaligned_memory_is_a_typed_error() {
 #[test]
 fn random_byte_flips_never_panic() {
     let good = small_blob(DType::F16);
-    let mut rng = Rng(77);
+    let mut rng = Rng::new(77);
     let header = HEADER_LEN + 40 * ENTRY_LEN;
     for _ in 0..3000 {
         let mut b = good.clone();

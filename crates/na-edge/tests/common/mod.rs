@@ -49,35 +49,25 @@ pub fn blob(cfg: &EdgeConfig, wm: &WeightMap, dtype: DType) -> Vec<u8> {
     write_blob(cfg, &named, dtype).unwrap()
 }
 
-/// A small deterministic generator (SplitMix64).
-pub struct Rng(pub u64);
+/// The std crate's generator (SplitMix64), for test data.
+pub use na_model::rng::Rng;
 
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
+/// Uniform in (-1, 1).
+pub fn signed(rng: &mut Rng) -> f32 {
+    2.0 * rng.uniform() - 1.0
 }
 
 /// Random weights for every tensor of `cfg`: uniform ±`scale`, norms'
 /// weights 1 ± 0.2, gammas ±1 (so every parameter matters).
 pub fn random_weights(cfg: &Config, seed: u64) -> WeightMap {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut map = BTreeMap::new();
     for (name, shape) in na_model::param_shapes(cfg, false) {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = if name.contains("norm") && name.ends_with(".weight") {
-            (0..n).map(|_| 1.0 + 0.2 * rng.uniform()).collect()
+            (0..n).map(|_| 1.0 + 0.2 * signed(&mut rng)).collect()
         } else if name.ends_with("gamma1") || name.ends_with("gamma2") {
-            (0..n).map(|_| rng.uniform()).collect()
+            (0..n).map(|_| signed(&mut rng)).collect()
         } else {
             let fan_in = shape[1..].iter().product::<usize>().max(1) as f32;
             let s = if shape.len() > 1 && !name.ends_with("rpb") {
@@ -85,7 +75,7 @@ pub fn random_weights(cfg: &Config, seed: u64) -> WeightMap {
             } else {
                 0.5
             };
-            (0..n).map(|_| s * rng.uniform()).collect()
+            (0..n).map(|_| s * signed(&mut rng)).collect()
         };
         map.insert(name, HostTensor { shape, data });
     }
